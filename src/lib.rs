@@ -1,0 +1,7 @@
+//! bindgate: a declarative edge proxy that gives ordinary hosts private access to ngrok
+//! Kubernetes-bound endpoints. The module tree mirrors the data path; see the README's design notes.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod identity;
+pub mod wire;
