@@ -3,5 +3,13 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod control;
 pub mod identity;
+pub mod listener;
+pub mod proxy;
+pub mod snapshot;
+pub mod upstream;
 pub mod wire;

@@ -1,1 +1,72 @@
-fn main() {}
+//! The `bindgate` binary: argument parsing, logging, runtime, dispatch. No logic lives here.
+
+use std::process::ExitCode;
+
+use bindgate::cli;
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  bindgate demo                               sandbox + proxy in one process; prints what to try
+  bindgate validate -c gateway.yaml           check a config (CI-friendly: exit 0 or 1)
+  bindgate run -c gateway.yaml                serve it
+  bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors";
+
+#[derive(Parser)]
+#[command(name = "bindgate", version, about = "Private access to ngrok Kubernetes-bound endpoints from ordinary hosts", after_help = EXAMPLES)]
+struct Cli {
+    /// Log filter (also read from BINDGATE_LOG), e.g. `info`, `debug`, `bindgate=debug`.
+    #[arg(long, global = true, env = "BINDGATE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a config file until SIGINT/SIGTERM, then drain.
+    Run(cli::run::RunArgs),
+    /// Check a config file with the same build path as `run`; prints OK or every error.
+    Validate(cli::validate::ValidateArgs),
+    /// Print the config file's JSON Schema.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Validate(args) => cli::validate::run(&args),
+        Command::Schema => {
+            cli::schema::run();
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => block_on(cli::run::run(args)),
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The admin server: `/live`, `/ready`, `/listeners`, `/clusters`, `/config_dump`.
+//!
+//! It runs on its own thread and single-threaded runtime, so a slow scrape never competes with
+//! traffic, and reads only lock-free shared views (snapshot and listener status board).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::listener::{ListenerState, StatusBoard};
+use crate::snapshot::Snapshot;
+
+/// What the admin server reads.
+#[derive(Clone)]
+pub struct AdminState {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub listeners: StatusBoard,
+    /// Set once the first snapshot has been applied to the listeners.
+    pub applied: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    /// `Ok` when serving, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.applied.load(Ordering::Acquire) {
+            return Err("the first configuration has not been applied yet".into());
+        }
+        let board = self.listeners.load();
+        let failed: Vec<String> = board
+            .iter()
+            .filter(|l| l.state == ListenerState::Failed)
+            .map(|l| {
+                format!(
+                    "listener `{}`: {}",
+                    l.name,
+                    l.error.as_deref().unwrap_or("not bound")
+                )
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+}
+
+/// A running admin server; dropping it does not stop it (it lives as long as the process).
+pub struct AdminServer {
+    pub address: SocketAddr,
+}
+
+/// Binds `address` now (so a port conflict is reported at startup) and serves on its own thread.
+pub fn start(address: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
+    let std_listener = std::net::TcpListener::bind(address)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("bindgate-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("admin server: {e}");
+                        return;
+                    }
+                };
+                serve(listener, state).await;
+            });
+        })?;
+    tracing::info!(address = %bound, "admin server listening");
+    Ok(AdminServer { address: bound })
+}
+
+async fn serve(listener: TcpListener, state: AdminState) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => match state.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/listeners" => json(&serde_json::to_value(&**state.listeners.load()).unwrap_or_default()),
+        "/clusters" => {
+            let snap = state.snapshot.load();
+            json(&serde_json::Value::Array(
+                snap.clusters.values().map(|c| c.describe()).collect(),
+            ))
+        }
+        "/config_dump" => {
+            let snap = state.snapshot.load();
+            json(&serde_json::json!({
+                "version_info": snap.version.to_string(),
+                "config": &*snap.config,
+            }))
+        }
+        "/" => text(
+            StatusCode::OK,
+            "bindgate admin\n  /live\n  /ready\n  /listeners\n  /clusters\n  /config_dump\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}

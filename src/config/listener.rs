@@ -1,0 +1,83 @@
+//! `static_resources.listeners`: local sockets, their limits and routes.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs, metrics and the admin API.
+    pub name: String,
+    /// `ip:port` to bind; port 0 lets the OS choose (see the admin `/listeners` view).
+    pub address: String,
+    /// What the listener speaks.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Ordered routes; a tcp listener takes exactly one route with no `match`.
+    pub routes: Vec<RouteConfig>,
+    /// Admission limits, checked at accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// A connection with no bytes moving either way for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// On removal or shutdown, how long open connections may finish before they are closed.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Raw TCP: every connection goes to the one route's cluster.
+    #[default]
+    Tcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// What a connection or request must match (absent for tcp listeners).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub route_match: Option<RouteMatch>,
+    /// The cluster traffic goes to.
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// HTTP Host to match (http listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP path prefix to match (http listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// TLS SNI to match (tls listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Connections open at once; further ones are closed at accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Sustained rate of new connections accepted per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_second: Option<u32>,
+    /// Burst above `connections_per_second` (default: equal to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(3600)
+}
+
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}

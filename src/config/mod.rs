@@ -1,0 +1,299 @@
+//! The configuration contract: the YAML model (serde + schemars), `${VAR}` expansion, and loading
+//! with errors that name the field and its line. Cross-reference checks live in `snapshot`.
+
+mod admin;
+mod cluster;
+mod duration;
+mod env;
+mod ingress;
+mod listener;
+mod source_map;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use admin::AdminConfig;
+pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
+pub use duration::{HumanDuration, parse_duration};
+pub use env::{EnvError, expand as expand_env};
+pub use ingress::{IngressConfig, Transport};
+pub use listener::{Limits, ListenerConfig, Protocol, RouteConfig, RouteMatch};
+pub use source_map::SourceMap;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Schema version; must be 1.
+    pub version: u32,
+    /// The local admin server (`/ready`, `/live`, `/listeners`, `/clusters`, `/config_dump`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// Directory for credentials and persistent state (created 0700).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Binding ingresses that `binding_upstream` clusters reach endpoints through.
+    #[serde(default)]
+    pub ingresses: Vec<IngressConfig>,
+    /// Listeners and clusters declared in this file.
+    #[serde(default)]
+    pub static_resources: StaticResources,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaticResources {
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// One problem in a config: where (path, line) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the field (`static_resources.listeners[0].address`); empty for the file.
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
+            (Some(l), None) => write!(f, "line {l}: ")?,
+            _ => {}
+        }
+        if !self.path.is_empty() {
+            write!(f, "`{}`: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one config, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A parsed config together with where each of its fields was written.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub source_map: SourceMap,
+    /// The file name (or `<inline>`), for messages.
+    pub source: String,
+    /// The directory relative paths in the config are resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedConfig {
+    /// Builds a located error for `path` (cross-reference checks use this).
+    pub fn error_at(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let path = path.into();
+        let (line, column) = match self.source_map.locate(&path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        };
+        ConfigError {
+            path,
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// `path` made absolute against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// Reads and parses a config file, expanding variables from the process environment.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![ConfigError {
+            path: String::new(),
+            line: None,
+            column: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
+    parse(&text, &source, base_dir, |k| std::env::var(k).ok())
+}
+
+/// Parses config text: variable expansion, then strict YAML deserialization.
+pub fn parse(
+    text: &str,
+    source: &str,
+    base_dir: PathBuf,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<LoadedConfig, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        source: source.to_owned(),
+        errors,
+    };
+    let expanded = expand_env(text, lookup).map_err(|errs| {
+        fail(
+            errs.into_iter()
+                .map(|e| ConfigError {
+                    path: String::new(),
+                    line: Some(e.line),
+                    column: Some(e.column),
+                    message: e.message,
+                })
+                .collect(),
+        )
+    })?;
+    let source_map = SourceMap::build(&expanded);
+    let de = serde_yaml_ng::Deserializer::from_str(&expanded);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let path = if path == "." { String::new() } else { path };
+        // The field's own line when we know it; else serde_yaml's position (syntax errors);
+        // else the nearest enclosing field's line.
+        let (line, column) = match (source_map.exact(&path), inner.location()) {
+            (Some((l, c)), _) => (Some(l), Some(c)),
+            (None, Some(loc)) => (Some(loc.line()), Some(loc.column())),
+            (None, None) => match source_map.locate(&path) {
+                Some((l, c)) => (Some(l), Some(c)),
+                None => (None, None),
+            },
+        };
+        let message = strip_location(&inner.to_string());
+        fail(vec![ConfigError {
+            message: strip_path_prefix(&message, &path),
+            path,
+            line,
+            column,
+        }])
+    })?;
+    Ok(LoadedConfig {
+        config,
+        source_map,
+        source: source.to_owned(),
+        base_dir,
+    })
+}
+
+/// serde_yaml appends " at line X column Y"; we print the position ourselves, once.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// serde_yaml prefixes messages with the (partial) path; we print the full path ourselves.
+fn strip_path_prefix(message: &str, path: &str) -> String {
+    if let Some((head, rest)) = message.split_once(": ") {
+        if !head.is_empty() && path.starts_with(head) {
+            return rest.to_owned();
+        }
+    }
+    message.to_owned()
+}
+
+/// The JSON Schema of the config file, as committed in `schema/bindgate.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<LoadedConfig, ConfigErrors> {
+        parse(text, "test.yaml", PathBuf::from("/tmp"), |k| {
+            (k == "SET").then(|| "127.0.0.1:7000".to_owned())
+        })
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_line() {
+        let err = parse_str(
+            "version: 1\nstatic_resources:\n  listeners:\n    - name: a\n      adress: 127.0.0.1:1\n      routes: []\n",
+        )
+        .unwrap_err();
+        let e = &err.errors[0];
+        assert!(e.message.contains("unknown field `adress`"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.path.starts_with("static_resources.listeners[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_value_and_line() {
+        let err = parse_str(
+            "version: 1\nstatic_resources:\n  listeners:\n    - name: a\n      address: 127.0.0.1:1\n      routes: []\n      idle_timeout: 10 minutes\n",
+        )
+        .unwrap_err();
+        let e = &err.errors[0];
+        assert!(e.message.contains("`10 minutes`"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+        assert_eq!(e.path, "static_resources.listeners[0].idle_timeout");
+    }
+
+    #[test]
+    fn env_expansion_feeds_typed_fields() {
+        let cfg = parse_str(
+            "version: 1\nstatic_resources:\n  clusters:\n    - name: c\n      type: static\n      endpoints: [ \"${SET}\" ]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.config.static_resources.clusters[0].endpoints,
+            Some(vec!["127.0.0.1:7000".to_owned()])
+        );
+        let err = parse_str("version: 1\nstate_dir: ${UNSET_VAR}\n").unwrap_err();
+        assert_eq!(err.errors[0].line, Some(2));
+        assert!(err.errors[0].message.contains("`UNSET_VAR`"));
+    }
+
+    #[test]
+    fn committed_schema_is_current() {
+        let committed = include_str!("../../schema/bindgate.schema.json");
+        assert!(
+            committed == json_schema(),
+            "schema/bindgate.schema.json is stale: run `cargo run -- schema > schema/bindgate.schema.json`"
+        );
+    }
+}

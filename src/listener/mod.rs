@@ -1,0 +1,318 @@
+//! The listener manager: binds the snapshot's listeners, runs their accept loops, and drains the
+//! ones that go away. An unchanged listener (same name, address, protocol) keeps its socket across
+//! snapshots; a listener that fails to bind is reported and does not hold back the others.
+//!
+//! Routing is not decided here: each accepted connection loads the current snapshot once and
+//! keeps it for its whole life.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Protocol;
+use crate::proxy;
+use crate::snapshot::{ListenerSpec, Snapshot};
+
+/// What the admin `/listeners` view shows for one listener.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub name: String,
+    /// As configured (may have port 0).
+    pub address: SocketAddr,
+    /// What the OS actually bound.
+    pub bound_address: Option<SocketAddr>,
+    pub state: ListenerState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerState {
+    Active,
+    Failed,
+    Draining,
+}
+
+/// Shared, lock-free view of every listener's status.
+pub type StatusBoard = Arc<ArcSwap<Vec<ListenerStatus>>>;
+
+struct Running {
+    address: SocketAddr,
+    protocol: Protocol,
+    bound: SocketAddr,
+    stop_accepting: CancellationToken,
+    force_close: CancellationToken,
+    connections: TaskTracker,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, waits up to `drain` for open connections, then closes the rest.
+    async fn drain(self, name: String, drain: Duration) {
+        self.stop_accepting.cancel();
+        self.connections.close();
+        if tokio::time::timeout(drain, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(listener = %name, "drain_timeout ({drain:?}) reached; closing remaining connections");
+            self.force_close.cancel();
+            self.connections.wait().await;
+        }
+        tracing::info!(listener = %name, address = %self.bound, "listener closed");
+    }
+}
+
+pub struct ListenerManager {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    running: BTreeMap<String, Running>,
+    failed: BTreeMap<String, (SocketAddr, String)>,
+    draining: Arc<ArcSwap<Vec<ListenerStatus>>>,
+    board: StatusBoard,
+    drains: TaskTracker,
+}
+
+impl ListenerManager {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        ListenerManager {
+            snapshot,
+            running: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            draining: Arc::default(),
+            board: Arc::default(),
+            drains: TaskTracker::new(),
+        }
+    }
+
+    pub fn board(&self) -> StatusBoard {
+        self.board.clone()
+    }
+
+    /// True when every listener of the current snapshot is bound.
+    pub fn all_bound(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// Brings the running sockets in line with `snap` (which must already be published).
+    pub async fn reconcile(&mut self, snap: &Snapshot) {
+        let wanted: BTreeMap<&str, &Arc<ListenerSpec>> = snap
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, r)| match wanted.get(name.as_str()) {
+                Some(spec) => spec.address != r.address || spec.protocol != r.protocol,
+                None => true,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let old = self.snapshot_of_drains();
+        for name in stale {
+            if let Some(mut r) = self.running.remove(&name) {
+                let drain = old.get(&name).copied().unwrap_or(Duration::from_secs(30));
+                tracing::info!(listener = %name, address = %r.bound, "listener removed; draining for up to {drain:?}");
+                self.mark_draining(&name, r.address, r.bound);
+                // Stop accepting and wait until the socket is closed, so that a replacement on
+                // the same address can bind it; open connections drain in the background.
+                r.stop_accepting.cancel();
+                if let Some(task) = r.accept_task.take() {
+                    let _ = task.await;
+                }
+                let draining = self.draining.clone();
+                self.drains.spawn(async move {
+                    r.drain(name.clone(), drain).await;
+                    draining.rcu(|list| {
+                        list.iter()
+                            .filter(|s| s.name != name)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    });
+                });
+            }
+        }
+        self.failed
+            .retain(|name, _| wanted.contains_key(name.as_str()));
+        for spec in &snap.listeners {
+            if self.running.contains_key(&spec.name) {
+                continue;
+            }
+            match self.start(spec).await {
+                Ok(running) => {
+                    tracing::info!(listener = %spec.name, address = %running.bound, protocol = ?spec.protocol, "listener bound");
+                    self.failed.remove(&spec.name);
+                    self.running.insert(spec.name.clone(), running);
+                }
+                Err(e) => {
+                    let msg = format!("bind {}: {e}", spec.address);
+                    tracing::error!(listener = %spec.name, "listener failed: {msg}");
+                    self.failed.insert(spec.name.clone(), (spec.address, msg));
+                }
+            }
+        }
+        self.publish(snap);
+    }
+
+    fn snapshot_of_drains(&self) -> BTreeMap<String, Duration> {
+        self.snapshot
+            .load()
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.drain_timeout))
+            .collect()
+    }
+
+    fn mark_draining(&self, name: &str, address: SocketAddr, bound: SocketAddr) {
+        let status = ListenerStatus {
+            name: name.to_owned(),
+            address,
+            bound_address: Some(bound),
+            state: ListenerState::Draining,
+            error: None,
+        };
+        self.draining.rcu(|list| {
+            let mut v: Vec<ListenerStatus> = list.iter().cloned().collect();
+            v.push(status.clone());
+            v
+        });
+    }
+
+    fn publish(&self, snap: &Snapshot) {
+        let mut board: Vec<ListenerStatus> = snap
+            .listeners
+            .iter()
+            .map(
+                |spec| match (self.running.get(&spec.name), self.failed.get(&spec.name)) {
+                    (Some(r), _) => ListenerStatus {
+                        name: spec.name.clone(),
+                        address: spec.address,
+                        bound_address: Some(r.bound),
+                        state: ListenerState::Active,
+                        error: None,
+                    },
+                    (None, Some((_, e))) => ListenerStatus {
+                        name: spec.name.clone(),
+                        address: spec.address,
+                        bound_address: None,
+                        state: ListenerState::Failed,
+                        error: Some(e.clone()),
+                    },
+                    (None, None) => ListenerStatus {
+                        name: spec.name.clone(),
+                        address: spec.address,
+                        bound_address: None,
+                        state: ListenerState::Failed,
+                        error: Some("not started".into()),
+                    },
+                },
+            )
+            .collect();
+        board.extend(self.draining.load().iter().cloned());
+        self.board.store(Arc::new(board));
+    }
+
+    async fn start(&self, spec: &Arc<ListenerSpec>) -> std::io::Result<Running> {
+        let listener = bind(spec.address)?;
+        let bound = listener.local_addr()?;
+        let mut running = Running {
+            address: spec.address,
+            protocol: spec.protocol,
+            bound,
+            stop_accepting: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            accept_task: None,
+        };
+        running.accept_task = Some(tokio::spawn(accept_loop(
+            spec.name.clone(),
+            listener,
+            self.snapshot.clone(),
+            running.stop_accepting.clone(),
+            running.force_close.clone(),
+            running.connections.clone(),
+        )));
+        Ok(running)
+    }
+
+    /// Stops every listener, drains them in parallel (each up to its `drain_timeout`), and
+    /// returns once all connections are closed.
+    pub async fn shutdown(&mut self) {
+        let drains = self.snapshot_of_drains();
+        for (name, r) in std::mem::take(&mut self.running) {
+            let drain = drains
+                .get(&name)
+                .copied()
+                .unwrap_or(Duration::from_secs(30));
+            self.drains.spawn(r.drain(name, drain));
+        }
+        self.drains.close();
+        self.drains.wait().await;
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Lets a restarted bindgate rebind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    name: String,
+    listener: TcpListener,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    stop: CancellationToken,
+    force_close: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let snap = snapshot.load_full();
+        let Some(spec) = snap.listener(&name).cloned() else {
+            continue;
+        };
+        let permit = match spec.admission.admit() {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::debug!(listener = %name, %peer, "connection refused: {why}");
+                continue;
+            }
+        };
+        let force_close = force_close.clone();
+        connections.spawn(async move {
+            let _held = (permit, snap);
+            match spec.protocol {
+                Protocol::Tcp => proxy::tcp::serve(spec, socket, peer, force_close).await,
+            }
+        });
+    }
+}

@@ -1,0 +1,5 @@
+//! Per-connection pipelines: admission, routing, upstream connect, splice.
+
+pub mod limits;
+pub mod splice;
+pub mod tcp;

@@ -1,0 +1,441 @@
+//! Config → Snapshot, with every cross-reference checked and every error reported.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+use super::{BoundUrl, ListenerSpec, Snapshot};
+use crate::config::{
+    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, IngressConfig, LoadedConfig, Protocol,
+};
+use crate::identity;
+use crate::proxy::limits::Admission;
+use crate::upstream::{
+    BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
+};
+
+struct Checker<'a> {
+    loaded: &'a LoadedConfig,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let e = self.loaded.error_at(path, message);
+        self.errors.push(e);
+    }
+}
+
+/// Builds a snapshot numbered `version`, or returns every problem found.
+pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErrors> {
+    identity::install_crypto_provider();
+    let cfg = &loaded.config;
+    let mut c = Checker {
+        loaded,
+        errors: Vec::new(),
+    };
+
+    if cfg.version != 1 {
+        c.err(
+            "version",
+            format!(
+                "unsupported version {}; this bindgate reads version 1",
+                cfg.version
+            ),
+        );
+    }
+
+    let admin = cfg.admin.as_ref().and_then(|a| match a.address.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() || a.allow_non_loopback => Some(addr),
+        Ok(addr) => {
+            c.err("admin.address", format!("`{addr}` is not a loopback address; the admin API exposes topology and state (set `allow_non_loopback: true` to allow it)"));
+            None
+        }
+        Err(_) => {
+            c.err("admin.address", format!("`{}` is not an `ip:port` address", a.address));
+            None
+        }
+    });
+
+    let mut ingresses: HashMap<&str, Arc<Ingress>> = HashMap::new();
+    let mut ingress_names = HashSet::new();
+    for (i, ing) in cfg.ingresses.iter().enumerate() {
+        let path = format!("ingresses[{i}]");
+        if !ingress_names.insert(ing.name.as_str()) {
+            c.err(
+                format!("{path}.name"),
+                format!("duplicate ingress name `{}`", ing.name),
+            );
+            continue;
+        }
+        if let Some(built) = build_ingress(&mut c, &path, ing) {
+            ingresses.insert(ing.name.as_str(), Arc::new(built));
+        }
+    }
+
+    let mut clusters: BTreeMap<String, Arc<Cluster>> = BTreeMap::new();
+    let mut cluster_names = HashSet::new();
+    for (i, cl) in cfg.static_resources.clusters.iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        if !cluster_names.insert(cl.name.as_str()) {
+            c.err(
+                format!("{path}.name"),
+                format!("duplicate cluster name `{}`", cl.name),
+            );
+            continue;
+        }
+        if let Some(built) = build_cluster(&mut c, &path, cl, &ingresses) {
+            clusters.insert(cl.name.clone(), Arc::new(built));
+        }
+    }
+
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
+    for (i, l) in cfg.static_resources.listeners.iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        if l.name.is_empty() {
+            c.err(format!("{path}.name"), "a listener needs a non-empty name");
+        } else if !listener_names.insert(l.name.as_str()) {
+            c.err(
+                format!("{path}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+        let address = match l.address.parse::<SocketAddr>() {
+            Ok(a) => {
+                if a.port() != 0 {
+                    if let Some(other) = addresses.insert(a, &l.name) {
+                        c.err(
+                            format!("{path}.address"),
+                            format!("address `{a}` is already used by listener `{other}`"),
+                        );
+                    }
+                }
+                Some(a)
+            }
+            Err(_) => {
+                c.err(
+                    format!("{path}.address"),
+                    format!("`{}` is not an `ip:port` address", l.address),
+                );
+                None
+            }
+        };
+        let cluster = match l.protocol {
+            Protocol::Tcp => {
+                if l.routes.len() != 1 {
+                    c.err(
+                        format!("{path}.routes"),
+                        format!(
+                            "a tcp listener takes exactly one route, found {}",
+                            l.routes.len()
+                        ),
+                    );
+                }
+                l.routes.first().and_then(|r| {
+                    if r.route_match.is_some() {
+                        c.err(
+                            format!("{path}.routes[0].match"),
+                            "a tcp listener's route takes no `match`",
+                        );
+                    }
+                    let found = clusters.get(&r.cluster).cloned();
+                    if found.is_none() && !cluster_names.contains(r.cluster.as_str()) {
+                        c.err(
+                            format!("{path}.routes[0].cluster"),
+                            format!("no cluster named `{}`", r.cluster),
+                        );
+                    }
+                    found
+                })
+            }
+        };
+        if let Some(limits) = &l.limits {
+            if limits.max_connections == Some(0) {
+                c.err(
+                    format!("{path}.limits.max_connections"),
+                    "must be at least 1",
+                );
+            }
+            if limits.connections_per_second == Some(0) {
+                c.err(
+                    format!("{path}.limits.connections_per_second"),
+                    "must be at least 1",
+                );
+            }
+            if limits.burst.is_some() && limits.connections_per_second.is_none() {
+                c.err(
+                    format!("{path}.limits.burst"),
+                    "`burst` needs `connections_per_second`",
+                );
+            } else if limits.burst == Some(0) {
+                c.err(format!("{path}.limits.burst"), "must be at least 1");
+            }
+        }
+        if let (Some(address), Some(cluster)) = (address, cluster) {
+            listeners.push(Arc::new(ListenerSpec {
+                name: l.name.clone(),
+                address,
+                protocol: l.protocol,
+                cluster,
+                admission: Admission::new(l.limits.as_ref()),
+                idle_timeout: l.idle_timeout.get(),
+                drain_timeout: l.drain_timeout.get(),
+            }));
+        }
+    }
+
+    if !c.errors.is_empty() {
+        let mut errors = c.errors;
+        errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
+        return Err(ConfigErrors {
+            source: loaded.source.clone(),
+            errors,
+        });
+    }
+    Ok(Snapshot {
+        version,
+        listeners,
+        clusters,
+        admin,
+        config: Arc::new(cfg.clone()),
+    })
+}
+
+/// `host:port`, with `:443` appended when the port is missing.
+fn ingress_address(address: &str) -> Result<(String, String), String> {
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !h.is_empty() => (h, p),
+        _ => (address, "443"),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{address}` has no host"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{address}`: port `{port}` is not a number from 1 to 65535"))?;
+    let hostport = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok((hostport, host.to_owned()))
+}
+
+fn build_ingress(c: &mut Checker<'_>, path: &str, ing: &IngressConfig) -> Option<Ingress> {
+    let errors_before = c.errors.len();
+    let (address, host) = match ingress_address(&ing.address) {
+        Ok(v) => v,
+        Err(e) => {
+            c.err(format!("{path}.address"), e);
+            return None;
+        }
+    };
+    let name_text = ing.server_name.clone().unwrap_or(host);
+    let server_name = match ServerName::try_from(name_text.clone()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            let field = if ing.server_name.is_some() {
+                "server_name"
+            } else {
+                "address"
+            };
+            c.err(
+                format!("{path}.{field}"),
+                format!("`{name_text}` is not a valid TLS server name"),
+            );
+            None
+        }
+    };
+    if !ing.system_roots && ing.ca.is_none() {
+        c.err(
+            format!("{path}.system_roots"),
+            "with `system_roots: false` a `ca:` is required, or nothing would be trusted",
+        );
+    }
+    let ca = ing.ca.as_ref().map(|p| c.loaded.resolve(p));
+    let roots = match identity::load_trust_roots(ca.as_deref(), ing.system_roots) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            c.err(format!("{path}.ca"), e.to_string());
+            None
+        }
+    };
+    let identity = match (&ing.client_cert, &ing.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = identity::load_cert_chain(&c.loaded.resolve(cert))
+                .map_err(|e| c.err(format!("{path}.client_cert"), e.to_string()))
+                .ok();
+            let key = identity::load_private_key(&c.loaded.resolve(key))
+                .map_err(|e| c.err(format!("{path}.client_key"), e.to_string()))
+                .ok();
+            chain.zip(key)
+        }
+        (Some(_), None) => {
+            c.err(
+                format!("{path}.client_key"),
+                "`client_cert` is set but `client_key` is missing",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.err(
+                format!("{path}.client_cert"),
+                "`client_key` is set but `client_cert` is missing",
+            );
+            None
+        }
+        (None, None) => {
+            c.err(path, "`client_cert` and `client_key` are required: the ngrok binding ingress authenticates clients by certificate");
+            None
+        }
+    };
+    if c.errors.len() != errors_before {
+        return None;
+    }
+    let (roots, (chain, key), server_name) = (roots?, identity?, server_name?);
+    let tls = rustls::ClientConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key);
+    match tls {
+        Ok(tls) => Some(Ingress {
+            name: ing.name.clone(),
+            address,
+            server_name,
+            tls: Arc::new(tls),
+            connect_timeout: ing.connect_timeout.get(),
+        }),
+        Err(e) => {
+            c.err(
+                format!("{path}.client_key"),
+                format!("the key does not fit the certificate: {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn build_cluster(
+    c: &mut Checker<'_>,
+    path: &str,
+    cl: &ClusterConfig,
+    ingresses: &HashMap<&str, Arc<Ingress>>,
+) -> Option<Cluster> {
+    let errors_before = c.errors.len();
+    let r = &cl.retry;
+    if r.attempts == 0 {
+        c.err(
+            format!("{path}.retry.attempts"),
+            "must be at least 1 (1 means no retry)",
+        );
+    }
+    if r.budget_percent > 100 {
+        c.err(
+            format!("{path}.retry.budget_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    if r.max_backoff < r.base_backoff {
+        c.err(
+            format!("{path}.retry.max_backoff"),
+            format!(
+                "`{}` is less than base_backoff `{}`",
+                r.max_backoff, r.base_backoff
+            ),
+        );
+    }
+    let not_for = |c: &mut Checker<'_>, field: &str, present: bool, kind: &str| {
+        if present {
+            c.err(
+                format!("{path}.{field}"),
+                format!("field `{field}` does not apply to type {kind}"),
+            );
+        }
+    };
+    let target = match cl.kind {
+        ClusterKind::Static => {
+            not_for(c, "endpoint", cl.endpoint.is_some(), "static");
+            not_for(c, "ingress", cl.ingress.is_some(), "static");
+            let endpoints = cl.endpoints.clone().unwrap_or_default();
+            if endpoints.is_empty() {
+                c.err(
+                    format!("{path}.endpoints"),
+                    "a static cluster needs at least one `host:port` endpoint",
+                );
+            }
+            for (j, e) in endpoints.iter().enumerate() {
+                let valid = e
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+                if !valid {
+                    c.err(
+                        format!("{path}.endpoints[{j}]"),
+                        format!("`{e}` is not a `host:port` address"),
+                    );
+                }
+            }
+            let timeout = cl
+                .connect_timeout
+                .map_or(Duration::from_secs(5), |d| d.get());
+            ClusterTarget::Static(StaticEndpoints::new(endpoints, timeout))
+        }
+        ClusterKind::BindingUpstream => {
+            not_for(c, "endpoints", cl.endpoints.is_some(), "binding_upstream");
+            not_for(
+                c,
+                "connect_timeout",
+                cl.connect_timeout.is_some(),
+                "binding_upstream (set it on the ingress)",
+            );
+            let url = match &cl.endpoint {
+                None => {
+                    c.err(path, "a binding_upstream cluster needs `endpoint` (e.g. `tcp://service.namespace:5432`)");
+                    None
+                }
+                Some(u) => BoundUrl::parse(u, None)
+                    .map_err(|e| c.err(format!("{path}.endpoint"), e))
+                    .ok(),
+            };
+            let ingress = match &cl.ingress {
+                None => {
+                    c.err(path, "a binding_upstream cluster needs `ingress` (the name of an entry in `ingresses`)");
+                    None
+                }
+                Some(name) => {
+                    let found = ingresses.get(name.as_str()).cloned();
+                    let declared = c.loaded.config.ingresses.iter().any(|i| &i.name == name);
+                    if found.is_none() && !declared {
+                        c.err(
+                            format!("{path}.ingress"),
+                            format!("no ingress named `{name}`"),
+                        );
+                    }
+                    found
+                }
+            };
+            match (url, ingress) {
+                (Some(url), Some(ingress)) => {
+                    ClusterTarget::Binding(BindingTarget { url, ingress })
+                }
+                _ => return None,
+            }
+        }
+    };
+    if c.errors.len() != errors_before {
+        return None;
+    }
+    Some(Cluster {
+        name: cl.name.clone(),
+        target,
+        retry: RetryPolicy::new(&cl.retry),
+    })
+}

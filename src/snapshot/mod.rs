@@ -1,0 +1,57 @@
+//! The snapshot: the compiled, validated, immutable whole of listeners, routes and clusters.
+//!
+//! `build` is the only place config is checked for cross-references; `run` and `validate` share
+//! it. It reads referenced files (certificates, keys, CAs) but binds nothing and calls nobody.
+
+mod bound_url;
+mod build;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use bound_url::{BoundUrl, Scheme};
+pub use build::build;
+
+use crate::config::{Config, Protocol};
+use crate::proxy::limits::Admission;
+use crate::upstream::Cluster;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every applied build.
+    pub version: u64,
+    pub listeners: Vec<Arc<ListenerSpec>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub admin: Option<SocketAddr>,
+    /// The config this was built from (for `/config_dump`).
+    pub config: Arc<Config>,
+}
+
+impl Snapshot {
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The longest `drain_timeout` of any listener: how long a full shutdown may take.
+    pub fn max_drain_timeout(&self) -> Duration {
+        self.listeners
+            .iter()
+            .map(|l| l.drain_timeout)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    /// tcp: the one route's cluster.
+    pub cluster: Arc<Cluster>,
+    pub admission: Admission,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+}

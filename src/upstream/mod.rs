@@ -1,0 +1,144 @@
+//! Clusters and how they reach their upstreams: `static` (plain TCP) and `binding_upstream`
+//! (mTLS + binding upgrade through an ingress), with retries before any byte went upstream.
+//!
+//! Everything here is built once per snapshot and shared by the connections accepted under it.
+
+pub mod binding;
+pub mod retry;
+pub mod static_cluster;
+pub mod stream;
+
+use std::time::Duration;
+
+pub use binding::{BindingTarget, Ingress};
+pub use retry::RetryPolicy;
+pub use static_cluster::StaticEndpoints;
+pub use stream::UpstreamStream;
+
+use crate::wire::FrameError;
+
+/// Why an upstream could not be reached. Messages carry what a user needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect {addr}: timed out after {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("TLS with ingress {addr}: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("binding upgrade with ingress {addr}: {reason}")]
+    Upgrade { addr: String, reason: String },
+    #[error("ingress {addr} refused {endpoint}: {failure}")]
+    Refused {
+        addr: String,
+        endpoint: String,
+        failure: String,
+    },
+    #[error("the cluster has no endpoints")]
+    NoEndpoints,
+}
+
+impl UpstreamError {
+    pub(crate) fn tls(addr: &str, e: &std::io::Error) -> Self {
+        UpstreamError::Tls {
+            addr: addr.to_owned(),
+            reason: describe_tls(e),
+        }
+    }
+
+    pub(crate) fn upgrade(addr: &str, e: FrameError) -> Self {
+        let reason = match e {
+            FrameError::Io(io) if rustls_error(&io).is_some() => describe_tls(&io),
+            FrameError::Closed => "the ingress closed the connection before answering".to_owned(),
+            other => other.to_string(),
+        };
+        UpstreamError::Upgrade {
+            addr: addr.to_owned(),
+            reason,
+        }
+    }
+}
+
+fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// Turns rustls failures into advice: which side distrusts which certificate.
+fn describe_tls(e: &std::io::Error) -> String {
+    use rustls::{AlertDescription as A, Error as R};
+    match rustls_error(e) {
+        Some(R::InvalidCertificate(why)) => format!(
+            "the ingress's certificate is not trusted ({why:?}); set the ingress's `ca:` to the CA that signed it"
+        ),
+        Some(R::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::CertificateUnknown
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::AccessDenied),
+        )) => format!("the ingress rejected our client certificate (TLS alert {alert:?})"),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Where a cluster sends connections.
+#[derive(Debug)]
+pub enum ClusterTarget {
+    Static(StaticEndpoints),
+    Binding(BindingTarget),
+}
+
+/// A cluster as the data path sees it.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub target: ClusterTarget,
+    pub retry: RetryPolicy,
+}
+
+impl Cluster {
+    /// Connects, retrying failures (nothing has been sent upstream yet) within the policy.
+    pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
+        self.retry.record_request();
+        let mut retry = 0;
+        loop {
+            let attempt = match &self.target {
+                ClusterTarget::Static(s) => s.connect().await,
+                ClusterTarget::Binding(b) => b.connect().await,
+            };
+            match attempt {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    retry += 1;
+                    if !self.retry.allow_retry(retry) {
+                        return Err(e);
+                    }
+                    let wait = self.retry.backoff(retry);
+                    tracing::debug!(cluster = %self.name, retry, ?wait, "upstream connect failed, retrying: {e}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// A one-line description for the admin `/clusters` view.
+    pub fn describe(&self) -> serde_json::Value {
+        match &self.target {
+            ClusterTarget::Static(s) => serde_json::json!({
+                "name": self.name, "type": "static", "endpoints": s.addresses,
+            }),
+            ClusterTarget::Binding(b) => serde_json::json!({
+                "name": self.name, "type": "binding_upstream", "endpoint": b.url.to_string(),
+                "ingress": b.ingress.name, "ingress_address": b.ingress.address,
+            }),
+        }
+    }
+}

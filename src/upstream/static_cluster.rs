@@ -1,0 +1,47 @@
+//! `static` clusters: plain TCP to fixed `host:port` addresses, round-robin.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::{UpstreamError, UpstreamStream};
+
+#[derive(Debug)]
+pub struct StaticEndpoints {
+    pub addresses: Vec<String>,
+    pub connect_timeout: Duration,
+    next: AtomicUsize,
+}
+
+impl StaticEndpoints {
+    pub fn new(addresses: Vec<String>, connect_timeout: Duration) -> Self {
+        StaticEndpoints {
+            addresses,
+            connect_timeout,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connects to the next address in turn (a retry therefore tries the next one).
+    pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addresses.len().max(1);
+        let Some(addr) = self.addresses.get(i) else {
+            return Err(UpstreamError::NoEndpoints);
+        };
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr.as_str())).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                Ok(UpstreamStream::Tcp(tcp))
+            }
+            Ok(Err(source)) => Err(UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            }),
+            Err(_) => Err(UpstreamError::Timeout {
+                addr: addr.clone(),
+                after: self.connect_timeout,
+            }),
+        }
+    }
+}
