@@ -1,0 +1,135 @@
+//! Helpers for end-to-end tests: run the real `bindgate` binary and wait on its readiness lines.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bindgate");
+
+/// A running `bindgate` process, stopped (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub stderr: Option<ChildStderr>,
+    /// The first JSON line the process printed (its readiness event).
+    pub event: serde_json::Value,
+}
+
+impl Proc {
+    /// Starts `bindgate ARGS`, and waits for its first stdout line (a JSON readiness event).
+    pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("BINDGATE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn bindgate");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = match lines.next_line().await.unwrap() {
+            Some(l) => l,
+            None => {
+                let out = child.wait_with_output().await.unwrap();
+                panic!(
+                    "bindgate {args:?} exited before becoming ready: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        let event = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        Proc {
+            child,
+            stdout: lines,
+            stderr,
+            event,
+        }
+    }
+
+    /// The bound address of listener `name`, from the readiness event.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let listeners = self.event["listeners"].as_array().expect("listeners");
+        let l = listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name}: {}", self.event));
+        l["bound_address"].as_str().expect("bound").parse().unwrap()
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.event["admin"]
+            .as_str()
+            .expect("admin address")
+            .parse()
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and returns the exit status and everything the process logged.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let mut err = String::new();
+        if let Some(mut s) = self.stderr.take() {
+            tokio::io::AsyncReadExt::read_to_string(&mut s, &mut err)
+                .await
+                .unwrap();
+        }
+        let status = self.child.wait().await.unwrap();
+        (status, err)
+    }
+
+    /// Reads stderr lines until one contains `needle` (the process keeps running).
+    pub async fn wait_for_log(&mut self, needle: &str) -> String {
+        let stderr = self.stderr.take().expect("stderr already consumed");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                // Keep draining stderr in the background so the process never blocks on it.
+                tokio::spawn(drain(lines));
+                return line;
+            }
+        }
+        panic!("log line containing {needle:?} never came; log was:\n{seen}");
+    }
+}
+
+async fn drain<R: AsyncRead + Unpin>(mut lines: Lines<BufReader<R>>) {
+    while let Ok(Some(_)) = lines.next_line().await {}
+}
+
+/// Runs `bindgate ARGS` to completion: (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run bindgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}

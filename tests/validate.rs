@@ -1,0 +1,183 @@
+//! `bindgate validate`: every example validates; each kind of mistake is named with its line.
+
+mod common;
+
+use common::{run_to_end, write};
+
+/// A CA, a server cert and a client cert, so examples that reference TLS files can validate.
+fn tls_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ac_test".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    write(dir.path(), "ca.pem", &ca.pem());
+    write(dir.path(), "tls.crt", &cert.pem());
+    write(dir.path(), "tls.key", &key.serialize_pem());
+    dir
+}
+
+#[test]
+fn every_example_config_validates() {
+    let tls = tls_dir();
+    let tls_path = tls.path().to_str().unwrap();
+    let mut checked = 0;
+    for entry in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/configs")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let (code, out, err) = run_to_end(
+            &["validate", "-c", path.to_str().unwrap()],
+            &[
+                ("BINDGATE_TLS_DIR", tls_path),
+                ("BINDGATE_DEMO_DIR", tls_path),
+            ],
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "OK\n"),
+            "{}: {out}{err}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "expected several examples, found {checked}");
+}
+
+const GOOD: &str = "\
+version: 1
+static_resources:
+  listeners:
+    - name: a
+      address: 127.0.0.1:7001
+      routes:
+        - cluster: c
+  clusters:
+    - name: c
+      type: static
+      endpoints: [ \"127.0.0.1:9000\" ]
+";
+
+/// Each case: a config, then fragments every one of which the output must contain.
+#[test]
+fn bad_configs_fail_naming_field_value_and_line() {
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "unknown field",
+            GOOD.replace("      address: 127.0.0.1:7001", "      adress: 127.0.0.1:7001"),
+            &["line 5", "unknown field `adress`", "static_resources.listeners[0]"],
+        ),
+        (
+            "bad duration",
+            GOOD.replace("      routes:\n", "      idle_timeout: 10 minutes\n      routes:\n"),
+            &["line 6", "`10 minutes`", "static_resources.listeners[0].idle_timeout"],
+        ),
+        (
+            "missing cluster",
+            GOOD.replace("        - cluster: c", "        - cluster: nope"),
+            &["line 7", "no cluster named `nope`", "static_resources.listeners[0].routes[0].cluster"],
+        ),
+        (
+            "duplicate address",
+            GOOD.replace(
+                "  clusters:",
+                "    - name: b\n      address: 127.0.0.1:7001\n      routes: [ { cluster: c } ]\n  clusters:",
+            ),
+            &["line 9", "`127.0.0.1:7001` is already used by listener `a`", "static_resources.listeners[1].address"],
+        ),
+        (
+            "tcp endpoint without port",
+            format!(
+                "{GOOD}    - name: b\n      type: binding_upstream\n      endpoint: tcp://orders.default\n      ingress: i\n"
+            ),
+            &["line 15", "`tcp://orders.default`", "explicit port", "static_resources.clusters[1].endpoint", "no ingress named `i`"],
+        ),
+        (
+            "unset env var",
+            GOOD.replace("127.0.0.1:7001", "${BINDGATE_TEST_SURELY_UNSET}"),
+            &["line 5", "`BINDGATE_TEST_SURELY_UNSET` is not set"],
+        ),
+        (
+            "bad endpoint host",
+            format!("{GOOD}    - name: b\n      type: binding_upstream\n      endpoint: http://a.b.c\n      ingress: i\n"),
+            &["line 15", "exactly `service.namespace`"],
+        ),
+        (
+            "tcp route with match",
+            GOOD.replace("        - cluster: c", "        - cluster: c\n          match: { host: x }"),
+            &["line 8", "takes no `match`"],
+        ),
+        ("syntax error", format!("{GOOD}  - : :\n  bad"), &["line "]),
+        ("wrong version", GOOD.replace("version: 1", "version: 2"), &["line 1", "unsupported version 2"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, wants) in cases {
+        let path = write(dir.path(), "bad.yaml", text);
+        let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+        assert_eq!(code, 1, "{name}: expected failure, got: {out}");
+        for want in *wants {
+            assert!(out.contains(want), "{name}: output lacks {want:?}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn all_errors_are_reported_not_only_the_first() {
+    let text = GOOD
+        .replace("        - cluster: c", "        - cluster: x1")
+        .replace("127.0.0.1:9000", "no-port");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bad.yaml", &text);
+    let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("2 errors"), "{out}");
+    assert!(
+        out.contains("no cluster named `x1`") && out.contains("`no-port` is not a `host:port`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_tls_files_are_named() {
+    let text = "\
+version: 1
+ingresses:
+  - name: i
+    address: 127.0.0.1:4443
+    client_cert: /nonexistent/tls.crt
+    client_key: /nonexistent/tls.key
+";
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bad.yaml", text);
+    let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("line 5") && out.contains("/nonexistent/tls.crt"),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 6") && out.contains("/nonexistent/tls.key"),
+        "{out}"
+    );
+}
+
+#[test]
+fn schema_command_matches_committed_schema() {
+    let (code, out, _) = run_to_end(&["schema"], &[]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/bindgate.schema.json"
+    ))
+    .unwrap();
+    assert_eq!(out, committed);
+}
