@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod cli;
 pub mod identity;
+pub mod sandbox;
 pub mod wire;
