@@ -10,6 +10,7 @@ pub mod control;
 pub mod identity;
 pub mod listener;
 pub mod proxy;
+pub mod sandbox;
 pub mod snapshot;
 pub mod upstream;
 pub mod wire;

@@ -30,6 +30,10 @@ enum Command {
     Validate(cli::validate::ValidateArgs),
     /// Print the config file's JSON Schema.
     Schema,
+    /// Run a local emulator of ngrok's binding ingress, for trying and testing bindgate.
+    Sandbox(cli::sandbox::SandboxArgs),
+    /// Sandbox + proxy in one process, from the embedded demo configs; prints what to try.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => block_on(cli::run::run(args)),
+        Command::Demo(args) => block_on(cli::demo::run(args)),
+        Command::Sandbox(args) => block_on(async {
+            cli::sandbox::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 

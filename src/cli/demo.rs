@@ -21,7 +21,10 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (dir, temporary) = match args.dir {
         Some(d) => (d, false),
-        None => (std::env::temp_dir().join(format!("bindgate-demo-{}", std::process::id())), true),
+        None => (
+            std::env::temp_dir().join(format!("bindgate-demo-{}", std::process::id())),
+            true,
+        ),
     };
     std::fs::create_dir_all(&dir)?;
     let result = serve(&dir).await;
@@ -32,6 +35,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let mut signals = super::ShutdownSignal::install()?;
     let mut sandbox_cfg = SandboxConfig::from_yaml(SANDBOX_YAML)?;
     sandbox_cfg.state_dir = dir.join("sandbox");
     let sandbox = Sandbox::start(sandbox_cfg).await?;
@@ -45,8 +49,13 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         "BINDGATE_DEMO_INGRESS" => Some(ingress.clone()),
         other => std::env::var(other).ok(),
     };
-    let built = config::parse(PROXY_YAML, "examples/configs/demo.yaml", dir.to_owned(), lookup)
-        .and_then(|loaded| snapshot::build(&loaded, 1));
+    let built = config::parse(
+        PROXY_YAML,
+        "examples/configs/demo.yaml",
+        dir.to_owned(),
+        lookup,
+    )
+    .and_then(|loaded| snapshot::build(&loaded, 1));
     let snap = match built {
         Ok(s) => s,
         Err(errors) => {
@@ -64,14 +73,23 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     let (Some(web), Some(echo)) = (bound("web"), bound("echo")) else {
         for l in status.iter().filter(|l| l.error.is_some()) {
-            eprintln!("listener `{}`: {}", l.name, l.error.as_deref().unwrap_or_default());
+            eprintln!(
+                "listener `{}`: {}",
+                l.name,
+                l.error.as_deref().unwrap_or_default()
+            );
         }
-        eprintln!("pick free ports with BINDGATE_DEMO_WEB=127.0.0.1:PORT and BINDGATE_DEMO_ECHO=127.0.0.1:PORT");
+        eprintln!(
+            "pick free ports with BINDGATE_DEMO_WEB=127.0.0.1:PORT and BINDGATE_DEMO_ECHO=127.0.0.1:PORT"
+        );
         gw.shutdown().await;
         sandbox.shutdown().await;
         return Ok(ExitCode::FAILURE);
     };
-    let admin = gw.admin_address().map(|a| a.to_string()).unwrap_or_else(|| "(disabled)".into());
+    let admin = gw
+        .admin_address()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "(disabled)".into());
     println!(
         "\
 bindgate demo is running: a sandbox ngrok binding ingress at {ingress} (mTLS, CA in {dir}),
@@ -87,7 +105,7 @@ Press Ctrl-C to stop.",
         echo_host = echo.rsplit_once(':').map_or("", |(h, _)| h),
         echo_port = echo.rsplit_once(':').map_or("", |(_, p)| p),
     );
-    super::shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("stopping the demo");
     gw.shutdown().await;
     sandbox.shutdown().await;

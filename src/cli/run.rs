@@ -33,9 +33,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let mut signals = super::ShutdownSignal::install()?;
     let mut gw = Gateway::start(snap).await?;
     announce(&gw);
-    super::shutdown_signal().await;
+    signals.recv().await;
     let drain = gw.current().max_drain_timeout();
     tracing::info!("shutting down: no new connections; draining open ones for up to {drain:?}");
     gw.shutdown().await;

@@ -1,0 +1,348 @@
+//! The emulated binding ingress (PROTOCOL.md §1): mTLS with a client certificate from the
+//! sandbox CA, one framed `ConnRequest`, one framed `ConnResponse`, then a raw byte pipe to the
+//! endpoint's target with half-close propagated both ways.
+//!
+//! Error codes it answers with (ngrok's real codes for this path are unconfirmed):
+//!
+//! | code | when |
+//! |---|---|
+//! | `ERR_NGROK_15010` | the client certificate's first DNS SAN is not the sandbox's `account_id` |
+//! | `ERR_NGROK_3200` | no endpoint serves `host:port`, or the endpoint has the `refuse` fault |
+//! | `ERR_NGROK_8012` | the endpoint's target could not be dialed |
+//!
+//! A connection that sends no valid frame in time is closed without an answer. This module owns
+//! the per-connection state machine; it does not own the listener's accept loop or the registry.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, warn};
+use x509_parser::extensions::GeneralName;
+
+use super::ca::SandboxCa;
+use super::endpoints::{BoundEndpoint, EndpointRegistry};
+use super::faults::{REFUSE_CODE, ReadPacer, ResetHandle};
+use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
+
+pub const ACCOUNT_MISMATCH_CODE: &str = "ERR_NGROK_15010";
+pub const NOT_FOUND_CODE: &str = "ERR_NGROK_3200";
+pub const TARGET_UNREACHABLE_CODE: &str = "ERR_NGROK_8012";
+
+const PIPE_BUFFER: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressTlsError {
+    #[error("ingress TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("ingress client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Everything a connection needs, shared by all of them.
+pub struct Ingress {
+    acceptor: TlsAcceptor,
+    account_id: String,
+    registry: Arc<EndpointRegistry>,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("account_id", &self.account_id)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection ended before or during the pipe; only for the debug log line.
+enum PipeEnd {
+    Done { up: u64, down: u64 },
+    Reset { up: u64 },
+}
+
+impl Ingress {
+    /// TLS ≥ 1.2 with a required client certificate chaining to the sandbox CA.
+    pub fn new(
+        ca: &SandboxCa,
+        server_names: &[String],
+        ips: &[std::net::IpAddr],
+        account_id: String,
+        registry: Arc<EndpointRegistry>,
+        handshake_timeout: Duration,
+    ) -> Result<Self, super::SandboxError> {
+        let identity = ca.issue_server_cert(server_names, ips)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.cert_der().clone())
+            .map_err(IngressTlsError::from)?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(IngressTlsError::from)?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(IngressTlsError::from)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![identity.cert], identity.key)
+            .map_err(IngressTlsError::from)?;
+        Ok(Ingress {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            account_id,
+            registry,
+            handshake_timeout,
+        })
+    }
+
+    /// Serves one accepted TCP connection to its end. Never panics on peer input.
+    pub async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let deadline = Instant::now() + self.handshake_timeout;
+        let mut tls = match timeout_at(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, "ingress TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "ingress TLS handshake timed out");
+                return;
+            }
+        };
+        let request: ConnRequest = match timeout_at(deadline, wire::read_frame(&mut tls)).await {
+            Ok(Ok(request)) => request,
+            // A client that connects and leaves without a word (a warm pool discarding a
+            // connection) is normal, not malformed.
+            Ok(Err(FrameError::Closed)) => {
+                debug!(%peer, "ingress connection closed before its ConnRequest");
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(%peer, "ingress closing connection: bad ConnRequest: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!(
+                    %peer,
+                    "ingress closing connection: no ConnRequest within {:?}",
+                    self.handshake_timeout
+                );
+                return;
+            }
+        };
+        let (endpoint, backend) = match self.upgrade(&tls, &request).await {
+            Ok(ready) => ready,
+            Err(response) => {
+                debug!(
+                    %peer,
+                    host = %request.host,
+                    port = request.port,
+                    "ingress refusing upgrade: {}",
+                    response.failure().unwrap_or_default()
+                );
+                // Best effort: the peer may already be gone.
+                if wire::write_frame(&mut tls, &response).await.is_ok() {
+                    let _ = tls.shutdown().await;
+                }
+                return;
+            }
+        };
+        let response = ConnResponse {
+            endpoint_id: endpoint.id.clone(),
+            proto: endpoint.url.scheme.as_str().to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = wire::write_frame(&mut tls, &response).await {
+            debug!(%peer, "ingress could not answer ConnResponse: {e}");
+            return;
+        }
+        let reset = match endpoint.faults.reset_after_bytes {
+            Some(_) => match ResetHandle::arm(tls.get_ref().0) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    debug!(%peer, "ingress cannot arm reset fault: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
+        match pipe(tls, backend, &endpoint, reset).await {
+            Ok(PipeEnd::Done { up, down }) => {
+                debug!(%peer, endpoint = %endpoint.url, up, down, "ingress connection done")
+            }
+            Ok(PipeEnd::Reset { up }) => {
+                debug!(%peer, endpoint = %endpoint.url, up, "ingress connection reset (fault)")
+            }
+            Err(e) => debug!(%peer, endpoint = %endpoint.url, "ingress connection failed: {e}"),
+        }
+    }
+
+    /// Decides the upgrade: the endpoint and a connected target, or the error to answer.
+    async fn upgrade(
+        &self,
+        tls: &TlsStream<TcpStream>,
+        request: &ConnRequest,
+    ) -> Result<(Arc<BoundEndpoint>, TcpStream), ConnResponse> {
+        let account = client_account(tls);
+        if account.as_deref() != Some(self.account_id.as_str()) {
+            return Err(ConnResponse::error(
+                ACCOUNT_MISMATCH_CODE,
+                format!(
+                    "the client certificate names account `{}`, which has no kubernetes operator on this ingress",
+                    account.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
+        let endpoint = self
+            .registry
+            .lookup(&request.host, request.port)
+            .ok_or_else(|| {
+                ConnResponse::error(
+                    NOT_FOUND_CODE,
+                    format!(
+                        "endpoint {}:{} is offline or not found",
+                        request.host, request.port
+                    ),
+                )
+            })?;
+        if !endpoint.faults.latency.is_zero() {
+            tokio::time::sleep(endpoint.faults.latency).await;
+        }
+        if endpoint.faults.refuse {
+            return Err(ConnResponse::error(
+                REFUSE_CODE,
+                format!(
+                    "endpoint {} is offline (sandbox fault: refuse)",
+                    endpoint.url.hostport()
+                ),
+            ));
+        }
+        let dial = timeout(
+            self.handshake_timeout,
+            TcpStream::connect(endpoint.dial_address()),
+        )
+        .await;
+        match dial {
+            Ok(Ok(backend)) => {
+                let _ = backend.set_nodelay(true);
+                Ok((endpoint, backend))
+            }
+            Ok(Err(e)) => Err(unreachable_target(&endpoint, &e.to_string())),
+            Err(_) => Err(unreachable_target(&endpoint, "connect timed out")),
+        }
+    }
+}
+
+fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {
+    ConnResponse::error(
+        TARGET_UNREACHABLE_CODE,
+        format!(
+            "endpoint {} could not reach its upstream {}: {cause}",
+            endpoint.url,
+            endpoint.dial_address()
+        ),
+    )
+}
+
+/// The first DNS SAN of the verified client certificate.
+fn client_account(tls: &TlsStream<TcpStream>) -> Option<String> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) => Some((*dns).to_string()),
+        _ => None,
+    })
+}
+
+/// How a pipe direction failed: the reset fault is not an I/O error, it is the plan.
+enum PipeError {
+    Io(io::Error),
+    ResetFault { up: u64 },
+}
+
+impl From<io::Error> for PipeError {
+    fn from(e: io::Error) -> Self {
+        PipeError::Io(e)
+    }
+}
+
+/// Pipes bytes both ways until both directions end. EOF on one side becomes a write shutdown on
+/// the other (close_notify toward the client); an error or a reset fault ends both.
+async fn pipe(
+    tls: TlsStream<TcpStream>,
+    backend: TcpStream,
+    endpoint: &BoundEndpoint,
+    reset: Option<ResetHandle>,
+) -> io::Result<PipeEnd> {
+    let (mut client_read, mut client_write) = tokio::io::split(tls);
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    let up = copy_client_to_backend(&mut client_read, &mut backend_write, endpoint);
+    let down = async {
+        let n = tokio::io::copy(&mut backend_read, &mut client_write).await?;
+        // Sends close_notify, then shuts down the TCP write side.
+        client_write.shutdown().await?;
+        Ok::<_, PipeError>(n)
+    };
+    match tokio::try_join!(up, down) {
+        Ok((up, down)) => Ok(PipeEnd::Done { up, down }),
+        Err(PipeError::ResetFault { up }) => {
+            if let Some(handle) = reset {
+                handle.fire()?;
+            }
+            // Returning drops both halves of the TLS stream without close_notify.
+            Ok(PipeEnd::Reset { up })
+        }
+        Err(PipeError::Io(e)) => Err(e),
+    }
+}
+
+/// Copies client→backend, applying the read-rate and reset faults. On client EOF (close_notify)
+/// it shuts down the backend's write side.
+async fn copy_client_to_backend<R, W>(
+    client: &mut R,
+    backend: &mut W,
+    endpoint: &BoundEndpoint,
+) -> Result<u64, PipeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut pacer = endpoint.faults.read_rate.map(ReadPacer::new);
+    let budget = endpoint.faults.reset_after_bytes;
+    let mut buf = vec![0u8; PIPE_BUFFER];
+    let mut total: u64 = 0;
+    loop {
+        let mut limit = buf.len();
+        if let Some(budget) = budget {
+            let left = budget.saturating_sub(total);
+            if left == 0 {
+                return Err(PipeError::ResetFault { up: total });
+            }
+            limit = limit.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        if let Some(p) = pacer.as_ref() {
+            limit = limit.min(p.chunk_limit());
+        }
+        let n = client.read(&mut buf[..limit]).await?;
+        if n == 0 {
+            backend.shutdown().await?;
+            return Ok(total);
+        }
+        backend.write_all(&buf[..n]).await?;
+        total += n as u64;
+        if let Some(p) = pacer.as_mut() {
+            p.consumed(n).await;
+        }
+    }
+}

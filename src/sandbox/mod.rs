@@ -1,0 +1,290 @@
+//! The sandbox: a faithful local emulator of ngrok's side of Kubernetes bindings, so bindgate
+//! can be tried, tested end to end and benchmarked without an ngrok account.
+//!
+//! [`Sandbox::start`] binds everything (built-in backends, the binding ingress) and returns once
+//! every listener accepts. Submodules: `config` (sandbox.yaml), `ca` (the persisted CA),
+//! `endpoints` (the registry of bound endpoints), `ingress` (mTLS + upgrade + pipe), `backends`
+//! (echo, http), `faults` (per-endpoint fault knobs). The sandbox shares nothing with bindgate's
+//! proxy side except the wire format (`crate::wire`): it is written from PROTOCOL.md alone.
+
+pub mod backends;
+pub mod ca;
+pub mod config;
+pub mod endpoints;
+pub mod faults;
+pub mod ingress;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use backends::{EchoBackend, HttpBackend};
+pub use ca::{CaError, SandboxCa, SignedCert};
+pub use config::{SandboxConfig, SandboxConfigError};
+pub use endpoints::{BoundEndpoint, EndpointError, EndpointRegistry, EndpointUrl, Target};
+pub use faults::Faults;
+pub use ingress::Ingress;
+
+/// File names [`Sandbox::issue_client_cert`] writes.
+pub const CLIENT_CERT_FILE: &str = "tls.crt";
+pub const CLIENT_KEY_FILE: &str = "tls.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Config(#[from] SandboxConfigError),
+    #[error("sandbox CA: {0}")]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    IngressTls(#[from] ingress::IngressTlsError),
+    #[error("{what}: bind {address}: {source}")]
+    Bind {
+        what: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running sandbox. Dropping it without [`Sandbox::shutdown`] stops its listeners too (their
+/// tasks end when the runtime does), but `shutdown` waits for them.
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    ca: Arc<SandboxCa>,
+    registry: Arc<EndpointRegistry>,
+    ingress_addr: SocketAddr,
+    echo_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sandbox {
+    /// Loads or creates the CA, binds the backends and the ingress, and returns when all accept.
+    pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        crate::identity::install_crypto_provider();
+        config
+            .validate()
+            .map_err(|(field, reason)| SandboxConfigError::Invalid {
+                origin: "sandbox config".into(),
+                field,
+                reason,
+            })?;
+        let ca = Arc::new(SandboxCa::load_or_create(&config.state_dir)?);
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let echo = bind("echo backend", config.backends.echo).await?;
+        let echo_addr = local_addr("echo backend", config.backends.echo, &echo)?;
+        tasks.push(spawn_accept_loop(echo, shutdown.clone(), |tcp, peer| {
+            EchoBackend.serve(tcp, peer)
+        }));
+        let http = bind("http backend", config.backends.http).await?;
+        let http_addr = local_addr("http backend", config.backends.http, &http)?;
+        tasks.push(spawn_accept_loop(http, shutdown.clone(), |tcp, peer| {
+            HttpBackend.serve(tcp, peer)
+        }));
+
+        let registry = Arc::new(EndpointRegistry::new(
+            echo_addr,
+            http_addr,
+            &config.endpoints,
+        )?);
+        let listener = bind("ingress", config.ingress.address).await?;
+        let ingress_addr = local_addr("ingress", config.ingress.address, &listener)?;
+        let ingress = Arc::new(Ingress::new(
+            &ca,
+            &config.ingress.server_names,
+            &certificate_ips(ingress_addr.ip()),
+            config.account_id.clone(),
+            Arc::clone(&registry),
+            config.ingress.handshake_timeout.get(),
+        )?);
+        tasks.push(spawn_accept_loop(
+            listener,
+            shutdown.clone(),
+            move |tcp, peer| Arc::clone(&ingress).serve(tcp, peer),
+        ));
+        info!(
+            "sandbox ingress listening on {ingress_addr} (account {}, {} endpoints; echo backend {echo_addr}, http backend {http_addr}; CA {})",
+            config.account_id,
+            config.endpoints.len(),
+            absolute(ca.cert_path()).display()
+        );
+        Ok(Sandbox {
+            config,
+            ca,
+            registry,
+            ingress_addr,
+            echo_addr,
+            http_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.ingress_addr
+    }
+
+    /// `(echo, http)`.
+    pub fn backend_addrs(&self) -> (SocketAddr, SocketAddr) {
+        (self.echo_addr, self.http_addr)
+    }
+
+    /// The CA certificate clients must trust, as an absolute path.
+    pub fn ca_pem_path(&self) -> PathBuf {
+        absolute(self.ca.cert_path())
+    }
+
+    pub fn ca(&self) -> &SandboxCa {
+        &self.ca
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.config.account_id
+    }
+
+    /// The live endpoint registry.
+    pub fn endpoints(&self) -> &EndpointRegistry {
+        &self.registry
+    }
+
+    /// Writes a client certificate for the sandbox's account into `out_dir`: `tls.crt` (0644)
+    /// and `tls.key` (0600). Returns their paths.
+    pub fn issue_client_cert(&self, out_dir: &Path) -> Result<(PathBuf, PathBuf), SandboxError> {
+        write_client_cert(&self.ca, &self.config.account_id, out_dir)
+    }
+
+    /// Stops accepting, aborts connections in flight, and waits for the listeners to close.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Issues a client certificate for `account_id` into `out_dir` (`tls.crt` 0644, `tls.key` 0600).
+pub fn write_client_cert(
+    ca: &SandboxCa,
+    account_id: &str,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf), SandboxError> {
+    std::fs::create_dir_all(out_dir).map_err(|source| SandboxError::Io {
+        path: out_dir.to_owned(),
+        source,
+    })?;
+    let (cert_pem, key_pem) = ca.issue_client_cert(account_id)?;
+    let cert_path = absolute(&out_dir.join(CLIENT_CERT_FILE));
+    let key_path = absolute(&out_dir.join(CLIENT_KEY_FILE));
+    ca::write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+    ca::write_file(&cert_path, cert_pem.as_bytes(), 0o644)?;
+    Ok((cert_path, key_path))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// IP SANs for a server certificate bound to `ip`: a wildcard bind is reached over loopback.
+fn certificate_ips(ip: IpAddr) -> Vec<IpAddr> {
+    if ip.is_unspecified() {
+        vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]
+    } else {
+        vec![ip]
+    }
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, SandboxError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| SandboxError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+fn local_addr(
+    what: &'static str,
+    address: SocketAddr,
+    listener: &TcpListener,
+) -> Result<SocketAddr, SandboxError> {
+    listener.local_addr().map_err(|source| SandboxError::Bind {
+        what,
+        address,
+        source,
+    })
+}
+
+/// Accepts until `shutdown` fires, one task per connection; connection tasks are aborted when
+/// the loop ends.
+fn spawn_accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    serve: F,
+) -> JoinHandle<()>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        connections.spawn(serve(tcp, peer));
+                    }
+                    Err(e) => {
+                        // Per-connection failures (ECONNABORTED) and resource exhaustion
+                        // (EMFILE) both land here; pause briefly so the latter cannot spin.
+                        warn!("accept on {:?} failed: {e}", listener.local_addr().ok());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        connections.shutdown().await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_binds_get_loopback_ip_sans() {
+        assert_eq!(
+            certificate_ips("0.0.0.0".parse().unwrap()),
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            ]
+        );
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(certificate_ips(ip), vec![ip]);
+    }
+}
