@@ -56,9 +56,14 @@ struct Running {
 
 impl Running {
     /// Stops accepting, waits up to `drain` for open connections, then closes the rest.
-    async fn drain(self, name: String, drain: Duration) {
+    async fn drain(mut self, name: String, drain: Duration) {
         self.stop_accepting.cancel();
+        if let Some(task) = self.accept_task.take() {
+            let _ = task.await; // the socket is closed once the accept loop has returned
+        }
         self.connections.close();
+        let open = self.connections.len();
+        tracing::info!(listener = %name, address = %self.bound, open, "stopped accepting; draining for up to {drain:?}");
         if tokio::time::timeout(drain, self.connections.wait())
             .await
             .is_err()
@@ -121,7 +126,7 @@ impl ListenerManager {
         for name in stale {
             if let Some(mut r) = self.running.remove(&name) {
                 let drain = old.get(&name).copied().unwrap_or(Duration::from_secs(30));
-                tracing::info!(listener = %name, address = %r.bound, "listener removed; draining for up to {drain:?}");
+                tracing::info!(listener = %name, address = %r.bound, "listener removed from the configuration");
                 self.mark_draining(&name, r.address, r.bound);
                 // Stop accepting and wait until the socket is closed, so that a replacement on
                 // the same address can bind it; open connections drain in the background.

@@ -133,3 +133,103 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_owned()
 }
+
+/// A `bindgate sandbox` process with a client certificate issued for its account.
+pub struct SandboxProc {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub ingress: SocketAddr,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// The endpoints every e2e sandbox serves; `extra` is appended to the `endpoints:` list.
+pub async fn start_sandbox(extra: &str) -> SandboxProc {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = format!(
+        "\
+state_dir: {state}
+account_id: ac_e2e
+ingress:
+  address: 127.0.0.1:0
+  server_names: [localhost]
+backends:
+  echo: 127.0.0.1:0
+  http: 127.0.0.1:0
+endpoints:
+  - url: tcp://echo.e2e:7000
+    target: echo
+  - url: http://web.e2e:80
+    target: http
+{extra}",
+        state = state.display()
+    );
+    let path = write(dir.path(), "sandbox.yaml", &cfg);
+    let certs = dir.path().join("client");
+    let (code, out, err) = run_to_end(
+        &[
+            "sandbox",
+            "-c",
+            &path,
+            "client-cert",
+            "--out",
+            certs.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "client-cert: {out}{err}");
+    let proc = Proc::start(&["sandbox", "-c", &path], &[]).await;
+    assert_eq!(proc.event["event"], "ready", "{}", proc.event);
+    let ingress = proc.event["ingress"].as_str().unwrap().parse().unwrap();
+    let ca = proc.event["ca"].as_str().unwrap().to_owned();
+    SandboxProc {
+        proc,
+        ingress,
+        ca,
+        cert: certs.join("tls.crt").to_str().unwrap().to_owned(),
+        key: certs.join("tls.key").to_str().unwrap().to_owned(),
+        dir,
+    }
+}
+
+impl SandboxProc {
+    /// An `ingresses:` entry pointing at this sandbox with its CA and client certificate.
+    pub fn ingress_yaml(&self) -> String {
+        format!(
+            "\
+ingresses:
+  - name: sandbox
+    address: {ingress}
+    server_name: localhost
+    ca: {ca}
+    client_cert: {cert}
+    client_key: {key}
+    connect_timeout: 5s
+",
+            ingress = self.ingress,
+            ca = self.ca,
+            cert = self.cert,
+            key = self.key
+        )
+    }
+}
+
+/// A bindgate config: admin on port 0, `ingresses` as given, one tcp listener per
+/// `(name, endpoint URL)` pair, each with a binding_upstream cluster of the same name.
+pub fn binding_config(ingresses: &str, endpoints: &[(&str, &str)], listener_extra: &str) -> String {
+    let mut listeners = String::new();
+    let mut clusters = String::new();
+    for (name, url) in endpoints {
+        listeners.push_str(&format!(
+            "    - name: {name}\n      address: 127.0.0.1:0\n      routes: [ {{ cluster: {name} }} ]\n{listener_extra}"
+        ));
+        clusters.push_str(&format!(
+            "    - name: {name}\n      type: binding_upstream\n      endpoint: {url}\n      ingress: sandbox\n      retry: {{ attempts: 2, base_backoff: 10ms, max_backoff: 20ms }}\n"
+        ));
+    }
+    format!(
+        "version: 1\nadmin: {{ address: 127.0.0.1:0 }}\n{ingresses}static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
+    )
+}
