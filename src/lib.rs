@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod host;
 pub mod identity;
 pub mod listener;
 pub mod proxy;

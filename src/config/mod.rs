@@ -4,6 +4,7 @@
 mod admin;
 mod cluster;
 mod duration;
+mod dynamic;
 mod env;
 mod ingress;
 mod listener;
@@ -18,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
 pub use duration::{HumanDuration, parse_duration};
+pub use dynamic::{
+    BoundEndpoints, DiscoveredListener, DynamicResources, Expose, ExposeMode, ExposeOverride,
+    parse_port_range,
+};
 pub use env::{EnvError, expand as expand_env};
 pub use ingress::{IngressConfig, Transport};
 pub use listener::{Limits, ListenerConfig, Protocol, RouteConfig, RouteMatch};
@@ -41,6 +46,9 @@ pub struct Config {
     /// Listeners and clusters declared in this file.
     #[serde(default)]
     pub static_resources: StaticResources,
+    /// Listeners and clusters discovered at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_resources: Option<DynamicResources>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -9,8 +9,10 @@ use rustls::pki_types::ServerName;
 
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
-    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, IngressConfig, LoadedConfig, Protocol,
+    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, IngressConfig, Limits, LoadedConfig,
+    Protocol,
 };
+use crate::host::Placement;
 use crate::identity;
 use crate::proxy::limits::Admission;
 use crate::upstream::{
@@ -29,9 +31,36 @@ impl Checker<'_> {
     }
 }
 
-/// Builds a snapshot numbered `version`, or returns every problem found.
+/// What a build combines.
+pub struct BuildInput<'a> {
+    pub loaded: &'a LoadedConfig,
+    /// Discovered endpoints, already placed on local addresses.
+    pub discovered: &'a [Placement],
+    /// The snapshot in force, whose stateful parts (admission state) carry over by key.
+    pub previous: Option<&'a Snapshot>,
+    pub version: u64,
+}
+
+/// Builds a snapshot of the config file alone (what `validate` checks).
 pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErrors> {
+    build_with(BuildInput {
+        loaded,
+        discovered: &[],
+        previous: None,
+        version,
+    })
+}
+
+/// Builds a snapshot numbered `version`, or returns every problem found in the config file.
+/// A discovered endpoint that cannot be exposed is skipped with a log line; the others proceed.
+pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     identity::install_crypto_provider();
+    let BuildInput {
+        loaded,
+        discovered,
+        previous,
+        version,
+    } = input;
     let cfg = &loaded.config;
     let mut c = Checker {
         loaded,
@@ -182,10 +211,84 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
                 address,
                 protocol: l.protocol,
                 cluster,
-                admission: Admission::new(l.limits.as_ref()),
+                admission: carried_admission(previous, &l.name, l.limits.as_ref()),
+                limits: l.limits.clone(),
                 idle_timeout: l.idle_timeout.get(),
                 drain_timeout: l.drain_timeout.get(),
+                discovered: false,
             }));
+        }
+    }
+
+    let dynamic = cfg
+        .dynamic_resources
+        .as_ref()
+        .and_then(|d| d.bound_endpoints.as_ref());
+    if let Some(d) = dynamic {
+        let path = "dynamic_resources.bound_endpoints";
+        if !ingress_names.contains(d.ingress.as_str()) {
+            c.err(
+                format!("{path}.ingress"),
+                format!("no ingress named `{}`", d.ingress),
+            );
+        }
+        if d.poll_interval.get() < Duration::from_secs(1) {
+            c.err(format!("{path}.poll_interval"), "must be at least 1s");
+        }
+        if let Err(e) = crate::config::parse_port_range(&d.expose.ports) {
+            c.err(format!("{path}.expose.ports"), e);
+        }
+        if d.expose.address.parse::<std::net::IpAddr>().is_err() {
+            c.err(
+                format!("{path}.expose.address"),
+                format!("`{}` is not an IP address", d.expose.address),
+            );
+        }
+        for (j, o) in d.expose.overrides.iter().enumerate() {
+            if let Some(a) = &o.address {
+                if a.parse::<std::net::IpAddr>().is_err() {
+                    c.err(
+                        format!("{path}.expose.overrides[{j}].address"),
+                        format!("`{a}` is not an IP address"),
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(d), false) = (dynamic, discovered.is_empty()) {
+        if let Some(ingress) = ingresses.get(d.ingress.as_str()).cloned() {
+            let retry = crate::config::RetryConfig::default();
+            for p in discovered {
+                let name = p.url.to_string();
+                if listener_names.contains(name.as_str()) || clusters.contains_key(&name) {
+                    tracing::warn!(endpoint = %name, "discovered endpoint skipped: a static listener or cluster has the same name");
+                    continue;
+                }
+                if let Some(other) = addresses.get(&p.address) {
+                    tracing::warn!(endpoint = %name, "discovered endpoint skipped: {} is used by listener `{other}`", p.address);
+                    continue;
+                }
+                let cluster = Arc::new(Cluster {
+                    name: name.clone(),
+                    target: ClusterTarget::Binding(BindingTarget {
+                        url: p.url.clone(),
+                        ingress: ingress.clone(),
+                    }),
+                    retry: RetryPolicy::new(&retry),
+                });
+                clusters.insert(name.clone(), cluster.clone());
+                listeners.push(Arc::new(ListenerSpec {
+                    admission: carried_admission(previous, &name, d.listener.limits.as_ref()),
+                    name,
+                    address: p.address,
+                    protocol: Protocol::Tcp,
+                    cluster,
+                    limits: d.listener.limits.clone(),
+                    idle_timeout: d.listener.idle_timeout.get(),
+                    drain_timeout: d.listener.drain_timeout.get(),
+                    discovered: true,
+                }));
+            }
         }
     }
 
@@ -197,13 +300,33 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
             errors,
         });
     }
+    let by_name = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), i))
+        .collect();
     Ok(Snapshot {
         version,
         listeners,
+        by_name,
         clusters,
+        discovered: discovered.to_vec(),
         admin,
         config: Arc::new(cfg.clone()),
     })
+}
+
+/// The previous listener's admission state when its limits are unchanged, else a fresh one.
+fn carried_admission(
+    previous: Option<&Snapshot>,
+    name: &str,
+    limits: Option<&Limits>,
+) -> Arc<Admission> {
+    previous
+        .and_then(|p| p.listener(name))
+        .filter(|l| l.limits.as_ref() == limits)
+        .map(|l| l.admission.clone())
+        .unwrap_or_else(|| Arc::new(Admission::new(limits)))
 }
 
 /// `host:port`, with `:443` appended when the port is missing.

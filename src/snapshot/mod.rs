@@ -6,15 +6,16 @@
 mod bound_url;
 mod build;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use bound_url::{BoundUrl, Scheme};
-pub use build::build;
+pub use build::{BuildInput, build, build_with};
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Limits, Protocol};
+use crate::host::Placement;
 use crate::proxy::limits::Admission;
 use crate::upstream::Cluster;
 
@@ -23,7 +24,11 @@ pub struct Snapshot {
     /// Increases with every applied build.
     pub version: u64,
     pub listeners: Vec<Arc<ListenerSpec>>,
+    /// Listener name → index in `listeners` (looked up once per accepted connection).
+    pub(crate) by_name: HashMap<String, usize>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Discovered bound endpoints and where they are exposed.
+    pub discovered: Vec<Placement>,
     pub admin: Option<SocketAddr>,
     /// The config this was built from (for `/config_dump`).
     pub config: Arc<Config>,
@@ -31,7 +36,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
-        self.listeners.iter().find(|l| l.name == name)
+        self.by_name.get(name).and_then(|i| self.listeners.get(*i))
     }
 
     /// The longest `drain_timeout` of any listener: how long a full shutdown may take.
@@ -51,7 +56,12 @@ pub struct ListenerSpec {
     pub protocol: Protocol,
     /// tcp: the one route's cluster.
     pub cluster: Arc<Cluster>,
-    pub admission: Admission,
+    pub limits: Option<Limits>,
+    /// Shared with the previous snapshot's listener of the same name when its limits are unchanged,
+    /// so open-connection counts and rate state survive a reload.
+    pub admission: Arc<Admission>,
+    /// Whether this listener came from discovery rather than the config file.
+    pub discovered: bool,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
 }
