@@ -10,7 +10,8 @@ Examples:
   bindgate demo                               sandbox + proxy in one process; prints what to try
   bindgate validate -c gateway.yaml           check a config (CI-friendly: exit 0 or 1)
   bindgate run -c gateway.yaml                serve it
-  bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors";
+  bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors
+  bindgate certs -c gateway.yaml show         the ngrok registration and client certificate";
 
 #[derive(Parser)]
 #[command(name = "bindgate", version, about = "Private access to ngrok Kubernetes-bound endpoints from ordinary hosts", after_help = EXAMPLES)]
@@ -30,6 +31,8 @@ enum Command {
     Validate(cli::validate::ValidateArgs),
     /// Print the config file's JSON Schema.
     Schema,
+    /// Show, renew or remove this host's ngrok registration and client certificate.
+    Certs(cli::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => block_on(cli::run::run(args)),
+        Command::Certs(args) => block_on(cli::certs::run(args)),
     }
 }
 

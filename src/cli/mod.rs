@@ -1,5 +1,6 @@
 //! One file per subcommand. `main.rs` parses arguments and dispatches here.
 
+pub mod certs;
 pub mod run;
 pub mod schema;
 pub mod validate;

@@ -88,6 +88,20 @@ impl StateStore {
         Ok(StateStore { dir })
     }
 
+    /// Opens `dir` if it exists, creating and changing nothing (for read-only commands).
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Option<StateStore>, StoreError> {
+        let dir = dir.into();
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(Some(StateStore { dir })),
+            Ok(_) => Err(StoreError::Corrupt {
+                path: dir,
+                reason: "not a directory".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -148,6 +162,11 @@ impl StateStore {
     pub fn save_credentials(&self, cert_pem: &str, key: &Secret) -> Result<(), StoreError> {
         self.write_atomic(KEY_FILE, key.expose().as_bytes())?;
         self.write_atomic(CERT_FILE, cert_pem.as_bytes())
+    }
+
+    /// The saved node id, without creating one.
+    pub fn existing_node_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(read_optional(&self.node_id_path())?.map(|t| t.trim().to_owned()))
     }
 
     /// This host's node id: random, created on first use, then stable.
