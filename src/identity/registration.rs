@@ -305,6 +305,16 @@ impl Registrar {
         node_id: &str,
         op: Operator,
     ) -> Result<Credentials, IdentityError> {
+        if let Some(other) = metadata_node_id(&op.metadata).filter(|n| n != node_id) {
+            // Likely a copied state directory: two hosts sharing one registration would take
+            // turns replacing each other's certificate.
+            tracing::warn!(
+                operator_id = %op.id,
+                registered_by = %other,
+                this_node = %node_id,
+                "the saved ngrok operator was registered by another node; was the state directory copied?"
+            );
+        }
         let Some((cert_pem, key)) = store.load_credentials()? else {
             tracing::info!(operator_id = %op.id, "no saved client certificate; requesting one");
             return Self::reissue(api, store, settings, node_id, &op.id).await;
