@@ -10,7 +10,8 @@ Examples:
   bindgate demo                               sandbox + proxy in one process; prints what to try
   bindgate validate -c gateway.yaml           check a config (CI-friendly: exit 0 or 1)
   bindgate run -c gateway.yaml                serve it
-  bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors";
+  bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors
+  bindgate certs -c gateway.yaml show         the ngrok registration and client certificate";
 
 #[derive(Parser)]
 #[command(name = "bindgate", version, about = "Private access to ngrok Kubernetes-bound endpoints from ordinary hosts", after_help = EXAMPLES)]
@@ -34,6 +35,8 @@ enum Command {
     Sandbox(cli::sandbox::SandboxArgs),
     /// Sandbox + proxy in one process, from the embedded demo configs; prints what to try.
     Demo(cli::demo::DemoArgs),
+    /// Show, renew or remove this host's ngrok registration and client certificate.
+    Certs(cli::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             cli::sandbox::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Certs(args) => block_on(cli::certs::run(args)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! One file per subcommand. `main.rs` parses arguments and dispatches here.
 
+pub mod certs;
 pub mod demo;
 pub mod run;
 pub mod sandbox;

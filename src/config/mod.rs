@@ -8,6 +8,7 @@ mod dynamic;
 mod env;
 mod ingress;
 mod listener;
+mod ngrok;
 mod source_map;
 
 use std::fmt;
@@ -26,6 +27,7 @@ pub use dynamic::{
 pub use env::{EnvError, expand as expand_env};
 pub use ingress::{IngressConfig, Transport};
 pub use listener::{Limits, ListenerConfig, Protocol, RouteConfig, RouteMatch};
+pub use ngrok::*;
 pub use source_map::SourceMap;
 
 /// The whole configuration file.
@@ -40,6 +42,10 @@ pub struct Config {
     /// Directory for credentials and persistent state (created 0700).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// The ngrok API: registration (client certificate) and discovery. Only needed when this
+    /// host provisions its own credentials or discovers bound endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ngrok: Option<NgrokConfig>,
     /// Binding ingresses that `binding_upstream` clusters reach endpoints through.
     #[serde(default)]
     pub ingresses: Vec<IngressConfig>,

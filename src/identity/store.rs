@@ -1,0 +1,316 @@
+//! `StateStore`: the registration's files under `state_dir`.
+//!
+//! The directory is 0700 (tightened if it exists looser); every file is written atomically
+//! (a temporary file in the same directory, fsync, rename, fsync of the directory) with mode
+//! 0600, so a crash leaves either the old file or the new one, never half of either.
+//! `tls.key` and `tls.crt` are two files: a crash between their renames can pair a new key with
+//! an old certificate, which is why loaders check that they match.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+pub const OPERATOR_FILE: &str = "operator.json";
+pub const KEY_FILE: &str = "tls.key";
+pub const CERT_FILE: &str = "tls.crt";
+pub const NODE_ID_FILE: &str = "node_id";
+
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What `operator.json` holds: which registration this host is, and where its ingress is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOperator {
+    pub operator_id: String,
+    pub ingress_endpoint: String,
+    /// Expiry of the stored certificate (RFC 3339), for people reading the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// The API the operator was registered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// Opens `dir`, creating it 0700, or tightening an existing one to 0700.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<StateStore, StoreError> {
+        let dir = dir.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        let meta = fs::metadata(&dir).map_err(io(&dir))?;
+        if !meta.is_dir() {
+            return Err(StoreError::Corrupt {
+                path: dir,
+                reason: "not a directory".into(),
+            });
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode != DIR_MODE {
+            tracing::warn!(
+                dir = %dir.display(),
+                "state directory had mode {mode:o}; tightening to {DIR_MODE:o}"
+            );
+            fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE)).map_err(io(&dir))?;
+        }
+        Ok(StateStore { dir })
+    }
+
+    /// Opens `dir` if it exists, creating and changing nothing (for read-only commands).
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Option<StateStore>, StoreError> {
+        let dir = dir.into();
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(Some(StateStore { dir })),
+            Ok(_) => Err(StoreError::Corrupt {
+                path: dir,
+                reason: "not a directory".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&dir)(e)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn operator_path(&self) -> PathBuf {
+        self.dir.join(OPERATOR_FILE)
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join(KEY_FILE)
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join(CERT_FILE)
+    }
+    pub fn node_id_path(&self) -> PathBuf {
+        self.dir.join(NODE_ID_FILE)
+    }
+
+    /// The saved registration, if any.
+    pub fn load_operator(&self) -> Result<Option<SavedOperator>, StoreError> {
+        let path = self.operator_path();
+        let Some(text) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let saved: SavedOperator =
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("not a saved registration: {e}"),
+            })?;
+        if saved.operator_id.is_empty() {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: "empty operator_id".into(),
+            });
+        }
+        Ok(Some(saved))
+    }
+
+    pub fn save_operator(&self, saved: &SavedOperator) -> Result<(), StoreError> {
+        let mut text = serde_json::to_string_pretty(saved).map_err(|e| StoreError::Corrupt {
+            path: self.operator_path(),
+            reason: e.to_string(),
+        })?;
+        text.push('\n');
+        self.write_atomic(OPERATOR_FILE, text.as_bytes())
+    }
+
+    /// The saved certificate (PEM) and key, when both files exist. Whether they are usable is
+    /// the caller's question.
+    pub fn load_credentials(&self) -> Result<Option<(String, Secret)>, StoreError> {
+        let cert = read_optional(&self.cert_path())?;
+        let key = read_optional(&self.key_path())?;
+        Ok(match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, Secret::new(key))),
+            _ => None,
+        })
+    }
+
+    /// Writes the key, then the certificate.
+    pub fn save_credentials(&self, cert_pem: &str, key: &Secret) -> Result<(), StoreError> {
+        self.write_atomic(KEY_FILE, key.expose().as_bytes())?;
+        self.write_atomic(CERT_FILE, cert_pem.as_bytes())
+    }
+
+    /// The saved node id, without creating one.
+    pub fn existing_node_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(read_optional(&self.node_id_path())?.map(|t| t.trim().to_owned()))
+    }
+
+    /// This host's node id: random, created on first use, then stable.
+    pub fn node_id(&self) -> Result<String, StoreError> {
+        let path = self.node_id_path();
+        if let Some(text) = read_optional(&path)? {
+            let id = text.trim();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: "not a node id (expected letters, digits and `-`); remove the file to get a new one, which makes this host register anew".into(),
+                });
+            }
+            return Ok(id.to_owned());
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        self.write_atomic(NODE_ID_FILE, format!("{id}\n").as_bytes())?;
+        Ok(id)
+    }
+
+    /// Removes the registration's files (`operator.json`, `tls.key`, `tls.crt`) and returns
+    /// those that existed. The node id stays: it names this host, not the registration.
+    pub fn remove_registration(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        for path in [self.operator_path(), self.key_path(), self.cert_path()] {
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            file.write_all(data).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+            drop(file);
+            fs::rename(&tmp, &path).map_err(io(&path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        sync_dir(&self.dir)
+    }
+}
+
+/// Makes renames and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn creates_private_dir_and_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state/nested");
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        store.save_credentials("CERT", &Secret::new("KEY")).unwrap();
+        let saved = SavedOperator {
+            operator_id: "k8sop_1".into(),
+            ingress_endpoint: "ing:443".into(),
+            not_after: None,
+            api_url: None,
+        };
+        store.save_operator(&saved).unwrap();
+        let id = store.node_id().unwrap();
+        assert_eq!(id.len(), 32);
+        assert_eq!(store.node_id().unwrap(), id);
+        for f in [KEY_FILE, CERT_FILE, OPERATOR_FILE, NODE_ID_FILE] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(store.load_operator().unwrap(), Some(saved));
+        let (cert, key) = store.load_credentials().unwrap().unwrap();
+        assert_eq!((cert.as_str(), key.expose()), ("CERT", "KEY"));
+        // No temporary files are left behind.
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![NODE_ID_FILE, OPERATOR_FILE, CERT_FILE, KEY_FILE]
+        );
+        let removed = store.remove_registration().unwrap();
+        assert_eq!(removed.len(), 3);
+        assert_eq!(store.load_operator().unwrap(), None);
+        assert!(store.load_credentials().unwrap().is_none());
+        assert_eq!(store.node_id().unwrap(), id);
+    }
+
+    #[test]
+    fn tightens_an_existing_loose_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("loose");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        StateStore::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn corrupt_files_are_reported_with_their_path() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path()).unwrap();
+        fs::write(store.operator_path(), "{not json").unwrap();
+        let err = store.load_operator().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&store.operator_path().display().to_string()),
+            "{err}"
+        );
+        fs::write(store.node_id_path(), "a b\n").unwrap();
+        assert!(store.node_id().is_err());
+    }
+}
