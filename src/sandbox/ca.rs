@@ -6,6 +6,7 @@
 //! that is how the ingress reads the account (PROTOCOL.md §1). This module owns the CA key; it
 //! never logs or formats key material.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -13,6 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -62,6 +64,8 @@ pub struct SignedCert {
     pub cert_pem: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// The serial number's DER content bytes, as `revoke` and the ingress compare them.
+    pub serial: Vec<u8>,
 }
 
 /// A server certificate and its key, ready for rustls.
@@ -76,6 +80,8 @@ pub struct SandboxCa {
     cert_der: CertificateDer<'static>,
     cert_pem: String,
     cert_path: PathBuf,
+    /// Serials of certificates whose operator was deleted. In memory, like the operators.
+    revoked: ArcSwap<HashSet<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for SandboxCa {
@@ -142,6 +148,7 @@ impl SandboxCa {
             cert_der,
             cert_pem,
             cert_path: cert_path.to_owned(),
+            revoked: ArcSwap::default(),
         })
     }
 
@@ -173,6 +180,7 @@ impl SandboxCa {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
             cert_path: cert_path.to_owned(),
+            revoked: ArcSwap::default(),
         })
     }
 
@@ -187,6 +195,23 @@ impl SandboxCa {
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
+    }
+
+    /// Marks certificates as no longer valid for the ingress (their operator was deleted).
+    pub fn revoke(&self, serials: &[Vec<u8>]) {
+        if serials.is_empty() {
+            return;
+        }
+        self.revoked.rcu(|current| {
+            let mut next = HashSet::clone(current);
+            next.extend(serials.iter().cloned());
+            next
+        });
+    }
+
+    /// Whether the certificate with this serial was revoked.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.revoked.load().contains(serial)
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
@@ -260,6 +285,11 @@ impl SandboxCa {
             cert_pem: cert.pem(),
             not_before: params.not_before,
             not_after: params.not_after,
+            serial: params
+                .serial_number
+                .as_ref()
+                .map(SerialNumber::to_bytes)
+                .unwrap_or_default(),
         })
     }
 }
@@ -506,6 +536,10 @@ mod tests {
                 cert.validity().not_after.timestamp(),
                 signed.not_after.unix_timestamp()
             );
+            assert_eq!(cert.raw_serial(), signed.serial.as_slice());
+            assert!(!ca.is_revoked(&signed.serial));
+            ca.revoke(std::slice::from_ref(&signed.serial));
+            assert!(ca.is_revoked(cert.raw_serial()));
         }
     }
 

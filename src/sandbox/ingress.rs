@@ -6,7 +6,7 @@
 //!
 //! | code | when |
 //! |---|---|
-//! | `ERR_NGROK_15010` | the client certificate's first DNS SAN is not the sandbox's `account_id` |
+//! | `ERR_NGROK_15010` | the client certificate's first DNS SAN is not the sandbox's `account_id`, or its operator was deleted (revoked) |
 //! | `ERR_NGROK_3200` | no endpoint serves `host:port`, or the endpoint has the `refuse` fault |
 //! | `ERR_NGROK_8012` | the endpoint's target could not be dialed |
 //!
@@ -50,6 +50,7 @@ pub enum IngressTlsError {
 /// Everything a connection needs, shared by all of them.
 pub struct Ingress {
     acceptor: TlsAcceptor,
+    ca: Arc<SandboxCa>,
     account_id: String,
     registry: Arc<EndpointRegistry>,
     handshake_timeout: Duration,
@@ -73,7 +74,7 @@ enum PipeEnd {
 impl Ingress {
     /// TLS ≥ 1.2 with a required client certificate chaining to the sandbox CA.
     pub fn new(
-        ca: &SandboxCa,
+        ca: Arc<SandboxCa>,
         server_names: &[String],
         ips: &[std::net::IpAddr],
         account_id: String,
@@ -98,6 +99,7 @@ impl Ingress {
             .map_err(IngressTlsError::from)?;
         Ok(Ingress {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            ca,
             account_id,
             registry,
             handshake_timeout,
@@ -193,7 +195,17 @@ impl Ingress {
         tls: &TlsStream<TcpStream>,
         request: &ConnRequest,
     ) -> Result<(Arc<BoundEndpoint>, TcpStream), ConnResponse> {
-        let account = client_account(tls);
+        let identity = ClientIdentity::of(tls);
+        if identity
+            .as_ref()
+            .is_some_and(|id| self.ca.is_revoked(&id.serial))
+        {
+            return Err(ConnResponse::error(
+                ACCOUNT_MISMATCH_CODE,
+                "the kubernetes operator this client certificate was issued to no longer exists",
+            ));
+        }
+        let account = identity.and_then(|id| id.account);
         if account.as_deref() != Some(self.account_id.as_str()) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
@@ -254,15 +266,32 @@ fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {
     )
 }
 
-/// The first DNS SAN of the verified client certificate.
-fn client_account(tls: &TlsStream<TcpStream>) -> Option<String> {
-    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        GeneralName::DNSName(dns) => Some((*dns).to_string()),
-        _ => None,
-    })
+/// What the ingress reads from the verified client certificate.
+struct ClientIdentity {
+    /// The first DNS SAN.
+    account: Option<String>,
+    serial: Vec<u8>,
+}
+
+impl ClientIdentity {
+    fn of(tls: &TlsStream<TcpStream>) -> Option<Self> {
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        let account = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some((*dns).to_string()),
+                    _ => None,
+                })
+            });
+        Some(ClientIdentity {
+            account,
+            serial: cert.raw_serial().to_vec(),
+        })
+    }
 }
 
 /// How a pipe direction failed: the reset fault is not an I/O error, it is the plan.
