@@ -94,35 +94,20 @@ pub struct ApiStats {
     pub endpoints: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiTlsError {
-    #[error("api TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
 impl Api {
     /// `api_addr` is the bound address; `ingress_addr` the ingress's, for `ingress_endpoint`.
     pub fn new(
         config: &ApiConfig,
-        server_names: &[String],
+        mut tls: rustls::ServerConfig,
         api_addr: SocketAddr,
         ingress_addr: SocketAddr,
         account_id: String,
         ca: Arc<SandboxCa>,
         registry: Arc<EndpointRegistry>,
-    ) -> Result<Self, super::SandboxError> {
-        let identity =
-            ca.issue_server_cert(server_names, &super::certificate_ips(api_addr.ip()))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(ApiTlsError::from)?
-            .with_no_client_auth()
-            .with_single_cert(vec![identity.cert], identity.key)
-            .map_err(ApiTlsError::from)?;
+    ) -> Self {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let faults = &config.faults;
-        Ok(Api {
+        Api {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             api_keys: config.api_keys.clone(),
             account_id,
@@ -140,7 +125,7 @@ impl Api {
             registrations: AtomicU64::new(0),
             fail_next: AtomicU32::new(faults.fail_next),
             delay_ms: AtomicU64::new(delay_ms(faults)),
-        })
+        }
     }
 
     /// `https://host:port`, what clients put in `api_url`.
@@ -533,7 +518,7 @@ impl Api {
         let _ = self
             .last_id_stamp
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                stamp = now.max(last + 1);
+                stamp = now.max(last.saturating_add(1));
                 Some(stamp)
             });
         format!("k8sop_{stamp:016x}")

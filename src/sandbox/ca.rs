@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -56,6 +57,18 @@ pub enum CaError {
     BadCsr(String),
     #[error("cannot issue certificate: {0}")]
     Issue(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("a certificate lifetime of {0:?} ends beyond the representable dates")]
+    Lifetime(Duration),
+}
+
+/// Whether a server built by [`SandboxCa::server_tls`] demands client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// A client certificate chaining to this CA, as the binding ingress demands.
+    Required,
 }
 
 /// A certificate signed from a CSR, with its validity as the API reports it.
@@ -171,7 +184,7 @@ impl SandboxCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, CA_LIFETIME);
+        set_validity(&mut params, CA_LIFETIME)?;
         let cert = params.self_signed(&key)?;
         write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
@@ -239,12 +252,45 @@ impl SandboxCa {
             .collect::<Result<_, rcgen::Error>>()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        set_validity(&mut params, SERVER_CERT_LIFETIME);
+        set_validity(&mut params, SERVER_CERT_LIFETIME)?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(ServerIdentity {
             cert: cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
         })
+    }
+
+    /// A rustls server config (TLS 1.2 and 1.3) presenting a fresh certificate for these names
+    /// and IPs.
+    pub fn server_tls(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        client_auth: ClientAuth,
+    ) -> Result<rustls::ServerConfig, CaError> {
+        let tls = |e: &dyn std::fmt::Display| CaError::Tls(e.to_string());
+        let identity = self.issue_server_cert(dns_names, ips)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(&e))?;
+        let builder = match client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Required => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(self.cert_der.clone()).map_err(|e| tls(&e))?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| tls(&e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        builder
+            .with_single_cert(vec![identity.cert], identity.key)
+            .map_err(|e| tls(&e))
     }
 
     /// A client certificate and its PEM key (ECDSA P-256) for `account_id`: empty subject, the
@@ -361,20 +407,24 @@ fn client_params(
         .collect::<Result<_, rcgen::Error>>()?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    set_validity(&mut params, lifetime);
+    set_validity(&mut params, lifetime)?;
     Ok(params)
 }
 
 /// Validity from now (to the second, as X.509 stores it) for `lifetime`, and a random serial.
-fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) -> Result<(), CaError> {
     let now = OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     params.not_before = now;
-    params.not_after = now + lifetime;
+    params.not_after = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|lifetime| now.checked_add(lifetime))
+        .ok_or(CaError::Lifetime(lifetime))?;
     let mut serial: [u8; 16] = rand::random();
     // Positive and of full length.
     serial[0] = (serial[0] & 0x7f) | 0x40;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(())
 }
 
 fn read_text(path: &Path) -> Result<String, CaError> {
@@ -574,6 +624,22 @@ mod tests {
         assert!(matches!(
             ca.sign_csr(&tampered, "ac_sandbox", day),
             Err(CaError::BadCsr(_))
+        ));
+    }
+
+    #[test]
+    fn an_unrepresentable_lifetime_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = SandboxCa::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        assert!(matches!(
+            ca.sign_csr(&csr, "ac_sandbox", Duration::MAX),
+            Err(CaError::Lifetime(_))
         ));
     }
 

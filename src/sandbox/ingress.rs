@@ -18,8 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -28,6 +26,8 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 use x509_parser::extensions::GeneralName;
 
+#[cfg(doc)]
+use super::ca::ClientAuth;
 use super::ca::SandboxCa;
 use super::endpoints::{BoundEndpoint, EndpointRegistry};
 use super::faults::{REFUSE_CODE, ReadPacer, ResetHandle};
@@ -38,14 +38,6 @@ pub const NOT_FOUND_CODE: &str = "ERR_NGROK_3200";
 pub const TARGET_UNREACHABLE_CODE: &str = "ERR_NGROK_8012";
 
 const PIPE_BUFFER: usize = 16 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum IngressTlsError {
-    #[error("ingress TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("ingress client verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-}
 
 /// Everything a connection needs, shared by all of them.
 pub struct Ingress {
@@ -72,38 +64,21 @@ enum PipeEnd {
 }
 
 impl Ingress {
-    /// TLS ≥ 1.2 with a required client certificate chaining to the sandbox CA.
+    /// `tls` must require client certificates from `ca` ([`ClientAuth::Required`]).
     pub fn new(
+        tls: Arc<rustls::ServerConfig>,
         ca: Arc<SandboxCa>,
-        server_names: &[String],
-        ips: &[std::net::IpAddr],
         account_id: String,
         registry: Arc<EndpointRegistry>,
         handshake_timeout: Duration,
-    ) -> Result<Self, super::SandboxError> {
-        let identity = ca.issue_server_cert(server_names, ips)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.cert_der().clone())
-            .map_err(IngressTlsError::from)?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(IngressTlsError::from)?;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(IngressTlsError::from)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![identity.cert], identity.key)
-            .map_err(IngressTlsError::from)?;
-        Ok(Ingress {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+    ) -> Self {
+        Ingress {
+            acceptor: TlsAcceptor::from(tls),
             ca,
             account_id,
             registry,
             handshake_timeout,
-        })
+        }
     }
 
     /// Serves one accepted TCP connection to its end. Never panics on peer input.

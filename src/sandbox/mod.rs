@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 pub use api::{Api, ApiStats};
 pub use backends::{EchoBackend, HttpBackend};
-pub use ca::{CaError, SandboxCa, SignedCert};
+pub use ca::{CaError, ClientAuth, SandboxCa, SignedCert};
 pub use config::{SandboxConfig, SandboxConfigError};
 pub use endpoints::{BoundEndpoint, EndpointError, EndpointRegistry, EndpointUrl, Target};
 pub use faults::Faults;
@@ -47,10 +47,6 @@ pub enum SandboxError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
-    #[error(transparent)]
-    IngressTls(#[from] ingress::IngressTlsError),
-    #[error(transparent)]
-    ApiTls(#[from] api::ApiTlsError),
     #[error("{what}: bind {address}: {source}")]
     Bind {
         what: &'static str,
@@ -66,8 +62,8 @@ pub enum SandboxError {
     },
 }
 
-/// A running sandbox. Dropping it without [`Sandbox::shutdown`] stops its listeners too (their
-/// tasks end when the runtime does), but `shutdown` waits for them.
+/// A running sandbox. Dropping it stops its listeners and connections; [`Sandbox::shutdown`]
+/// also waits until they are gone.
 #[derive(Debug)]
 pub struct Sandbox {
     config: SandboxConfig,
@@ -95,6 +91,8 @@ impl Sandbox {
             })?;
         let ca = Arc::new(SandboxCa::load_or_create(&config.state_dir)?);
         let shutdown = CancellationToken::new();
+        // Should a later bind fail, the listeners already spawned stop with it.
+        let stop_on_error = shutdown.clone().drop_guard();
         let mut tasks = Vec::new();
 
         let echo = bind("echo backend", config.backends.echo).await?;
@@ -115,14 +113,18 @@ impl Sandbox {
         )?);
         let listener = bind("ingress", config.ingress.address).await?;
         let ingress_addr = local_addr("ingress", config.ingress.address, &listener)?;
-        let ingress = Arc::new(Ingress::new(
-            Arc::clone(&ca),
+        let ingress_tls = ca.server_tls(
             &config.ingress.server_names,
             &certificate_ips(ingress_addr.ip()),
+            ClientAuth::Required,
+        )?;
+        let ingress = Arc::new(Ingress::new(
+            Arc::new(ingress_tls),
+            Arc::clone(&ca),
             config.account_id.clone(),
             Arc::clone(&registry),
             config.ingress.handshake_timeout.get(),
-        )?);
+        ));
         tasks.push(spawn_accept_loop(
             listener,
             shutdown.clone(),
@@ -132,15 +134,20 @@ impl Sandbox {
             Some(api_config) => {
                 let listener = bind("api", api_config.address).await?;
                 let api_addr = local_addr("api", api_config.address, &listener)?;
+                let api_tls = ca.server_tls(
+                    &config.ingress.server_names,
+                    &certificate_ips(api_addr.ip()),
+                    ClientAuth::None,
+                )?;
                 let api = Arc::new(Api::new(
                     api_config,
-                    &config.ingress.server_names,
+                    api_tls,
                     api_addr,
                     ingress_addr,
                     config.account_id.clone(),
                     Arc::clone(&ca),
                     Arc::clone(&registry),
-                )?);
+                ));
                 let serving = Arc::clone(&api);
                 tasks.push(spawn_accept_loop(
                     listener,
@@ -158,6 +165,7 @@ impl Sandbox {
             config.endpoints.len(),
             absolute(ca.cert_path()).display()
         );
+        stop_on_error.disarm();
         Ok(Sandbox {
             config,
             ca,
@@ -245,11 +253,17 @@ impl Sandbox {
     }
 
     /// Stops accepting, aborts connections in flight, and waits for the listeners to close.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
