@@ -54,8 +54,11 @@ fn client_cert(config: &SandboxConfig, out: &std::path::Path) -> anyhow::Result<
 
 async fn serve(config: SandboxConfig) -> anyhow::Result<()> {
     let sandbox = Sandbox::start(config).await?;
+    // Handlers go in before the ready line: a SIGTERM sent the moment a script reads "ready"
+    // must shut down cleanly, not kill the process with the default action.
+    let stop = StopSignals::install()?;
     print_line(&ReadyLine::of(&sandbox))?;
-    wait_for_signal().await?;
+    stop.wait().await;
     tracing::info!("sandbox shutting down");
     sandbox.shutdown().await;
     Ok(())
@@ -99,12 +102,25 @@ fn print_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
     stdout.flush().context("writing to stdout")
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, registered up front.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
