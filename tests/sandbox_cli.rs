@@ -13,7 +13,7 @@ fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "state_dir: {}\nendpoints:\n  - {{ url: 'tcp://echo.demo:7000', target: echo }}\n",
+            "state_dir: {}\napi: {{ api_keys: [k] }}\nendpoints:\n  - {{ url: 'tcp://echo.demo:7000', target: echo }}\n",
             dir.join("state").display()
         ),
     )
@@ -42,13 +42,18 @@ fn prints_one_ready_line_then_exits_cleanly_on_sigterm() {
     assert_eq!(
         line.trim_end(),
         format!(
-            r#"{{"event":"ready","ingress":"{}","ca":"{}","backends":{{"echo":"{}","http":"{}"}},"api":null}}"#,
+            r#"{{"event":"ready","ingress":"{}","ca":"{}","backends":{{"echo":"{}","http":"{}"}},"api":"{}"}}"#,
             ready["ingress"].as_str().unwrap(),
             ca.display(),
             ready["backends"]["echo"].as_str().unwrap(),
             ready["backends"]["http"].as_str().unwrap(),
+            ready["api"].as_str().unwrap(),
         )
     );
+    let api = ready["api"].as_str().unwrap();
+    assert!(api.starts_with("https://127.0.0.1:"), "{api}");
+    let api: std::net::SocketAddr = api.trim_start_matches("https://").parse().unwrap();
+    std::net::TcpStream::connect(api).unwrap();
     assert!(
         line.starts_with(r#"{"event":"ready","ingress":"127.0.0.1:"#),
         "{line}"

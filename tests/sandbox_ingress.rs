@@ -503,6 +503,42 @@ async fn read_rate_paces_the_client_side() {
 }
 
 #[tokio::test]
+async fn a_failed_start_leaves_no_listener_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|a| (taken, a)).unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo = free.local_addr().unwrap();
+    drop(free);
+    let dir = tempfile::tempdir().unwrap();
+    // The echo backend binds first, then the ingress fails on a taken port.
+    let yaml = format!(
+        "state_dir: {}\nbackends: {{ echo: '{echo}' }}\ningress: {{ address: '{}' }}\n",
+        dir.path().display(),
+        taken.1
+    );
+    let err = Sandbox::start(SandboxConfig::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("ingress: bind {}:", taken.1)),
+        "{err}"
+    );
+    // The echo listener was closed with the failed start: its port is free again.
+    let rebound = tokio::time::timeout(GUARD, async {
+        loop {
+            match std::net::TcpListener::bind(echo) {
+                Ok(listener) => return listener,
+                // The accept loop closes its socket as it observes the cancellation.
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert!(rebound.is_ok(), "the echo backend still holds {echo}");
+}
+
+#[tokio::test]
 async fn the_ca_is_reused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("state_dir: {}\n", dir.path().display());

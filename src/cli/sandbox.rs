@@ -88,7 +88,7 @@ impl ReadyLine {
             ingress: sandbox.ingress_addr(),
             ca: sandbox.ca_pem_path(),
             backends: ReadyBackends { echo, http },
-            api: None,
+            api: sandbox.api_url(),
         }
     }
 }

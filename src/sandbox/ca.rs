@@ -6,13 +6,16 @@
 //! that is how the ingress reads the account (PROTOCOL.md §1). This module owns the CA key; it
 //! never logs or formats key material.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -54,6 +57,18 @@ pub enum CaError {
     BadCsr(String),
     #[error("cannot issue certificate: {0}")]
     Issue(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("a certificate lifetime of {0:?} ends beyond the representable dates")]
+    Lifetime(Duration),
+}
+
+/// Whether a server built by [`SandboxCa::server_tls`] demands client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// A client certificate chaining to this CA, as the binding ingress demands.
+    Required,
 }
 
 /// A certificate signed from a CSR, with its validity as the API reports it.
@@ -62,6 +77,8 @@ pub struct SignedCert {
     pub cert_pem: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// The serial number's DER content bytes, as `revoke` and the ingress compare them.
+    pub serial: Vec<u8>,
 }
 
 /// A server certificate and its key, ready for rustls.
@@ -76,6 +93,8 @@ pub struct SandboxCa {
     cert_der: CertificateDer<'static>,
     cert_pem: String,
     cert_path: PathBuf,
+    /// Serials of certificates whose operator was deleted. In memory, like the operators.
+    revoked: ArcSwap<HashSet<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for SandboxCa {
@@ -142,6 +161,7 @@ impl SandboxCa {
             cert_der,
             cert_pem,
             cert_path: cert_path.to_owned(),
+            revoked: ArcSwap::default(),
         })
     }
 
@@ -164,7 +184,7 @@ impl SandboxCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, CA_LIFETIME);
+        set_validity(&mut params, CA_LIFETIME)?;
         let cert = params.self_signed(&key)?;
         write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
@@ -173,6 +193,7 @@ impl SandboxCa {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
             cert_path: cert_path.to_owned(),
+            revoked: ArcSwap::default(),
         })
     }
 
@@ -187,6 +208,23 @@ impl SandboxCa {
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
+    }
+
+    /// Marks certificates as no longer valid for the ingress (their operator was deleted).
+    pub fn revoke(&self, serials: &[Vec<u8>]) {
+        if serials.is_empty() {
+            return;
+        }
+        self.revoked.rcu(|current| {
+            let mut next = HashSet::clone(current);
+            next.extend(serials.iter().cloned());
+            next
+        });
+    }
+
+    /// Whether the certificate with this serial was revoked.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.revoked.load().contains(serial)
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
@@ -214,12 +252,45 @@ impl SandboxCa {
             .collect::<Result<_, rcgen::Error>>()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        set_validity(&mut params, SERVER_CERT_LIFETIME);
+        set_validity(&mut params, SERVER_CERT_LIFETIME)?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(ServerIdentity {
             cert: cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
         })
+    }
+
+    /// A rustls server config (TLS 1.2 and 1.3) presenting a fresh certificate for these names
+    /// and IPs.
+    pub fn server_tls(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        client_auth: ClientAuth,
+    ) -> Result<rustls::ServerConfig, CaError> {
+        let tls = |e: &dyn std::fmt::Display| CaError::Tls(e.to_string());
+        let identity = self.issue_server_cert(dns_names, ips)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(&e))?;
+        let builder = match client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Required => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(self.cert_der.clone()).map_err(|e| tls(&e))?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| tls(&e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        builder
+            .with_single_cert(vec![identity.cert], identity.key)
+            .map_err(|e| tls(&e))
     }
 
     /// A client certificate and its PEM key (ECDSA P-256) for `account_id`: empty subject, the
@@ -260,6 +331,11 @@ impl SandboxCa {
             cert_pem: cert.pem(),
             not_before: params.not_before,
             not_after: params.not_after,
+            serial: params
+                .serial_number
+                .as_ref()
+                .map(SerialNumber::to_bytes)
+                .unwrap_or_default(),
         })
     }
 }
@@ -331,20 +407,24 @@ fn client_params(
         .collect::<Result<_, rcgen::Error>>()?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    set_validity(&mut params, lifetime);
+    set_validity(&mut params, lifetime)?;
     Ok(params)
 }
 
 /// Validity from now (to the second, as X.509 stores it) for `lifetime`, and a random serial.
-fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) -> Result<(), CaError> {
     let now = OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     params.not_before = now;
-    params.not_after = now + lifetime;
+    params.not_after = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|lifetime| now.checked_add(lifetime))
+        .ok_or(CaError::Lifetime(lifetime))?;
     let mut serial: [u8; 16] = rand::random();
     // Positive and of full length.
     serial[0] = (serial[0] & 0x7f) | 0x40;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(())
 }
 
 fn read_text(path: &Path) -> Result<String, CaError> {
@@ -506,6 +586,10 @@ mod tests {
                 cert.validity().not_after.timestamp(),
                 signed.not_after.unix_timestamp()
             );
+            assert_eq!(cert.raw_serial(), signed.serial.as_slice());
+            assert!(!ca.is_revoked(&signed.serial));
+            ca.revoke(std::slice::from_ref(&signed.serial));
+            assert!(ca.is_revoked(cert.raw_serial()));
         }
     }
 
@@ -540,6 +624,22 @@ mod tests {
         assert!(matches!(
             ca.sign_csr(&tampered, "ac_sandbox", day),
             Err(CaError::BadCsr(_))
+        ));
+    }
+
+    #[test]
+    fn an_unrepresentable_lifetime_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = SandboxCa::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        assert!(matches!(
+            ca.sign_csr(&csr, "ac_sandbox", Duration::MAX),
+            Err(CaError::Lifetime(_))
         ));
     }
 

@@ -350,7 +350,11 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
-/// Parses `<integer><unit>`; see [`ConfigDuration`].
+/// The longest duration accepted: anything longer is a typo, and deadlines computed from it
+/// (`Instant + d`, certificate validity) must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `<integer><unit>` up to [`MAX_DURATION`]; see [`ConfigDuration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -370,7 +374,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     n.checked_mul(millis_per_unit)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration `{text}` is too large"))
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("duration `{text}` is too large (at most 36500d)"))
 }
 
 #[cfg(test)]

@@ -81,8 +81,13 @@ impl ReadPacer {
     /// Records `n` bytes read and waits until reading them was within the rate.
     pub async fn consumed(&mut self, n: usize) {
         self.taken = self.taken.saturating_add(n as u64);
-        let due = Duration::from_secs_f64(self.taken as f64 / self.rate.get() as f64);
-        tokio::time::sleep_until(self.start + due).await;
+        let due = Duration::try_from_secs_f64(self.taken as f64 / self.rate.get() as f64)
+            .unwrap_or(Duration::MAX);
+        match self.start.checked_add(due) {
+            Some(at) => tokio::time::sleep_until(at).await,
+            // Beyond any representable instant: the budget is spent for good.
+            None => std::future::pending().await,
+        }
     }
 }
 

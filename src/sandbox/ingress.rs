@@ -6,7 +6,7 @@
 //!
 //! | code | when |
 //! |---|---|
-//! | `ERR_NGROK_15010` | the client certificate's first DNS SAN is not the sandbox's `account_id` |
+//! | `ERR_NGROK_15010` | the client certificate's first DNS SAN is not the sandbox's `account_id`, or its operator was deleted (revoked) |
 //! | `ERR_NGROK_3200` | no endpoint serves `host:port`, or the endpoint has the `refuse` fault |
 //! | `ERR_NGROK_8012` | the endpoint's target could not be dialed |
 //!
@@ -18,8 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -28,6 +26,8 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 use x509_parser::extensions::GeneralName;
 
+#[cfg(doc)]
+use super::ca::ClientAuth;
 use super::ca::SandboxCa;
 use super::endpoints::{BoundEndpoint, EndpointRegistry};
 use super::faults::{REFUSE_CODE, ReadPacer, ResetHandle};
@@ -39,17 +39,10 @@ pub const TARGET_UNREACHABLE_CODE: &str = "ERR_NGROK_8012";
 
 const PIPE_BUFFER: usize = 16 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum IngressTlsError {
-    #[error("ingress TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("ingress client verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
 /// Everything a connection needs, shared by all of them.
 pub struct Ingress {
     acceptor: TlsAcceptor,
+    ca: Arc<SandboxCa>,
     account_id: String,
     registry: Arc<EndpointRegistry>,
     handshake_timeout: Duration,
@@ -71,37 +64,21 @@ enum PipeEnd {
 }
 
 impl Ingress {
-    /// TLS ≥ 1.2 with a required client certificate chaining to the sandbox CA.
+    /// `tls` must require client certificates from `ca` ([`ClientAuth::Required`]).
     pub fn new(
-        ca: &SandboxCa,
-        server_names: &[String],
-        ips: &[std::net::IpAddr],
+        tls: Arc<rustls::ServerConfig>,
+        ca: Arc<SandboxCa>,
         account_id: String,
         registry: Arc<EndpointRegistry>,
         handshake_timeout: Duration,
-    ) -> Result<Self, super::SandboxError> {
-        let identity = ca.issue_server_cert(server_names, ips)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.cert_der().clone())
-            .map_err(IngressTlsError::from)?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(IngressTlsError::from)?;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(IngressTlsError::from)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![identity.cert], identity.key)
-            .map_err(IngressTlsError::from)?;
-        Ok(Ingress {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+    ) -> Self {
+        Ingress {
+            acceptor: TlsAcceptor::from(tls),
+            ca,
             account_id,
             registry,
             handshake_timeout,
-        })
+        }
     }
 
     /// Serves one accepted TCP connection to its end. Never panics on peer input.
@@ -193,7 +170,17 @@ impl Ingress {
         tls: &TlsStream<TcpStream>,
         request: &ConnRequest,
     ) -> Result<(Arc<BoundEndpoint>, TcpStream), ConnResponse> {
-        let account = client_account(tls);
+        let identity = ClientIdentity::of(tls);
+        if identity
+            .as_ref()
+            .is_some_and(|id| self.ca.is_revoked(&id.serial))
+        {
+            return Err(ConnResponse::error(
+                ACCOUNT_MISMATCH_CODE,
+                "the kubernetes operator this client certificate was issued to no longer exists",
+            ));
+        }
+        let account = identity.and_then(|id| id.account);
         if account.as_deref() != Some(self.account_id.as_str()) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
@@ -254,15 +241,32 @@ fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {
     )
 }
 
-/// The first DNS SAN of the verified client certificate.
-fn client_account(tls: &TlsStream<TcpStream>) -> Option<String> {
-    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        GeneralName::DNSName(dns) => Some((*dns).to_string()),
-        _ => None,
-    })
+/// What the ingress reads from the verified client certificate.
+struct ClientIdentity {
+    /// The first DNS SAN.
+    account: Option<String>,
+    serial: Vec<u8>,
+}
+
+impl ClientIdentity {
+    fn of(tls: &TlsStream<TcpStream>) -> Option<Self> {
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        let account = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some((*dns).to_string()),
+                    _ => None,
+                })
+            });
+        Some(ClientIdentity {
+            account,
+            serial: cert.raw_serial().to_vec(),
+        })
+    }
 }
 
 /// How a pipe direction failed: the reset fault is not an I/O error, it is the plan.

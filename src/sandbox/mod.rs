@@ -1,12 +1,14 @@
 //! The sandbox: a faithful local emulator of ngrok's side of Kubernetes bindings, so bindgate
 //! can be tried, tested end to end and benchmarked without an ngrok account.
 //!
-//! [`Sandbox::start`] binds everything (built-in backends, the binding ingress) and returns once
-//! every listener accepts. Submodules: `config` (sandbox.yaml), `ca` (the persisted CA),
-//! `endpoints` (the registry of bound endpoints), `ingress` (mTLS + upgrade + pipe), `backends`
+//! [`Sandbox::start`] binds everything (built-in backends, the binding ingress, the API when
+//! configured) and returns once every listener accepts. Submodules: `config` (sandbox.yaml),
+//! `ca` (the persisted CA), `endpoints` (the registry of bound endpoints), `ingress` (mTLS +
+//! upgrade + pipe), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
 //! (echo, http), `faults` (per-endpoint fault knobs). The sandbox shares nothing with bindgate's
 //! proxy side except the wire format (`crate::wire`): it is written from PROTOCOL.md alone.
 
+pub mod api;
 pub mod backends;
 pub mod ca;
 pub mod config;
@@ -25,8 +27,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use api::{Api, ApiStats};
 pub use backends::{EchoBackend, HttpBackend};
-pub use ca::{CaError, SandboxCa, SignedCert};
+pub use ca::{CaError, ClientAuth, SandboxCa, SignedCert};
 pub use config::{SandboxConfig, SandboxConfigError};
 pub use endpoints::{BoundEndpoint, EndpointError, EndpointRegistry, EndpointUrl, Target};
 pub use faults::Faults;
@@ -44,8 +47,6 @@ pub enum SandboxError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
-    #[error(transparent)]
-    IngressTls(#[from] ingress::IngressTlsError),
     #[error("{what}: bind {address}: {source}")]
     Bind {
         what: &'static str,
@@ -61,8 +62,8 @@ pub enum SandboxError {
     },
 }
 
-/// A running sandbox. Dropping it without [`Sandbox::shutdown`] stops its listeners too (their
-/// tasks end when the runtime does), but `shutdown` waits for them.
+/// A running sandbox. Dropping it stops its listeners and connections; [`Sandbox::shutdown`]
+/// also waits until they are gone.
 #[derive(Debug)]
 pub struct Sandbox {
     config: SandboxConfig,
@@ -71,6 +72,8 @@ pub struct Sandbox {
     ingress_addr: SocketAddr,
     echo_addr: SocketAddr,
     http_addr: SocketAddr,
+    api: Option<Arc<Api>>,
+    api_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -88,6 +91,8 @@ impl Sandbox {
             })?;
         let ca = Arc::new(SandboxCa::load_or_create(&config.state_dir)?);
         let shutdown = CancellationToken::new();
+        // Should a later bind fail, the listeners already spawned stop with it.
+        let stop_on_error = shutdown.clone().drop_guard();
         let mut tasks = Vec::new();
 
         let echo = bind("echo backend", config.backends.echo).await?;
@@ -108,25 +113,59 @@ impl Sandbox {
         )?);
         let listener = bind("ingress", config.ingress.address).await?;
         let ingress_addr = local_addr("ingress", config.ingress.address, &listener)?;
-        let ingress = Arc::new(Ingress::new(
-            &ca,
+        let ingress_tls = ca.server_tls(
             &config.ingress.server_names,
             &certificate_ips(ingress_addr.ip()),
+            ClientAuth::Required,
+        )?;
+        let ingress = Arc::new(Ingress::new(
+            Arc::new(ingress_tls),
+            Arc::clone(&ca),
             config.account_id.clone(),
             Arc::clone(&registry),
             config.ingress.handshake_timeout.get(),
-        )?);
+        ));
         tasks.push(spawn_accept_loop(
             listener,
             shutdown.clone(),
             move |tcp, peer| Arc::clone(&ingress).serve(tcp, peer),
         ));
+        let (api, api_addr) = match &config.api {
+            Some(api_config) => {
+                let listener = bind("api", api_config.address).await?;
+                let api_addr = local_addr("api", api_config.address, &listener)?;
+                let api_tls = ca.server_tls(
+                    &config.ingress.server_names,
+                    &certificate_ips(api_addr.ip()),
+                    ClientAuth::None,
+                )?;
+                let api = Arc::new(Api::new(
+                    api_config,
+                    api_tls,
+                    api_addr,
+                    ingress_addr,
+                    config.account_id.clone(),
+                    Arc::clone(&ca),
+                    Arc::clone(&registry),
+                ));
+                let serving = Arc::clone(&api);
+                tasks.push(spawn_accept_loop(
+                    listener,
+                    shutdown.clone(),
+                    move |tcp, peer| Arc::clone(&serving).serve(tcp, peer),
+                ));
+                info!("sandbox api listening on {}", api.base_url());
+                (Some(api), Some(api_addr))
+            }
+            None => (None, None),
+        };
         info!(
             "sandbox ingress listening on {ingress_addr} (account {}, {} endpoints; echo backend {echo_addr}, http backend {http_addr}; CA {})",
             config.account_id,
             config.endpoints.len(),
             absolute(ca.cert_path()).display()
         );
+        stop_on_error.disarm();
         Ok(Sandbox {
             config,
             ca,
@@ -134,6 +173,8 @@ impl Sandbox {
             ingress_addr,
             echo_addr,
             http_addr,
+            api,
+            api_addr,
             shutdown,
             tasks,
         })
@@ -166,6 +207,45 @@ impl Sandbox {
         &self.registry
     }
 
+    /// The API's bound address, when the config has an `api` section.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// `https://127.0.0.1:PORT`, what bindgate's `ngrok.api_url` should be.
+    pub fn api_url(&self) -> Option<String> {
+        self.api.as_ref().map(|api| api.base_url().to_string())
+    }
+
+    /// The API server, when configured.
+    pub fn api(&self) -> Option<&Api> {
+        self.api.as_deref()
+    }
+
+    /// Successful `POST /kubernetes_operators` so far (0 without an API).
+    pub fn registrations(&self) -> u64 {
+        self.api.as_ref().map_or(0, |api| api.registrations())
+    }
+
+    /// Adds an endpoint at run time; the ingress serves it and the API lists it at once.
+    pub fn add_endpoint(
+        &self,
+        url: &str,
+        target: &str,
+    ) -> Result<Arc<BoundEndpoint>, EndpointError> {
+        self.registry.add(&config::EndpointConfig {
+            url: url.to_string(),
+            target: target.to_string(),
+            faults: config::FaultsConfig::default(),
+        })
+    }
+
+    /// Removes an endpoint at run time; new upgrades for it get `ERR_NGROK_3200`, connections
+    /// already piped continue.
+    pub fn remove_endpoint(&self, url: &str) -> Result<Arc<BoundEndpoint>, EndpointError> {
+        self.registry.remove(url)
+    }
+
     /// Writes a client certificate for the sandbox's account into `out_dir`: `tls.crt` (0644)
     /// and `tls.key` (0600). Returns their paths.
     pub fn issue_client_cert(&self, out_dir: &Path) -> Result<(PathBuf, PathBuf), SandboxError> {
@@ -173,11 +253,17 @@ impl Sandbox {
     }
 
     /// Stops accepting, aborts connections in flight, and waits for the listeners to close.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -201,6 +287,20 @@ pub fn write_client_cert(
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// The address clients dial to reach a listener bound to `addr`: a wildcard bind is reached
+/// over loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
 }
 
 /// IP SANs for a server certificate bound to `ip`: a wildcard bind is reached over loopback.
