@@ -17,6 +17,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+pub mod metrics;
+
+use crate::control::StatusView;
 use crate::listener::{ListenerState, StatusBoard};
 use crate::snapshot::Snapshot;
 
@@ -27,6 +30,8 @@ pub struct AdminState {
     pub listeners: StatusBoard,
     /// Set once the first snapshot has been applied to the listeners.
     pub applied: Arc<AtomicBool>,
+    /// Versions, applied and rejected updates.
+    pub control: StatusView,
 }
 
 impl AdminState {
@@ -147,14 +152,43 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/config_dump" => {
             let snap = state.snapshot.load();
+            // Secrets (the API key) serialize as "<redacted>".
             json(&serde_json::json!({
                 "version_info": snap.version.to_string(),
                 "config": &*snap.config,
+                "control": &**state.control.load(),
             }))
+        }
+        "/endpoints" => {
+            let snap = state.snapshot.load();
+            let board = state.listeners.load();
+            let rows: Vec<serde_json::Value> = snap
+                .discovered
+                .iter()
+                .map(|p| {
+                    let name = p.url.to_string();
+                    let status = board.iter().find(|l| l.name == name);
+                    serde_json::json!({
+                        "endpoint": name,
+                        "address": p.address,
+                        "state": status.map(|s| s.state),
+                        "error": status.and_then(|s| s.error.clone()),
+                    })
+                })
+                .collect();
+            json(&serde_json::Value::Array(rows))
+        }
+        "/metrics" | "/stats/prometheus" => {
+            let mut r = text(StatusCode::OK, metrics::render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
         }
         "/" => text(
             StatusCode::OK,
-            "bindgate admin\n  /live\n  /ready\n  /listeners\n  /clusters\n  /config_dump\n",
+            "bindgate admin\n  /live\n  /ready\n  /listeners\n  /clusters\n  /endpoints\n  /config_dump\n  /metrics\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

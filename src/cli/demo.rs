@@ -63,7 +63,7 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut gw = Gateway::start(snap).await?;
+    let mut gw = Gateway::start(snap, Default::default()).await?;
     let status = gw.listener_status();
     let bound = |name: &str| {
         status

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::control::Gateway;
+use crate::control::{ControlPlane, Gateway, registration};
 use crate::{config, snapshot};
 
 #[derive(Debug, clap::Args)]
@@ -25,21 +25,49 @@ pub fn announce(gw: &Gateway) {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let built = config::load_file(&args.config).and_then(|loaded| snapshot::build(&loaded, 1));
-    let snap = match built {
-        Ok(s) => s,
+    let mut signals = super::ShutdownSignal::install()?;
+    // Validate fully (same path as `validate`) before registering or binding anything.
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;
+    let checked = config::load_file(&args.config)
+        .and_then(|loaded| snapshot::build(&loaded, 0).map(|_| loaded));
+    let loaded = match checked {
+        Ok(l) => l,
         Err(errors) => {
             eprint!("{errors}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut signals = super::ShutdownSignal::install()?;
-    let mut gw = Gateway::start(snap).await?;
-    announce(&gw);
-    signals.recv().await;
-    let drain = gw.current().max_drain_timeout();
+    let registration = if registration::needed(&loaded.config) {
+        match registration::register(&loaded).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    let mut plane = ControlPlane::start(args.config.clone(), text, loaded, registration).await?;
+    announce(plane.gateway());
+    let outcome = tokio::select! {
+        _ = signals.recv() => Ok(()),
+        r = plane.run() => r,
+    };
+    let drain = plane.gateway().current().max_drain_timeout();
+    if let Err(e) = &outcome {
+        tracing::error!("stopping: {e}");
+    }
     tracing::info!("shutting down: no new connections; draining open ones for up to {drain:?}");
-    gw.shutdown().await;
+    plane.shutdown().await;
     tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -13,7 +13,9 @@ pub struct IngressConfig {
     /// Name clusters use to refer to this ingress.
     pub name: String,
     /// `host:port` of the binding ingress; `:443` is appended when no port is given.
-    pub address: String,
+    /// Default: the `ingress_endpoint` returned by ngrok registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// TLS server name (SNI and certificate check). Default: the host part of `address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
@@ -23,7 +25,8 @@ pub struct IngressConfig {
     /// Trust the system's root certificates too (default true). Set false to trust only `ca`.
     #[serde(default = "yes")]
     pub system_roots: bool,
-    /// Client certificate (PEM chain) presented to the ingress.
+    /// Client certificate (PEM chain) presented to the ingress. Omit it and `client_key` to use
+    /// the identity bindgate obtains by registering with the ngrok API (`ngrok:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
     /// Private key for `client_cert` (PEM; EC keys are accepted under any `* PRIVATE KEY` label).

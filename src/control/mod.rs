@@ -1,6 +1,21 @@
 //! The control path: publishes snapshots into the one `ArcSwap` the data path reads, and has the
 //! listener manager reconcile sockets to them.
 
+pub mod discovery;
+pub mod plane;
+pub mod registration;
+
+pub use plane::{ControlError, ControlPlane, ControlStatus, StatusView};
+
+/// What sources tell the control loop.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A complete, successful discovery result.
+    Discovered(std::collections::BTreeSet<crate::snapshot::BoundUrl>),
+    /// Something that must stop the process (e.g. the API key was rejected).
+    Fatal(String),
+}
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,7 +44,7 @@ pub enum StartError {
 
 impl Gateway {
     /// Starts the admin server (if configured) and binds the first snapshot's listeners.
-    pub async fn start(first: Snapshot) -> Result<Gateway, StartError> {
+    pub async fn start(first: Snapshot, control: StatusView) -> Result<Gateway, StartError> {
         let admin_address = first.admin;
         let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let listeners = ListenerManager::new(snapshot.clone());
@@ -40,6 +55,7 @@ impl Gateway {
                     snapshot: snapshot.clone(),
                     listeners: listeners.board(),
                     applied: applied.clone(),
+                    control,
                 };
                 Some(
                     admin::start(address, state)

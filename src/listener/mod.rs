@@ -308,13 +308,15 @@ async fn accept_loop(
         let permit = match spec.admission.admit() {
             Ok(p) => p,
             Err(why) => {
+                crate::admin::metrics::incr(&crate::admin::metrics::METRICS.connections_refused);
                 tracing::debug!(listener = %name, %peer, "connection refused: {why}");
                 continue;
             }
         };
+        let active = crate::admin::metrics::ActiveConnection::open();
         let force_close = force_close.clone();
         connections.spawn(async move {
-            let _held = (permit, snap);
+            let _held = (permit, snap, active);
             match spec.protocol {
                 Protocol::Tcp => proxy::tcp::serve(spec, socket, peer, force_close).await,
             }

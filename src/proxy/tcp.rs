@@ -22,6 +22,9 @@ pub async fn serve(
         let upstream = match cluster.connect().await {
             Ok(u) => u,
             Err(e) => {
+                crate::admin::metrics::incr(
+                    &crate::admin::metrics::METRICS.upstream_connect_failures,
+                );
                 tracing::warn!(listener = %listener.name, cluster = %cluster.name, %peer, "upstream unreachable, closing client: {e}");
                 return;
             }

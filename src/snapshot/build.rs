@@ -38,7 +38,17 @@ pub struct BuildInput<'a> {
     pub discovered: &'a [Placement],
     /// The snapshot in force, whose stateful parts (admission state) carry over by key.
     pub previous: Option<&'a Snapshot>,
+    /// The identity from ngrok registration, for ingresses without `client_cert`.
+    pub registered: Option<&'a RegisteredIdentity>,
     pub version: u64,
+}
+
+/// What registration with the ngrok API provides to ingresses that have no static certificate.
+#[derive(Clone)]
+pub struct RegisteredIdentity {
+    pub identity: Arc<crate::identity::ClientIdentity>,
+    /// `host:port` of the binding ingress that registration returned.
+    pub ingress_endpoint: String,
 }
 
 /// Builds a snapshot of the config file alone (what `validate` checks).
@@ -47,6 +57,7 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
         loaded,
         discovered: &[],
         previous: None,
+        registered: None,
         version,
     })
 }
@@ -59,6 +70,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         loaded,
         discovered,
         previous,
+        registered,
         version,
     } = input;
     let cfg = &loaded.config;
@@ -100,7 +112,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             );
             continue;
         }
-        if let Some(built) = build_ingress(&mut c, &path, ing) {
+        if let Some(built) = build_ingress(&mut c, &path, ing, registered) {
             ingresses.insert(ing.name.as_str(), Arc::new(built));
         }
     }
@@ -351,9 +363,44 @@ fn ingress_address(address: &str) -> Result<(String, String), String> {
     Ok((hostport, host.to_owned()))
 }
 
-fn build_ingress(c: &mut Checker<'_>, path: &str, ing: &IngressConfig) -> Option<Ingress> {
+/// How an ingress authenticates: static files, or the registration identity (absent in
+/// `validate`, which registers nothing: the TLS config then carries no client certificate and
+/// is never used to dial).
+enum ClientAuth {
+    Files(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    Registered(Arc<crate::identity::ClientIdentity>),
+    NotYetRegistered,
+}
+
+fn build_ingress(
+    c: &mut Checker<'_>,
+    path: &str,
+    ing: &IngressConfig,
+    registered: Option<&RegisteredIdentity>,
+) -> Option<Ingress> {
     let errors_before = c.errors.len();
-    let (address, host) = match ingress_address(&ing.address) {
+    let uses_registration = ing.client_cert.is_none() && ing.client_key.is_none();
+    if uses_registration && c.loaded.config.ngrok.is_none() {
+        c.err(path, "set `client_cert` and `client_key`, or configure `ngrok:` so bindgate registers and obtains a client certificate: the binding ingress authenticates clients by certificate");
+        return None;
+    }
+    let configured = match (&ing.address, registered) {
+        (Some(a), _) => a.clone(),
+        (None, Some(r)) => r.ingress_endpoint.clone(),
+        // Validation without registration: the address will come from the API.
+        (None, None) if uses_registration => "kubernetes-binding-ingress.ngrok.io:443".to_owned(),
+        (None, None) => {
+            c.err(
+                format!("{path}.address"),
+                "`address` is required with a static `client_cert`",
+            );
+            return None;
+        }
+    };
+    let (address, host) = match ingress_address(&configured) {
         Ok(v) => v,
         Err(e) => {
             c.err(format!("{path}.address"), e);
@@ -398,7 +445,9 @@ fn build_ingress(c: &mut Checker<'_>, path: &str, ing: &IngressConfig) -> Option
             let key = identity::load_private_key(&c.loaded.resolve(key))
                 .map_err(|e| c.err(format!("{path}.client_key"), e.to_string()))
                 .ok();
-            chain.zip(key)
+            chain
+                .zip(key)
+                .map(|(chain, key)| ClientAuth::Files(chain, key))
         }
         (Some(_), None) => {
             c.err(
@@ -414,21 +463,27 @@ fn build_ingress(c: &mut Checker<'_>, path: &str, ing: &IngressConfig) -> Option
             );
             None
         }
-        (None, None) => {
-            c.err(path, "`client_cert` and `client_key` are required: the ngrok binding ingress authenticates clients by certificate");
-            None
-        }
+        (None, None) => Some(match registered {
+            Some(r) => ClientAuth::Registered(r.identity.clone()),
+            None => ClientAuth::NotYetRegistered,
+        }),
     };
     if c.errors.len() != errors_before {
         return None;
     }
-    let (roots, (chain, key), server_name) = (roots?, identity?, server_name?);
-    let tls = rustls::ClientConfig::builder_with_protocol_versions(&[
+    let (roots, auth, server_name) = (roots?, identity?, server_name?);
+    let builder = rustls::ClientConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
     ])
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key);
+    .with_root_certificates(roots.clone());
+    let tls = match auth {
+        ClientAuth::Files(chain, key) => builder.with_client_auth_cert(chain, key),
+        // Its session cache is reset on certificate renewal (a resumed session would present the
+        // old certificate).
+        ClientAuth::Registered(identity) => identity.client_config(roots),
+        ClientAuth::NotYetRegistered => Ok(builder.with_no_client_auth()),
+    };
     match tls {
         Ok(tls) => Some(Ingress {
             name: ing.name.clone(),

@@ -1,0 +1,360 @@
+//! The control loop: every source of configuration feeds one task that rebuilds the snapshot,
+//! publishes it only when its inputs changed, and keeps the last good one when a build fails.
+//!
+//! Sources: the config file (its directory is watched, so rename-saves are seen; the content is
+//! compared, so unrelated events cost one read), SIGHUP (forced reload), and discovery.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{ControlEvent, Gateway, discovery, registration::Registration};
+use crate::admin::metrics::{METRICS, incr};
+use crate::config::{self, Config, LoadedConfig};
+use crate::host::{Allocations, Placement, place};
+use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
+
+/// What the admin API shows about the control loop.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControlStatus {
+    pub version: u64,
+    pub applied_updates: u64,
+    pub rejected_updates: u64,
+    /// Why the most recent rejected update was refused (every error, one per line).
+    pub last_rejection: Option<String>,
+    pub discovered_endpoints: usize,
+}
+
+pub type StatusView = Arc<ArcSwap<ControlStatus>>;
+
+pub struct ControlPlane {
+    gateway: Gateway,
+    path: PathBuf,
+    last_text: String,
+    loaded: LoadedConfig,
+    discovered: BTreeSet<BoundUrl>,
+    allocations: Allocations,
+    /// Placement errors already logged (logged again only when they change).
+    place_errors: BTreeSet<String>,
+    registered: Option<RegisteredIdentity>,
+    applied: (Arc<Config>, Vec<Placement>),
+    status: StatusView,
+    events: mpsc::Receiver<ControlEvent>,
+    events_tx: mpsc::Sender<ControlEvent>,
+    file_changed: Arc<Notify>,
+    poll_interval: watch::Sender<Duration>,
+    shutdown: CancellationToken,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Fatal(String),
+    #[error(transparent)]
+    Start(#[from] super::StartError),
+}
+
+impl ControlPlane {
+    /// Builds and applies the first snapshot from `loaded` (already validated by the caller
+    /// through `snapshot::build`), starts the file watch and, with `registration`, discovery
+    /// and certificate renewal.
+    pub async fn start(
+        path: PathBuf,
+        text: String,
+        loaded: LoadedConfig,
+        registration: Option<Registration>,
+    ) -> Result<ControlPlane, ControlError> {
+        let allocations = Allocations::load(Some(super::registration::state_dir(&loaded)));
+        let registered = registration.as_ref().map(Registration::for_build);
+        let first = snapshot::build_with(BuildInput {
+            loaded: &loaded,
+            discovered: &[],
+            previous: None,
+            registered: registered.as_ref(),
+            version: 1,
+        })
+        .map_err(|e| ControlError::Fatal(e.to_string()))?;
+        let status: StatusView = Arc::new(ArcSwap::from_pointee(ControlStatus {
+            version: 1,
+            applied_updates: 1,
+            ..Default::default()
+        }));
+        METRICS
+            .snapshot_version
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        incr(&METRICS.config_applied);
+        let gateway = Gateway::start(first, status.clone()).await?;
+        let (events_tx, events) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let poll = discovery_interval(&loaded.config).unwrap_or(Duration::from_secs(10));
+        let (poll_interval, poll_rx) = watch::channel(poll);
+        let mut plane = ControlPlane {
+            gateway,
+            path,
+            last_text: text,
+            applied: (Arc::new(loaded.config.clone()), Vec::new()),
+            loaded,
+            discovered: BTreeSet::new(),
+            allocations,
+            place_errors: BTreeSet::new(),
+            registered,
+            status,
+            events,
+            events_tx,
+            file_changed: Arc::new(Notify::new()),
+            poll_interval,
+            shutdown,
+            _watcher: None,
+        };
+        plane._watcher = plane.watch_file();
+        if let Some(reg) = registration {
+            reg.spawn_renewal(plane.shutdown.clone());
+            if discovery_interval(&plane.loaded.config).is_some() {
+                tokio::spawn(discovery::poll(
+                    reg.api.clone(),
+                    reg.credentials.operator_id.clone(),
+                    poll_rx,
+                    plane.events_tx.clone(),
+                    plane.shutdown.clone(),
+                ));
+            }
+        }
+        Ok(plane)
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Watches the config file's directory; events wake the loop, which compares content.
+    fn watch_file(&self) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let dir = self
+            .path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let notify = self.file_changed.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                notify.notify_one();
+            }
+        });
+        match watcher {
+            Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch {} for config changes ({e}); SIGHUP still reloads",
+                        dir.display()
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("cannot watch for config changes ({e}); SIGHUP still reloads");
+                None
+            }
+        }
+    }
+
+    /// Runs until a fatal error (e.g. the API key was rejected). Cancel-safe: the caller selects
+    /// it against a shutdown signal.
+    pub async fn run(&mut self) -> Result<(), ControlError> {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| ControlError::Fatal(format!("installing the SIGHUP handler: {e}")))?;
+        loop {
+            tokio::select! {
+                _ = self.file_changed.notified() => {
+                    // Let an editor finish writing before reading.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.reload(false).await;
+                }
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.reload(true).await;
+                }
+                event = self.events.recv() => match event {
+                    Some(ControlEvent::Discovered(set)) => {
+                        METRICS.discovered_endpoints.store(set.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        if set != self.discovered {
+                            log_discovery_change(&self.discovered, &set);
+                            self.discovered = set;
+                            self.rebuild().await;
+                        }
+                    }
+                    Some(ControlEvent::Fatal(msg)) => return Err(ControlError::Fatal(msg)),
+                    None => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Re-reads the file; when it changed (or `force`), parses it and rebuilds. A file that
+    /// does not parse or validate is rejected and the running snapshot stays.
+    async fn reload(&mut self, force: bool) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                if force {
+                    self.reject(format!(
+                        "{}: cannot read the file: {e}",
+                        self.path.display()
+                    ));
+                }
+                return;
+            }
+        };
+        if text == self.last_text && !force {
+            return;
+        }
+        self.last_text = text.clone();
+        let source = self.path.display().to_string();
+        match config::parse(&text, &source, self.loaded.base_dir.clone(), |k| {
+            std::env::var(k).ok()
+        }) {
+            Ok(loaded) => {
+                if loaded.config.ngrok != self.loaded.config.ngrok {
+                    tracing::warn!("changes to `ngrok:` take effect at the next restart");
+                }
+                if let Some(d) = discovery_interval(&loaded.config) {
+                    self.poll_interval.send_replace(d);
+                }
+                let previous = std::mem::replace(&mut self.loaded, loaded);
+                if !self.rebuild_forced(force).await {
+                    self.loaded = previous;
+                }
+            }
+            Err(errors) => self.reject(errors.to_string()),
+        }
+    }
+
+    async fn rebuild(&mut self) {
+        self.rebuild_forced(false).await;
+    }
+
+    /// Builds from the current inputs and applies the result if they changed (or `force`).
+    /// Returns false when the build was rejected.
+    async fn rebuild_forced(&mut self, force: bool) -> bool {
+        let placements = self.place();
+        let unchanged = *self.applied.0 == self.loaded.config && self.applied.1 == placements;
+        if unchanged && !force {
+            tracing::debug!("rebuild produced identical inputs; not swapping");
+            return true;
+        }
+        let current = self.gateway.current();
+        let version = current.version + 1;
+        let built = snapshot::build_with(BuildInput {
+            loaded: &self.loaded,
+            discovered: &placements,
+            previous: Some(&current),
+            registered: self.registered.as_ref(),
+            version,
+        });
+        match built {
+            Ok(next) => {
+                self.gateway.apply(next).await;
+                self.allocations.save();
+                self.applied = (Arc::new(self.loaded.config.clone()), placements);
+                incr(&METRICS.config_applied);
+                METRICS
+                    .snapshot_version
+                    .store(version, std::sync::atomic::Ordering::Relaxed);
+                let mut s = (**self.status.load()).clone();
+                s.version = version;
+                s.applied_updates += 1;
+                s.discovered_endpoints = self.discovered.len();
+                self.status.store(Arc::new(s));
+                tracing::info!(version, "configuration applied");
+                true
+            }
+            Err(errors) => {
+                self.reject(errors.to_string());
+                false
+            }
+        }
+    }
+
+    fn reject(&self, why: String) {
+        incr(&METRICS.config_rejected);
+        tracing::error!(
+            "configuration update rejected; the running configuration stays in force:\n{why}"
+        );
+        let mut s = (**self.status.load()).clone();
+        s.rejected_updates += 1;
+        s.last_rejection = Some(why);
+        self.status.store(Arc::new(s));
+    }
+
+    /// Places discovered endpoints on local addresses (persisting new allocations).
+    fn place(&mut self) -> Vec<Placement> {
+        let cfg = &self.loaded.config;
+        let Some(d) = cfg
+            .dynamic_resources
+            .as_ref()
+            .and_then(|d| d.bound_endpoints.as_ref())
+        else {
+            return Vec::new();
+        };
+        let (Ok(range), Ok(ip)) = (
+            config::parse_port_range(&d.expose.ports),
+            d.expose.address.parse(),
+        ) else {
+            return Vec::new(); // the build reports these config errors
+        };
+        let taken = cfg
+            .static_resources
+            .listeners
+            .iter()
+            .filter_map(|l| l.address.parse().ok())
+            .collect();
+        let (placed, errors) = place(
+            &self.discovered,
+            &d.expose,
+            &range,
+            ip,
+            &taken,
+            &mut self.allocations,
+        );
+        let errors: BTreeSet<String> = errors.into_iter().collect();
+        for e in errors.difference(&self.place_errors) {
+            tracing::warn!("bound endpoint not exposed: {e}");
+        }
+        self.place_errors = errors;
+        placed
+    }
+
+    /// Stops discovery and renewal, then drains every listener.
+    pub async fn shutdown(&mut self) {
+        self.shutdown.cancel();
+        self.gateway.shutdown().await;
+    }
+}
+
+fn discovery_interval(cfg: &Config) -> Option<Duration> {
+    cfg.dynamic_resources
+        .as_ref()
+        .and_then(|d| d.bound_endpoints.as_ref())
+        .map(|b| b.poll_interval.get())
+}
+
+fn log_discovery_change(old: &BTreeSet<BoundUrl>, new: &BTreeSet<BoundUrl>) {
+    for added in new.difference(old) {
+        tracing::info!(endpoint = %added, "bound endpoint added");
+    }
+    for removed in old.difference(new) {
+        tracing::info!(endpoint = %removed, "bound endpoint removed");
+    }
+}
