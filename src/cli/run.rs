@@ -43,7 +43,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!("{e}");
-                eprintln!("error: {e}");
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -63,11 +62,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down: no new connections; draining open ones for up to {drain:?}");
     plane.shutdown().await;
     tracing::info!("stopped");
-    match outcome {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -25,7 +25,7 @@ pub struct Registration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
-    #[error("the ngrok API key was rejected: {0}")]
+    #[error("{0}")]
     KeyRejected(String),
     #[error("{0}")]
     Other(String),

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bindgate");
 
@@ -14,7 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bindgate");
 pub struct Proc {
     pub child: Child,
     pub stdout: Lines<BufReader<ChildStdout>>,
-    pub stderr: Option<ChildStderr>,
+    /// Every stderr line, read continuously so the child never blocks on a full pipe.
+    pub stderr: mpsc::UnboundedReceiver<String>,
     /// The first JSON line the process printed (its readiness event).
     pub event: serde_json::Value,
 }
@@ -34,7 +36,15 @@ impl Proc {
         }
         let mut child = cmd.spawn().expect("spawn bindgate");
         let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take();
+        let (tx, stderr) = mpsc::unbounded_channel();
+        let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err_lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut lines = BufReader::new(stdout).lines();
         let line = match lines.next_line().await.unwrap() {
             Some(l) => l,
@@ -81,36 +91,51 @@ impl Proc {
                 .arg(pid.to_string())
                 .status();
         }
-        let mut err = String::new();
-        if let Some(mut s) = self.stderr.take() {
-            tokio::io::AsyncReadExt::read_to_string(&mut s, &mut err)
-                .await
-                .unwrap();
-        }
         let status = self.child.wait().await.unwrap();
-        (status, err)
+        (status, self.rest_of_log().await)
+    }
+
+    /// Waits for the process to exit by itself; returns its status and remaining log.
+    pub async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(std::time::Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("process did not exit")
+            .unwrap();
+        (status, self.rest_of_log().await)
+    }
+
+    async fn rest_of_log(&mut self) -> String {
+        let mut log = String::new();
+        while let Some(line) = self.stderr.recv().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
     }
 
     /// Reads stderr lines until one contains `needle` (the process keeps running).
     pub async fn wait_for_log(&mut self, needle: &str) -> String {
-        let stderr = self.stderr.take().expect("stderr already consumed");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = String::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(needle) {
-                // Keep draining stderr in the background so the process never blocks on it.
-                tokio::spawn(drain(lines));
-                return line;
-            }
-        }
-        panic!("log line containing {needle:?} never came; log was:\n{seen}");
+        self.wait_for_log_all(&[needle]).await
     }
-}
 
-async fn drain<R: AsyncRead + Unpin>(mut lines: Lines<BufReader<R>>) {
-    while let Ok(Some(_)) = lines.next_line().await {}
+    /// Reads stderr lines until one contains every needle.
+    pub async fn wait_for_log_all(&mut self, needles: &[&str]) -> String {
+        let mut seen = String::new();
+        let wait = async {
+            while let Some(line) = self.stderr.recv().await {
+                seen.push_str(&line);
+                seen.push('\n');
+                if needles.iter().all(|n| line.contains(n)) {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(60), wait).await {
+            Ok(Some(line)) => line,
+            _ => panic!("no log line containing {needles:?}; log so far:\n{seen}"),
+        }
+    }
 }
 
 /// Runs `bindgate ARGS` to completion: (exit code, stdout, stderr).
@@ -146,6 +171,11 @@ pub struct SandboxProc {
 
 /// The endpoints every e2e sandbox serves; `extra` is appended to the `endpoints:` list.
 pub async fn start_sandbox(extra: &str) -> SandboxProc {
+    start_sandbox_with("", extra).await
+}
+
+/// Like `start_sandbox`, with `top` (e.g. an `api:` section) added at the top level.
+pub async fn start_sandbox_with(top: &str, extra: &str) -> SandboxProc {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let cfg = format!(
@@ -158,6 +188,7 @@ ingress:
 backends:
   echo: 127.0.0.1:0
   http: 127.0.0.1:0
+{top}
 endpoints:
   - url: tcp://echo.e2e:7000
     target: echo
@@ -232,4 +263,124 @@ pub fn binding_config(ingresses: &str, endpoints: &[(&str, &str)], listener_extr
     format!(
         "version: 1\nadmin: {{ address: 127.0.0.1:0 }}\n{ingresses}static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}"
     )
+}
+
+/// The sandbox API section used by dynamic tests; the key is `k-e2e`.
+pub const SANDBOX_API: &str = "api:\n  address: 127.0.0.1:0\n  api_keys: [k-e2e]\n";
+
+impl SandboxProc {
+    pub fn api_url(&self) -> String {
+        self.proc.event["api"]
+            .as_str()
+            .expect("sandbox api")
+            .to_owned()
+    }
+
+    /// An HTTPS client trusting the sandbox CA.
+    pub fn client(&self) -> reqwest::Client {
+        bindgate::identity::install_crypto_provider();
+        let roots = bindgate::identity::load_trust_roots(Some(Path::new(&self.ca)), false).unwrap();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap()
+    }
+
+    /// Calls a `/sandbox/...` control route; returns the status and body.
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, String) {
+        let mut req = self
+            .client()
+            .request(
+                method,
+                format!("{}/sandbox/{path_and_query}", self.api_url()),
+            )
+            .bearer_auth("k-e2e");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    pub async fn registrations(&self) -> u64 {
+        let (code, body) = self.control(reqwest::Method::GET, "stats", None).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["registrations"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no registrations in {v}"))
+    }
+
+    /// A bindgate config that registers with this sandbox and exposes discovered endpoints on
+    /// `ports` (a `first-last` range).
+    pub fn dynamic_config(
+        &self,
+        state_dir: &Path,
+        ports: &str,
+        api_key: &str,
+        extra: &str,
+    ) -> String {
+        format!(
+            "\
+version: 1
+admin: {{ address: 127.0.0.1:0 }}
+state_dir: {state}
+ngrok:
+  api_url: {api}
+  api_key: {api_key}
+  api_ca: {ca}
+ingresses:
+  - name: ngrok
+    server_name: localhost
+    ca: {ca}
+dynamic_resources:
+  bound_endpoints:
+    ingress: ngrok
+    poll_interval: 1s
+    expose: {{ mode: port_range, address: 127.0.0.1, ports: \"{ports}\" }}
+    listener: {{ drain_timeout: 20s }}
+{extra}",
+            state = state_dir.display(),
+            api = self.api_url(),
+            ca = self.ca,
+        )
+    }
+}
+
+/// A range of `n` ports starting at one the OS just handed out (then released).
+pub fn port_range(n: u16) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = l.local_addr().unwrap().port();
+    drop(l);
+    let start = p.min(65535 - n);
+    format!("{start}-{}", start + n - 1)
+}
+
+/// GETs an admin path and parses the JSON body.
+pub async fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    bindgate::identity::install_crypto_provider();
+    let body = reqwest::get(format!("http://{admin}{path}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// The local address of a discovered endpoint, from the admin `/endpoints` view.
+pub async fn endpoint_address(admin: SocketAddr, url: &str) -> Option<SocketAddr> {
+    let rows = admin_json(admin, "/endpoints").await;
+    rows.as_array()?
+        .iter()
+        .find(|r| r["endpoint"] == url)
+        .and_then(|r| r["address"].as_str()?.parse().ok())
 }

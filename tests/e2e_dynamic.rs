@@ -1,0 +1,246 @@
+//! Dynamic configuration end to end: registration, discovery, runtime changes, reloads, renewal,
+//! with the real binary against a sandbox serving the emulated ngrok API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{
+    Proc, SANDBOX_API, SandboxProc, admin_json, endpoint_address, port_range, start_sandbox_with,
+    write,
+};
+use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ECHO: &str = "tcp://echo.e2e:7000";
+const WEB: &str = "http://web.e2e:80";
+
+async fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(msg).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
+async fn start_gateway(sb: &SandboxProc, dir: &std::path::Path, ports: &str, extra: &str) -> Proc {
+    let cfg = sb.dynamic_config(&dir.join("state"), ports, "k-e2e", extra);
+    let path = write(dir, "bindgate.yaml", &cfg);
+    Proc::start(&["run", "-c", &path], &[]).await
+}
+
+#[tokio::test]
+async fn registers_once_discovers_and_keeps_ports_across_restarts() {
+    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = port_range(20);
+    let mut gw = start_gateway(&sb, dir.path(), &ports, "").await;
+    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let admin = gw.admin();
+    let echo = endpoint_address(admin, ECHO).await.expect("echo exposed");
+    let web = endpoint_address(admin, WEB).await.expect("web exposed");
+    assert_eq!(echo_roundtrip(echo, b"discovered").await, b"discovered");
+    let mut c = TcpStream::connect(web).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: web.e2e\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.contains("hello from the bindgate sandbox"), "{reply}");
+    drop(c);
+    assert_eq!(sb.registrations().await, 1);
+
+    let state = dir.path().join("state");
+    for f in ["tls.key", "tls.crt", "operator.json", "allocations.json"] {
+        let mode = std::fs::metadata(state.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    let (status, _) = gw.terminate().await;
+    assert!(status.success());
+    let mut gw = start_gateway(&sb, dir.path(), &ports, "").await;
+    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    assert_eq!(
+        endpoint_address(gw.admin(), ECHO).await,
+        Some(echo),
+        "same port after restart"
+    );
+    assert_eq!(endpoint_address(gw.admin(), WEB).await, Some(web));
+    assert_eq!(sb.registrations().await, 1, "no second registration");
+    assert_eq!(echo_roundtrip(echo, b"again").await, b"again");
+}
+
+#[tokio::test]
+async fn endpoints_added_and_removed_at_run_time() {
+    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
+    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let admin = gw.admin();
+
+    let late = "tcp://late.e2e:7100";
+    let (code, body) = sb
+        .control(
+            Method::POST,
+            "endpoints",
+            Some(serde_json::json!({"url": late, "target": "echo"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    gw.wait_for_log_all(&["listener bound", late]).await;
+    let late_addr = endpoint_address(admin, late).await.unwrap();
+    assert_eq!(echo_roundtrip(late_addr, b"late").await, b"late");
+
+    // A connection streaming through `echo` when it is removed completes byte-exact.
+    let echo = endpoint_address(admin, ECHO).await.unwrap();
+    let c = TcpStream::connect(echo).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.map(|_| got)
+    });
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    for _ in 0..16 {
+        w.write_all(&chunk).await.unwrap();
+    }
+    let (code, _) = sb
+        .control(Method::DELETE, &format!("endpoints?url={ECHO}"), None)
+        .await;
+    assert_eq!(code, 204);
+    gw.wait_for_log_all(&["stopped accepting", ECHO]).await;
+    assert!(
+        TcpStream::connect(echo).await.is_err(),
+        "removed listener no longer accepts"
+    );
+    for _ in 0..16 {
+        w.write_all(&chunk).await.unwrap();
+    }
+    w.shutdown().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 32 * chunk.len());
+    assert!(
+        got.chunks(chunk.len()).all(|c| c == chunk.as_slice()),
+        "bytes differ"
+    );
+    // The other endpoints are untouched.
+    assert_eq!(echo_roundtrip(late_addr, b"still").await, b"still");
+}
+
+#[tokio::test]
+async fn two_hundred_fifty_endpoints_over_three_pages() {
+    let mut extra = String::new();
+    for i in 0..248 {
+        extra.push_str(&format!(
+            "  - url: tcp://svc{i}.many:7000\n    target: echo\n"
+        ));
+    }
+    let api = format!("{SANDBOX_API}  page_limit_max: 100\n");
+    let sb = start_sandbox_with(&api, &extra).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_gateway(&sb, dir.path(), &port_range(300), "").await;
+    gw.wait_for_log("configuration applied").await;
+    let rows = admin_json(gw.admin(), "/endpoints").await;
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 250, "all endpoints across pages are exposed");
+    assert!(rows.iter().all(|r| r["state"] == "active"), "{rows:?}");
+    let last = endpoint_address(gw.admin(), "tcp://svc247.many:7000")
+        .await
+        .unwrap();
+    assert_eq!(echo_roundtrip(last, b"page three").await, b"page three");
+}
+
+#[tokio::test]
+async fn api_failures_keep_the_last_good_endpoints_serving() {
+    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
+    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let echo = endpoint_address(gw.admin(), ECHO).await.unwrap();
+
+    let (code, body) = sb
+        .control(
+            Method::PUT,
+            "api_faults",
+            Some(serde_json::json!({"fail_next": 8})),
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    gw.wait_for_log("bound endpoint poll failed; keeping the last good endpoints")
+        .await;
+    assert_eq!(
+        echo_roundtrip(echo, b"during outage").await,
+        b"during outage"
+    );
+    gw.wait_for_log("ngrok API reachable again").await;
+    assert_eq!(echo_roundtrip(echo, b"after").await, b"after");
+    let dump = admin_json(gw.admin(), "/config_dump").await;
+    assert_eq!(dump["control"]["rejected_updates"], 0);
+}
+
+#[tokio::test]
+async fn a_rejected_api_key_is_one_clear_fatal_error() {
+    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sb.dynamic_config(&dir.path().join("state"), &port_range(5), "wrong-key", "");
+    let path = write(dir.path(), "bindgate.yaml", &cfg);
+    let (code, out, err) = common::run_to_end(&["run", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        err.matches("API key was rejected").count(),
+        1,
+        "one clear line: {err}"
+    );
+    assert!(!err.contains("wrong-key"), "the key never appears: {err}");
+    assert!(out.is_empty(), "never announced readiness: {out}");
+}
+
+#[tokio::test]
+async fn certificate_is_renewed_and_connections_work_before_and_after() {
+    let api = format!("{SANDBOX_API}  cert_lifetime: 4s\n");
+    let sb = start_sandbox_with(&api, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
+    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let echo = endpoint_address(gw.admin(), ECHO).await.unwrap();
+    let before = std::fs::read(dir.path().join("state/tls.crt")).unwrap();
+    // Opened before the renewal and kept open across it.
+    let mut held = TcpStream::connect(echo).await.unwrap();
+    held.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).await.unwrap();
+
+    gw.wait_for_log("client certificate renewed").await;
+    let after = std::fs::read(dir.path().join("state/tls.crt")).unwrap();
+    assert_ne!(before, after, "a new certificate was stored");
+    let mode = std::fs::metadata(dir.path().join("state/tls.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(echo_roundtrip(echo, b"new cert").await, b"new cert");
+    held.write_all(b"old conn").await.unwrap();
+    held.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"old conn");
+}

@@ -1,0 +1,139 @@
+//! Hot reload of the config file: atomic swap, unchanged listeners keep their sockets and
+//! connections, an invalid file is refused and the running config stays.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proc, admin_json, binding_config, start_sandbox, write};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
+    let sb = start_sandbox("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = binding_config(&sb.ingress_yaml(), &[("echo", "tcp://echo.e2e:7000")], "");
+    let path = write(dir.path(), "bindgate.yaml", &v1);
+    let mut gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let echo = gw.listener("echo");
+
+    // Stream through `echo` for the whole test.
+    let c = TcpStream::connect(echo).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.map(|_| got)
+    });
+    let chunk: Vec<u8> = (0..32 * 1024).map(|i| (i % 253) as u8).collect();
+    for _ in 0..8 {
+        w.write_all(&chunk).await.unwrap();
+    }
+
+    // v2 adds a listener; written with a rename, as editors and config management do.
+    let v2 = binding_config(
+        &sb.ingress_yaml(),
+        &[("echo", "tcp://echo.e2e:7000"), ("web", "http://web.e2e")],
+        "",
+    );
+    let tmp = write(dir.path(), ".bindgate.yaml.tmp", &v2);
+    std::fs::rename(&tmp, &path).unwrap();
+    gw.wait_for_log_all(&["listener bound", "listener=web"])
+        .await;
+    let listeners = admin_json(admin, "/listeners").await;
+    let bound_echo = listeners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "echo")
+        .unwrap()["bound_address"]
+        .clone();
+    assert_eq!(
+        bound_echo.as_str().unwrap(),
+        echo.to_string(),
+        "echo kept its socket (port 0 was not re-bound)"
+    );
+    for _ in 0..8 {
+        w.write_all(&chunk).await.unwrap();
+    }
+
+    // An invalid file is refused; everything keeps serving.
+    std::fs::write(&path, v2.replace("cluster: web", "cluster: nowhere")).unwrap();
+    let line = gw.wait_for_log("configuration update rejected").await;
+    assert!(line.contains("rejected"), "{line}");
+    gw.wait_for_log("no cluster named `nowhere`").await;
+    for _ in 0..8 {
+        w.write_all(&chunk).await.unwrap();
+    }
+    w.shutdown().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 24 * chunk.len(), "no byte lost across reloads");
+    assert!(got.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+
+    let dump = admin_json(admin, "/config_dump").await;
+    assert_eq!(dump["control"]["rejected_updates"], 1);
+    assert!(
+        dump["control"]["last_rejection"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere")
+    );
+    assert_eq!(dump["version_info"], "2", "v2 is in force");
+    let web = admin_json(admin, "/listeners").await;
+    let web = web
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "web")
+        .unwrap()["bound_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = TcpStream::connect(&web).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: web.e2e\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.contains("hello from the bindgate sandbox"), "{reply}");
+
+    // SIGHUP re-reads the (still invalid) file: rejected again, nothing changes.
+    let pid = gw.child.id().unwrap().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    gw.wait_for_log("SIGHUP").await;
+    gw.wait_for_log("configuration update rejected").await;
+    assert_eq!(
+        admin_json(admin, "/config_dump").await["control"]["rejected_updates"],
+        2
+    );
+
+    // Removing a listener drains it; a valid file applies again.
+    std::fs::write(&path, &v1).unwrap();
+    gw.wait_for_log_all(&["stopped accepting", "listener=web"])
+        .await;
+    assert!(TcpStream::connect(&web).await.is_err());
+    assert_eq!(admin_json(admin, "/config_dump").await["version_info"], "3");
+}
+
+#[tokio::test]
+async fn identical_rewrite_does_not_swap() {
+    let sb = start_sandbox("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = binding_config(&sb.ingress_yaml(), &[("echo", "tcp://echo.e2e:7000")], "");
+    let path = write(dir.path(), "bindgate.yaml", &v1);
+    let mut gw = Proc::start(&["run", "-c", &path], &[]).await;
+    // Same content with a comment: a real change of text, the same configuration.
+    std::fs::write(&path, format!("# touched\n{v1}")).unwrap();
+    gw.wait_for_log("identical inputs; not swapping").await;
+    assert_eq!(
+        admin_json(gw.admin(), "/config_dump").await["version_info"],
+        "1"
+    );
+}
