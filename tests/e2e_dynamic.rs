@@ -30,7 +30,12 @@ async fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
     got
 }
 
-async fn start_gateway(sb: &SandboxProc, dir: &std::path::Path, ports: &str, extra: &str) -> Proc {
+async fn start_gateway(
+    sb: &SandboxProc,
+    dir: &std::path::Path,
+    ports: &(String, String),
+    extra: &str,
+) -> Proc {
     let cfg = sb.dynamic_config(&dir.join("state"), ports, "k-e2e", extra);
     let path = write(dir, "bindgate.yaml", &cfg);
     Proc::start(&["run", "-c", &path], &[]).await

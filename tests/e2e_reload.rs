@@ -9,6 +9,13 @@ use common::{Proc, admin_json, binding_config, start_sandbox, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Saves like editors and config management do: write a temp file, rename it over the config.
+/// (An in-place write can be seen half-written; that file is rejected and the next one applied.)
+fn save(dir: &std::path::Path, path: &str, text: &str) {
+    let tmp = write(dir, ".bindgate.yaml.tmp", text);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[tokio::test]
 async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
     let sb = start_sandbox("").await;
@@ -37,8 +44,7 @@ async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
         &[("echo", "tcp://echo.e2e:7000"), ("web", "http://web.e2e")],
         "",
     );
-    let tmp = write(dir.path(), ".bindgate.yaml.tmp", &v2);
-    std::fs::rename(&tmp, &path).unwrap();
+    save(dir.path(), &path, &v2);
     gw.wait_for_log_all(&["listener bound", "listener=web"])
         .await;
     let listeners = admin_json(admin, "/listeners").await;
@@ -59,7 +65,11 @@ async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
     }
 
     // An invalid file is refused; everything keeps serving.
-    std::fs::write(&path, v2.replace("cluster: web", "cluster: nowhere")).unwrap();
+    save(
+        dir.path(),
+        &path,
+        &v2.replace("cluster: web", "cluster: nowhere"),
+    );
     let line = gw.wait_for_log("configuration update rejected").await;
     assert!(line.contains("rejected"), "{line}");
     gw.wait_for_log("no cluster named `nowhere`").await;
@@ -115,7 +125,7 @@ async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
     );
 
     // Removing a listener drains it; a valid file applies again.
-    std::fs::write(&path, &v1).unwrap();
+    save(dir.path(), &path, &v1);
     gw.wait_for_log_all(&["stopped accepting", "listener=web"])
         .await;
     assert!(TcpStream::connect(&web).await.is_err());
@@ -130,7 +140,7 @@ async fn identical_rewrite_does_not_swap() {
     let path = write(dir.path(), "bindgate.yaml", &v1);
     let mut gw = Proc::start(&["run", "-c", &path], &[]).await;
     // Same content with a comment: a real change of text, the same configuration.
-    std::fs::write(&path, format!("# touched\n{v1}")).unwrap();
+    save(dir.path(), &path, &format!("# touched\n{v1}"));
     gw.wait_for_log("identical inputs; not swapping").await;
     assert_eq!(
         admin_json(gw.admin(), "/config_dump").await["version_info"],

@@ -324,7 +324,7 @@ impl SandboxProc {
     pub fn dynamic_config(
         &self,
         state_dir: &Path,
-        ports: &str,
+        (ip, ports): &(String, String),
         api_key: &str,
         extra: &str,
     ) -> String {
@@ -345,7 +345,7 @@ dynamic_resources:
   bound_endpoints:
     ingress: ngrok
     poll_interval: 1s
-    expose: {{ mode: port_range, address: 127.0.0.1, ports: \"{ports}\" }}
+    expose: {{ mode: port_range, address: {ip}, ports: \"{ports}\" }}
     listener: {{ drain_timeout: 20s }}
 {extra}",
             state = state_dir.display(),
@@ -355,13 +355,20 @@ dynamic_resources:
     }
 }
 
-/// A range of `n` ports starting at one the OS just handed out (then released).
-pub fn port_range(n: u16) -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let p = l.local_addr().unwrap().port();
-    drop(l);
-    let start = p.min(65535 - n);
-    format!("{start}-{}", start + n - 1)
+/// A loopback IP of its own (no other test's sockets live there: all of 127/8 is local) and a
+/// range of `n` ports on it, below the ephemeral range.
+pub fn port_range(n: u16) -> (String, String) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let k = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id();
+    let ip = format!(
+        "127.{}.{}.{}",
+        100 + (k >> 16) % 100,
+        (k >> 8) % 250 + 1,
+        k % 250 + 1
+    );
+    let start = 20000 + (k % 50) as u16 * 200;
+    (ip, format!("{start}-{}", start + n - 1))
 }
 
 /// GETs an admin path and parses the JSON body.
