@@ -14,8 +14,8 @@ async fn demo_serves_what_it_prints() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::BIN)
         .args(["demo", "--dir", dir.path().to_str().unwrap()])
-        .env("BINDGATE_DEMO_WEB", "127.0.0.1:0")
-        .env("BINDGATE_DEMO_ECHO", "127.0.0.1:0")
+        .env("BINDGATE_DEMO_WEB_PORT", "0")
+        .env("BINDGATE_DEMO_ECHO_PORT", "0")
         .env("BINDGATE_DEMO_ADMIN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::control::Gateway;
+use crate::control::{ControlPlane, registration};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{config, snapshot};
 
@@ -39,75 +39,96 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let mut sandbox_cfg = SandboxConfig::from_yaml(SANDBOX_YAML)?;
     sandbox_cfg.state_dir = dir.join("sandbox");
     let sandbox = Sandbox::start(sandbox_cfg).await?;
-    sandbox.issue_client_cert(dir)?;
     std::fs::copy(sandbox.ca_pem_path(), dir.join("ca.pem"))?;
+    let api = sandbox
+        .api_url()
+        .ok_or_else(|| anyhow::anyhow!("the demo sandbox config has no `api:` section"))?;
 
-    let ingress = sandbox.ingress_addr().to_string();
     let dir_text = dir.display().to_string();
     let lookup = |name: &str| match name {
         "BINDGATE_DEMO_DIR" => Some(dir_text.clone()),
-        "BINDGATE_DEMO_INGRESS" => Some(ingress.clone()),
+        "BINDGATE_DEMO_API" => Some(api.clone()),
         other => std::env::var(other).ok(),
     };
-    let built = config::parse(
+    let checked = config::parse(
         PROXY_YAML,
         "examples/configs/demo.yaml",
         dir.to_owned(),
         lookup,
     )
-    .and_then(|loaded| snapshot::build(&loaded, 1));
-    let snap = match built {
-        Ok(s) => s,
+    .and_then(|loaded| snapshot::build(&loaded, 0).map(|_| loaded));
+    let loaded = match checked {
+        Ok(l) => l,
         Err(errors) => {
             eprint!("{errors}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut gw = Gateway::start(snap, Default::default()).await?;
-    let status = gw.listener_status();
-    let bound = |name: &str| {
-        status
-            .iter()
-            .find(|l| l.name == name)
-            .and_then(|l| l.bound_address.map(|a| a.to_string()))
-    };
-    let (Some(web), Some(echo)) = (bound("web"), bound("echo")) else {
-        for l in status.iter().filter(|l| l.error.is_some()) {
-            eprintln!(
-                "listener `{}`: {}",
-                l.name,
-                l.error.as_deref().unwrap_or_default()
-            );
-        }
-        eprintln!(
-            "pick free ports with BINDGATE_DEMO_WEB=127.0.0.1:PORT and BINDGATE_DEMO_ECHO=127.0.0.1:PORT"
-        );
-        gw.shutdown().await;
-        sandbox.shutdown().await;
-        return Ok(ExitCode::FAILURE);
-    };
-    let admin = gw
+    let registration = registration::register(&loaded).await?;
+    let ingress = registration.credentials.ingress_endpoint.clone();
+    let mut plane =
+        ControlPlane::start(None, PROXY_YAML.to_owned(), loaded, Some(registration)).await?;
+    let applied = plane.on_applied();
+    let board = plane.gateway().board();
+    let admin = plane
+        .gateway()
         .admin_address()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "(disabled)".into());
-    println!(
-        "\
-bindgate demo is running: a sandbox ngrok binding ingress at {ingress} (mTLS, CA in {dir}),
-and a proxy with two listeners that reach bound endpoints through it.
+    let dir_shown = dir.display().to_string();
+    // Prints what to try once discovery has exposed both endpoints (or says why it could not).
+    let announce = async move {
+        loop {
+            applied.notified().await;
+            let status = board.load();
+            let find = |name: &str| status.iter().find(|l| l.name == name).cloned();
+            let (Some(web), Some(echo)) = (find(WEB), find(ECHO)) else {
+                continue;
+            };
+            match (web.bound_address, echo.bound_address) {
+                (Some(web), Some(echo)) => {
+                    println!(
+                        "\
+bindgate demo is running. It registered with a sandbox ngrok API ({api}), got a client
+certificate, discovered two Kubernetes-bound endpoints, and exposes each on a local port,
+reached over mTLS through the sandbox binding ingress at {ingress} (CA in {dir_shown}).
 
 Try:
-  curl http://{web}/                      # http://web.demo:80 through the binding upgrade
-  echo hello | nc -q 2 {echo_host} {echo_port}          # tcp://echo.demo:7000 echoes back
-  curl -s http://{admin}/listeners        # the admin API (also /ready, /clusters, /config_dump)
+  curl http://{web}/                      # {WEB} through the binding upgrade
+  echo hello | nc -q 2 {echo_host} {echo_port}          # {ECHO} echoes back
+  curl -s http://{admin}/endpoints        # the admin API (also /ready, /listeners, /config_dump, /metrics)
 
 Press Ctrl-C to stop.",
-        dir = dir.display(),
-        echo_host = echo.rsplit_once(':').map_or("", |(h, _)| h),
-        echo_port = echo.rsplit_once(':').map_or("", |(_, p)| p),
-    );
-    signals.recv().await;
+                        echo_host = echo.ip(),
+                        echo_port = echo.port(),
+                    );
+                }
+                _ => {
+                    for l in [web, echo] {
+                        if let Some(e) = l.error {
+                            eprintln!("listener `{}`: {e}", l.name);
+                        }
+                    }
+                    eprintln!(
+                        "pick free ports with BINDGATE_DEMO_WEB_PORT and BINDGATE_DEMO_ECHO_PORT (0 lets the OS choose)"
+                    );
+                }
+            }
+            break;
+        }
+        std::future::pending::<()>().await
+    };
+    let outcome = tokio::select! {
+        _ = signals.recv() => Ok(()),
+        r = plane.run() => r,
+        _ = announce => Ok(()),
+    };
     tracing::info!("stopping the demo");
-    gw.shutdown().await;
+    plane.shutdown().await;
     sandbox.shutdown().await;
+    outcome?;
     Ok(ExitCode::SUCCESS)
 }
+
+const WEB: &str = "http://web.demo:80";
+const ECHO: &str = "tcp://echo.demo:7000";

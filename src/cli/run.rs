@@ -49,7 +49,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let mut plane = ControlPlane::start(args.config.clone(), text, loaded, registration).await?;
+    let mut plane =
+        ControlPlane::start(Some(args.config.clone()), text, loaded, registration).await?;
     announce(plane.gateway());
     let outcome = tokio::select! {
         _ = signals.recv() => Ok(()),

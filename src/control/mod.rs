@@ -88,6 +88,10 @@ impl Gateway {
         self.admin.as_ref().map(|a| a.address)
     }
 
+    pub fn board(&self) -> crate::listener::StatusBoard {
+        self.listeners.board()
+    }
+
     pub fn listener_status(&self) -> Vec<ListenerStatus> {
         self.listeners.board().load().as_ref().clone()
     }

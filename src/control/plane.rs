@@ -35,7 +35,9 @@ pub type StatusView = Arc<ArcSwap<ControlStatus>>;
 
 pub struct ControlPlane {
     gateway: Gateway,
-    path: PathBuf,
+    /// The config file; `None` for an embedded config (the demo), which is never reloaded.
+    path: Option<PathBuf>,
+    applied_notify: Arc<Notify>,
     last_text: String,
     loaded: LoadedConfig,
     discovered: BTreeSet<BoundUrl>,
@@ -66,7 +68,7 @@ impl ControlPlane {
     /// through `snapshot::build`), starts the file watch and, with `registration`, discovery
     /// and certificate renewal.
     pub async fn start(
-        path: PathBuf,
+        path: Option<PathBuf>,
         text: String,
         loaded: LoadedConfig,
         registration: Option<Registration>,
@@ -98,6 +100,7 @@ impl ControlPlane {
         let mut plane = ControlPlane {
             gateway,
             path,
+            applied_notify: Arc::new(Notify::new()),
             last_text: text,
             applied: (Arc::new(loaded.config.clone()), Vec::new()),
             loaded,
@@ -133,11 +136,17 @@ impl ControlPlane {
         &self.gateway
     }
 
+    /// Notified after each applied update (a permit is kept if nobody waits yet).
+    pub fn on_applied(&self) -> Arc<Notify> {
+        self.applied_notify.clone()
+    }
+
     /// Watches the config file's directory; events wake the loop, which compares content.
     fn watch_file(&self) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
         let dir = self
             .path
+            .as_ref()?
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
@@ -205,14 +214,15 @@ impl ControlPlane {
     /// Re-reads the file; when it changed (or `force`), parses it and rebuilds. A file that
     /// does not parse or validate is rejected and the running snapshot stays.
     async fn reload(&mut self, force: bool) {
-        let text = match std::fs::read_to_string(&self.path) {
+        let Some(path) = self.path.clone() else {
+            tracing::info!("the configuration is embedded; nothing to reload");
+            return;
+        };
+        let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
                 if force {
-                    self.reject(format!(
-                        "{}: cannot read the file: {e}",
-                        self.path.display()
-                    ));
+                    self.reject(format!("{}: cannot read the file: {e}", path.display()));
                 }
                 return;
             }
@@ -221,7 +231,7 @@ impl ControlPlane {
             return;
         }
         self.last_text = text.clone();
-        let source = self.path.display().to_string();
+        let source = path.display().to_string();
         match config::parse(&text, &source, self.loaded.base_dir.clone(), |k| {
             std::env::var(k).ok()
         }) {
@@ -278,6 +288,7 @@ impl ControlPlane {
                 s.discovered_endpoints = self.discovered.len();
                 self.status.store(Arc::new(s));
                 tracing::info!(version, "configuration applied");
+                self.applied_notify.notify_one();
                 true
             }
             Err(errors) => {

@@ -115,7 +115,8 @@ pub fn place(
         };
         if let Some(port) = o.and_then(|o| o.port) {
             let addr = SocketAddr::new(ip, port);
-            if used.insert(addr) {
+            // Port 0: the OS picks one at bind time, so it never clashes here.
+            if port == 0 || used.insert(addr) {
                 placed.push(Placement {
                     url: url.clone(),
                     address: addr,
