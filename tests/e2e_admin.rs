@@ -60,7 +60,7 @@ static_resources:
 "
     );
     let path = write(dir.path(), "cfg.yaml", &cfg);
-    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let mut proxy = Proc::start(&["run", "-c", &path], &[]).await;
     assert_eq!(proxy.event["ready"], false, "{}", proxy.event);
     let admin = proxy.admin();
 
@@ -113,7 +113,17 @@ static_resources:
         dump["config"]["static_resources"]["listeners"][1]["name"],
         "fine"
     );
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert!(metrics.contains("bindgate_listeners_failed 1"), "{metrics}");
+
+    // Once the port is free, the listener binds by itself and the gateway becomes ready.
     drop(occupied);
+    proxy
+        .wait_for_log_all(&["listener bound", "listener=blocked"])
+        .await;
+    assert_eq!(get(admin, "/ready").await, (200, "ready\n".to_owned()));
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert!(metrics.contains("bindgate_listeners_failed 0"), "{metrics}");
 }
 
 #[tokio::test]
@@ -133,7 +143,7 @@ static_resources:
       endpoints: [ \"127.0.0.1:9\" ]
 ";
     let path = write(dir.path(), "cfg.yaml", cfg);
-    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let mut proxy = Proc::start(&["run", "-c", &path], &[]).await;
     assert_eq!(proxy.event["ready"], true);
     assert_eq!(
         get(proxy.admin(), "/ready").await,

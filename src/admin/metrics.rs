@@ -18,6 +18,7 @@ pub struct Metrics {
     pub discovery_polls: AtomicU64,
     pub discovery_failures: AtomicU64,
     pub discovered_endpoints: AtomicU64,
+    pub listeners_failed: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -31,6 +32,7 @@ pub static METRICS: Metrics = Metrics {
     discovery_polls: AtomicU64::new(0),
     discovery_failures: AtomicU64::new(0),
     discovered_endpoints: AtomicU64::new(0),
+    listeners_failed: AtomicU64::new(0),
 };
 
 pub fn incr(c: &AtomicU64) {
@@ -56,7 +58,13 @@ impl Drop for ActiveConnection {
 
 pub fn render() -> String {
     let m = &METRICS;
-    let rows: [(&str, &str, &str, &AtomicU64); 10] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+        (
+            "bindgate_listeners_failed",
+            "gauge",
+            "Listeners of the snapshot in force that could not bind.",
+            &m.listeners_failed,
+        ),
         (
             "bindgate_connections_accepted_total",
             "counter",

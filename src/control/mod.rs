@@ -96,6 +96,12 @@ impl Gateway {
         self.listeners.board().load().as_ref().clone()
     }
 
+    /// Tries again to bind the current snapshot's listeners that failed.
+    pub async fn retry_failed_listeners(&mut self) {
+        let current = self.snapshot.load_full();
+        self.listeners.reconcile(&current).await;
+    }
+
     pub fn all_bound(&self) -> bool {
         self.listeners.all_bound()
     }

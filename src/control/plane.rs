@@ -184,8 +184,14 @@ impl ControlPlane {
     pub async fn run(&mut self) -> Result<(), ControlError> {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| ControlError::Fatal(format!("installing the SIGHUP handler: {e}")))?;
+        // Listeners that failed to bind (port in use, ...) are retried until they bind.
+        let mut retry_binds = tokio::time::interval(Duration::from_secs(5));
+        retry_binds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = retry_binds.tick(), if !self.gateway.all_bound() => {
+                    self.gateway.retry_failed_listeners().await;
+                }
                 _ = self.file_changed.notified() => {
                     // Let an editor finish writing before reading.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -300,13 +306,14 @@ impl ControlPlane {
 
     fn reject(&self, why: String) {
         incr(&METRICS.config_rejected);
+        let mut s = (**self.status.load()).clone();
+        s.rejected_updates += 1;
+        s.last_rejection = Some(why.clone());
+        // Published before the log line, so whoever reads the log sees the status too.
+        self.status.store(Arc::new(s));
         tracing::error!(
             "configuration update rejected; the running configuration stays in force:\n{why}"
         );
-        let mut s = (**self.status.load()).clone();
-        s.rejected_updates += 1;
-        s.last_rejection = Some(why);
-        self.status.store(Arc::new(s));
     }
 
     /// Places discovered endpoints on local addresses (persisting new allocations).

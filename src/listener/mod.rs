@@ -222,6 +222,10 @@ impl ListenerManager {
                 },
             )
             .collect();
+        crate::admin::metrics::METRICS.listeners_failed.store(
+            self.failed.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         board.extend(self.draining.load().iter().cloned());
         self.board.store(Arc::new(board));
     }
