@@ -143,7 +143,7 @@ static_resources:
       endpoints: [ \"127.0.0.1:9\" ]
 ";
     let path = write(dir.path(), "cfg.yaml", cfg);
-    let mut proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
     assert_eq!(proxy.event["ready"], true);
     assert_eq!(
         get(proxy.admin(), "/ready").await,

@@ -148,24 +148,32 @@ impl ListenerManager {
         }
         self.failed
             .retain(|name, _| wanted.contains_key(name.as_str()));
+        let mut bound = Vec::new();
         for spec in &snap.listeners {
             if self.running.contains_key(&spec.name) {
                 continue;
             }
             match self.start(spec).await {
                 Ok(running) => {
-                    tracing::info!(listener = %spec.name, address = %running.bound, protocol = ?spec.protocol, "listener bound");
+                    bound.push((spec.name.clone(), running.bound, spec.protocol));
                     self.failed.remove(&spec.name);
                     self.running.insert(spec.name.clone(), running);
                 }
                 Err(e) => {
                     let msg = format!("bind {}: {e}", spec.address);
-                    tracing::error!(listener = %spec.name, "listener failed: {msg}");
+                    // Retried every few seconds: say it once, and again only if the cause changes.
+                    if self.failed.get(&spec.name).map(|(_, m)| m) != Some(&msg) {
+                        tracing::error!(listener = %spec.name, "listener failed: {msg}");
+                    }
                     self.failed.insert(spec.name.clone(), (spec.address, msg));
                 }
             }
         }
         self.publish(snap);
+        // Logged once the status board shows it, so a reader of the log can rely on /listeners.
+        for (name, address, protocol) in bound {
+            tracing::info!(listener = %name, %address, ?protocol, "listener bound");
+        }
     }
 
     fn snapshot_of_drains(&self) -> BTreeMap<String, Duration> {
