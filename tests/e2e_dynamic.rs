@@ -113,16 +113,8 @@ async fn endpoints_added_and_removed_at_run_time() {
 
     // A connection streaming through `echo` when it is removed completes byte-exact.
     let echo = endpoint_address(admin, ECHO).await.unwrap();
-    let c = TcpStream::connect(echo).await.unwrap();
-    let (mut r, mut w) = c.into_split();
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.map(|_| got)
-    });
-    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-    for _ in 0..16 {
-        w.write_all(&chunk).await.unwrap();
-    }
+    let mut stream = common::EchoStream::open(echo, 64 * 1024).await;
+    stream.send(16).await;
     let (code, _) = sb
         .control(Method::DELETE, &format!("endpoints?url={ECHO}"), None)
         .await;
@@ -132,20 +124,8 @@ async fn endpoints_added_and_removed_at_run_time() {
         TcpStream::connect(echo).await.is_err(),
         "removed listener no longer accepts"
     );
-    for _ in 0..16 {
-        w.write_all(&chunk).await.unwrap();
-    }
-    w.shutdown().await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(30), reader)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(got.len(), 32 * chunk.len());
-    assert!(
-        got.chunks(chunk.len()).all(|c| c == chunk.as_slice()),
-        "bytes differ"
-    );
+    stream.send(16).await;
+    stream.finish().await;
     // The other endpoints are untouched.
     assert_eq!(echo_roundtrip(late_addr, b"still").await, b"still");
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Proc, admin_json, binding_config, start_sandbox, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,16 +25,8 @@ async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
     let echo = gw.listener("echo");
 
     // Stream through `echo` for the whole test.
-    let c = TcpStream::connect(echo).await.unwrap();
-    let (mut r, mut w) = c.into_split();
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.map(|_| got)
-    });
-    let chunk: Vec<u8> = (0..32 * 1024).map(|i| (i % 253) as u8).collect();
-    for _ in 0..8 {
-        w.write_all(&chunk).await.unwrap();
-    }
+    let mut stream = common::EchoStream::open(echo, 32 * 1024).await;
+    stream.send(8).await;
 
     // v2 adds a listener; written with a rename, as editors and config management do.
     let v2 = binding_config(
@@ -60,9 +50,7 @@ async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
         echo.to_string(),
         "echo kept its socket (port 0 was not re-bound)"
     );
-    for _ in 0..8 {
-        w.write_all(&chunk).await.unwrap();
-    }
+    stream.send(8).await;
 
     // An invalid file is refused; everything keeps serving.
     save(
@@ -73,17 +61,8 @@ async fn reload_under_load_keeps_unchanged_listeners_and_refuses_bad_files() {
     let line = gw.wait_for_log("configuration update rejected").await;
     assert!(line.contains("rejected"), "{line}");
     gw.wait_for_log("no cluster named `nowhere`").await;
-    for _ in 0..8 {
-        w.write_all(&chunk).await.unwrap();
-    }
-    w.shutdown().await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(30), reader)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(got.len(), 24 * chunk.len(), "no byte lost across reloads");
-    assert!(got.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+    stream.send(8).await;
+    stream.finish().await;
 
     let dump = admin_json(admin, "/config_dump").await;
     assert_eq!(dump["control"]["rejected_updates"], 1);

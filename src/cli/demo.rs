@@ -50,14 +50,13 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         "BINDGATE_DEMO_API" => Some(api.clone()),
         other => std::env::var(other).ok(),
     };
-    let checked = config::parse(
+    let parsed = config::parse(
         PROXY_YAML,
         "examples/configs/demo.yaml",
         dir.to_owned(),
         lookup,
-    )
-    .and_then(|loaded| snapshot::build(&loaded, 0).map(|_| loaded));
-    let loaded = match checked {
+    );
+    let loaded = match snapshot::check(parsed) {
         Ok(l) => l,
         Err(errors) => {
             eprint!("{errors}");

@@ -29,9 +29,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Validate fully (same path as `validate`) before registering or binding anything.
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;
-    let checked = config::load_file(&args.config)
-        .and_then(|loaded| snapshot::build(&loaded, 0).map(|_| loaded));
-    let loaded = match checked {
+    let loaded = match snapshot::check(config::load_file(&args.config)) {
         Ok(l) => l,
         Err(errors) => {
             eprint!("{errors}");

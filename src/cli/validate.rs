@@ -13,10 +13,8 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: &ValidateArgs) -> ExitCode {
-    let checked =
-        config::load_file(&args.config).and_then(|loaded| snapshot::build(&loaded, 0).map(|_| ()));
-    match checked {
-        Ok(()) => {
+    match snapshot::check(config::load_file(&args.config)) {
+        Ok(_) => {
             println!("OK");
             ExitCode::SUCCESS
         }

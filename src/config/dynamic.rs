@@ -3,6 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::listener::{default_drain_timeout, default_idle_timeout};
 use super::{HumanDuration, Limits};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -95,13 +96,6 @@ fn default_selectors() -> Vec<String> {
 fn default_expose_address() -> String {
     "127.0.0.1".into()
 }
-fn default_idle_timeout() -> HumanDuration {
-    HumanDuration::from_secs(3600)
-}
-fn default_drain_timeout() -> HumanDuration {
-    HumanDuration::from_secs(30)
-}
-
 /// Parses `first-last` (inclusive) into a range.
 pub fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let err = || format!("`{text}` is not a port range like `10000-10999`");

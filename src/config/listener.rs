@@ -74,10 +74,10 @@ pub struct Limits {
     pub burst: Option<u32>,
 }
 
-fn default_idle_timeout() -> HumanDuration {
+pub(super) fn default_idle_timeout() -> HumanDuration {
     HumanDuration::from_secs(3600)
 }
 
-fn default_drain_timeout() -> HumanDuration {
+pub(super) fn default_drain_timeout() -> HumanDuration {
     HumanDuration::from_secs(30)
 }

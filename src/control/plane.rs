@@ -73,7 +73,20 @@ impl ControlPlane {
         loaded: LoadedConfig,
         registration: Option<Registration>,
     ) -> Result<ControlPlane, ControlError> {
-        let allocations = Allocations::load(Some(super::registration::state_dir(&loaded)));
+        // Port allocations persist only where discovery runs (a static config writes nothing).
+        let store = match discovery_interval(&loaded.config) {
+            Some(_) => {
+                match crate::identity::StateStore::open(super::registration::state_dir(&loaded)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!("port allocations will not persist: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let allocations = Allocations::load(store);
         let registered = registration.as_ref().map(Registration::for_build);
         let first = snapshot::build_with(BuildInput {
             loaded: &loaded,

@@ -1,14 +1,13 @@
 //! `expose.mode: port_range`: one local port per bound endpoint, first free in the range, kept
 //! for that endpoint across polls and restarts (persisted as `allocations.json`).
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::Expose;
+use crate::identity::StateStore;
 use crate::snapshot::BoundUrl;
 
 const FILE: &str = "allocations.json";
@@ -22,7 +21,7 @@ struct Stored {
 /// The persistent endpoint → port table.
 #[derive(Debug, Default)]
 pub struct Allocations {
-    path: Option<PathBuf>,
+    store: Option<StateStore>,
     stored: Stored,
     dirty: bool,
 }
@@ -37,8 +36,8 @@ pub struct Placement {
 impl Allocations {
     /// Loads the table from `state_dir` (an absent file is an empty table; an unreadable one is
     /// reported and replaced).
-    pub fn load(state_dir: Option<PathBuf>) -> Allocations {
-        let path = state_dir.map(|d| d.join(FILE));
+    pub fn load(store: Option<StateStore>) -> Allocations {
+        let path = store.as_ref().map(|s| s.dir().join(FILE));
         let stored = match path.as_ref().map(std::fs::read) {
             Some(Ok(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!("ignoring unreadable {FILE}: {e}; endpoints may get new ports");
@@ -47,7 +46,7 @@ impl Allocations {
             _ => Stored::default(),
         };
         Allocations {
-            path,
+            store,
             stored,
             dirty: false,
         }
@@ -55,14 +54,14 @@ impl Allocations {
 
     /// Writes the table if it changed.
     pub fn save(&mut self) {
-        let Some(path) = &self.path else { return };
+        let Some(store) = &self.store else { return };
         if !self.dirty {
             return;
         }
         let bytes = serde_json::to_vec_pretty(&self.stored).unwrap_or_default();
-        match super::write_private_file(path, &bytes) {
+        match store.write_atomic(FILE, &bytes) {
             Ok(()) => self.dirty = false,
-            Err(e) => tracing::warn!("cannot save port allocations to {}: {e}", path.display()),
+            Err(e) => tracing::warn!("cannot save port allocations: {e}"),
         }
     }
 
@@ -236,7 +235,7 @@ mod tests {
     fn first_free_then_stable_across_polls_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let range = 10000..=10002;
-        let mut alloc = Allocations::load(Some(dir.path().to_owned()));
+        let mut alloc = Allocations::load(Some(StateStore::open(dir.path()).unwrap()));
         let (p, e) = place(
             &set(&["tcp://a.ns:1", "tcp://b.ns:1"]),
             &expose(vec![]),
@@ -253,7 +252,7 @@ mod tests {
         alloc.save();
 
         // Restart; `a` is gone and `c` appears: `b` keeps its port, `c` does not take `a`'s.
-        let mut alloc = Allocations::load(Some(dir.path().to_owned()));
+        let mut alloc = Allocations::load(Some(StateStore::open(dir.path()).unwrap()));
         let (p, _) = place(
             &set(&["tcp://b.ns:1", "tcp://c.ns:1"]),
             &expose(vec![]),

@@ -204,7 +204,9 @@ impl StateStore {
         Ok(removed)
     }
 
-    fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+    /// Writes `name` in the state directory atomically (temp file, fsync, rename, directory
+    /// fsync) with mode 0600.
+    pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(name);
         let tmp = self
             .dir

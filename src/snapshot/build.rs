@@ -51,6 +51,13 @@ pub struct RegisteredIdentity {
     pub ingress_endpoint: String,
 }
 
+/// Checks a parsed config with the full build (what `validate` does), handing it back if good.
+pub fn check(loaded: Result<LoadedConfig, ConfigErrors>) -> Result<LoadedConfig, ConfigErrors> {
+    let loaded = loaded?;
+    build(&loaded, 0)?;
+    Ok(loaded)
+}
+
 /// Builds a snapshot of the config file alone (what `validate` checks).
 pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErrors> {
     build_with(BuildInput {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bound_url::{BoundUrl, Scheme};
-pub use build::{BuildInput, RegisteredIdentity, build, build_with};
+pub use build::{BuildInput, RegisteredIdentity, build, build_with, check};
 
 use crate::config::{Config, Limits, Protocol};
 use crate::host::Placement;

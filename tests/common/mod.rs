@@ -391,3 +391,58 @@ pub async fn endpoint_address(admin: SocketAddr, url: &str) -> Option<SocketAddr
         .find(|r| r["endpoint"] == url)
         .and_then(|r| r["address"].as_str()?.parse().ok())
 }
+
+/// A connection streaming a known pattern through an echo path, checked byte-exact at the end.
+pub struct EchoStream {
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    sent: usize,
+}
+
+impl EchoStream {
+    pub async fn open(addr: SocketAddr, chunk_len: usize) -> EchoStream {
+        use tokio::io::AsyncReadExt;
+        let (mut r, writer) = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap()
+            .into_split();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.map(|_| got)
+        });
+        let chunk = (0..chunk_len).map(|i| (i % 251) as u8).collect();
+        EchoStream {
+            writer,
+            reader,
+            chunk,
+            sent: 0,
+        }
+    }
+
+    /// Sends `n` more chunks.
+    pub async fn send(&mut self, n: usize) {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..n {
+            self.writer.write_all(&self.chunk).await.unwrap();
+            self.sent += 1;
+        }
+    }
+
+    /// Half-closes and asserts every byte sent came back, in order.
+    pub async fn finish(mut self) {
+        use tokio::io::AsyncWriteExt;
+        self.writer.shutdown().await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(60), self.reader)
+            .await
+            .expect("stream hung")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), self.sent * self.chunk.len(), "bytes lost");
+        assert!(
+            got.chunks(self.chunk.len())
+                .all(|c| c == self.chunk.as_slice()),
+            "bytes differ"
+        );
+    }
+}
