@@ -313,10 +313,15 @@ async fn accept_loop(
             }
         };
         let force_close = force_close.clone();
+        let draining = stop.clone();
         connections.spawn(async move {
             let _held = (permit, snap);
             match spec.protocol {
                 Protocol::Tcp => proxy::tcp::serve(spec, socket, peer, force_close).await,
+                Protocol::Http => {
+                    proxy::http::serve(spec, socket, peer, draining, force_close).await
+                }
+                Protocol::Tls => proxy::tls::serve(spec, socket, peer, force_close).await,
             }
         });
     }
