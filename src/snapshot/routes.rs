@@ -610,4 +610,242 @@ mod tests {
         assert_eq!(hit(&t, Some("example.com")).as_deref(), Some("default"));
         assert_eq!(hit(&t, None).as_deref(), Some("default"));
     }
+
+    // Through the real build path: config text → snapshot.
+
+    fn build_text(text: &str) -> Result<Snapshot, Vec<(String, String)>> {
+        let loaded = crate::config::parse(text, "t.yaml", "/".into(), |_| None).map_err(|e| {
+            e.errors
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect::<Vec<_>>()
+        })?;
+        super::super::build(&loaded, 1).map_err(|e| {
+            e.errors
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect::<Vec<_>>()
+        })
+    }
+
+    const CLUSTERS: &str = "  clusters:
+    - { name: a, type: static, endpoints: [ \"127.0.0.1:1\" ] }
+    - { name: b, type: static, endpoints: [ \"127.0.0.1:2\" ] }
+";
+
+    fn config(listeners: &str) -> String {
+        format!("version: 1\nstatic_resources:\n  listeners:\n{listeners}{CLUSTERS}")
+    }
+
+    /// Every error as (path, message), which must contain the given fragment.
+    fn assert_errors(listeners: &str, want: &[(&str, &str)]) {
+        let errors = build_text(&config(listeners)).expect_err("must be refused");
+        assert_eq!(
+            errors.len(),
+            want.len(),
+            "errors: {errors:#?}\nwanted: {want:#?}"
+        );
+        for ((path, message), (want_path, fragment)) in errors.iter().zip(want) {
+            assert_eq!(path, want_path, "{message}");
+            assert!(
+                message.contains(fragment),
+                "{path}: {message:?} lacks {fragment:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_route_mistakes_are_named_by_field() {
+        assert_errors(
+            "    - name: web
+      address: 127.0.0.1:0
+      protocol: http
+      routes:
+        - { match: { host: shop.default, sni: shop.default }, cluster: a }
+        - { match: { host: \"shop.default:80\" }, cluster: a }
+        - { match: { path_prefix: api }, cluster: a }
+        - { match: { host: Shop.Default, path_prefix: /api }, cluster: b }
+        - { match: { host: \"*.default\" }, cluster: b }
+        - { match: { host: x.default, path_prefix: /x }, cluster: b }
+        - { cluster: nope }
+",
+            &[
+                (
+                    "static_resources.listeners[0].routes[0].match.sni",
+                    "`sni` applies to tls listeners",
+                ),
+                (
+                    "static_resources.listeners[0].routes[1].match.host",
+                    "remove `:80`",
+                ),
+                (
+                    "static_resources.listeners[0].routes[2].match.path_prefix",
+                    "`api` must start with `/`",
+                ),
+                (
+                    "static_resources.listeners[0].routes[3].match",
+                    "unreachable: route [0] (host `shop.default`, path_prefix `/`)",
+                ),
+                (
+                    "static_resources.listeners[0].routes[5].match",
+                    "unreachable: route [4] (host `*.default`, path_prefix `/`)",
+                ),
+                (
+                    "static_resources.listeners[0].routes[6].cluster",
+                    "no cluster named `nope`",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn tls_route_mistakes_are_named_by_field() {
+        assert_errors(
+            "    - name: sni
+      address: 127.0.0.1:0
+      protocol: tls
+      request_timeout: 5s
+      routes:
+        - { match: { sni: a.test, host: a.test, path_prefix: / }, cluster: a }
+        - { match: { sni: A.Test }, cluster: b }
+        - { match: { sni: 10.0.0.1 }, cluster: b }
+        - { cluster: a }
+        - { match: {}, cluster: b }
+",
+            &[
+                (
+                    "static_resources.listeners[0].request_timeout",
+                    "applies to http listeners only",
+                ),
+                (
+                    "static_resources.listeners[0].routes[0].match.host",
+                    "`host` applies to http listeners",
+                ),
+                (
+                    "static_resources.listeners[0].routes[0].match.path_prefix",
+                    "`path_prefix` applies to http listeners",
+                ),
+                (
+                    "static_resources.listeners[0].routes[1].match",
+                    "unreachable: route [0] is already the route for sni `a.test`",
+                ),
+                (
+                    "static_resources.listeners[0].routes[2].match.sni",
+                    "SNI never carries an IP address",
+                ),
+                (
+                    "static_resources.listeners[0].routes[4].match",
+                    "unreachable: route [3] is already the default route",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn listeners_without_routes_are_refused() {
+        assert_errors(
+            "    - { name: h, address: 127.0.0.1:0, protocol: http, routes: [] }
+    - { name: t, address: 127.0.0.1:0, protocol: tls, routes: [] }
+    - { name: p, address: 127.0.0.1:0, protocol: tcp, routes: [ { cluster: a }, { cluster: b } ] }
+",
+            &[
+                ("static_resources.listeners[0].routes", "at least one route"),
+                ("static_resources.listeners[1].routes", "at least one route"),
+                (
+                    "static_resources.listeners[2].routes",
+                    "exactly one route, found 2",
+                ),
+            ],
+        );
+    }
+
+    const TWO_HTTP_LISTENERS: &str = "    - name: one
+      address: 127.0.0.1:0
+      protocol: http
+      request_timeout: 3s
+      routes:
+        - { match: { host: a.test }, cluster: a }
+        - { match: { path_prefix: /b }, cluster: b }
+    - name: two
+      address: 127.0.0.1:0
+      protocol: http
+      routes: [ { cluster: a } ]
+    - name: sni
+      address: 127.0.0.1:0
+      protocol: tls
+      routes:
+        - { match: { sni: \"*.test\" }, cluster: a }
+        - { cluster: b }
+";
+
+    fn http_table(snap: &Snapshot, listener: &str) -> &'static str {
+        match snap.listener(listener).map(|l| &l.routes) {
+            Some(RouteTable::Http(_)) => "http",
+            Some(RouteTable::Tls(_)) => "tls",
+            Some(RouteTable::Tcp(_)) => "tcp",
+            None => "none",
+        }
+    }
+
+    fn upstream<'s>(
+        snap: &'s Snapshot,
+        listener: &str,
+        host: &str,
+        path: &str,
+    ) -> &'s HttpUpstream {
+        match snap.listener(listener).map(|l| &l.routes) {
+            Some(RouteTable::Http(h)) => h.find(Some(host), path).unwrap(),
+            _ => panic!("{listener} is not http"),
+        }
+    }
+
+    #[test]
+    fn http_listeners_share_one_pool_per_cluster_and_keep_it_across_builds() {
+        let text = config(TWO_HTTP_LISTENERS);
+        let first = build_text(&text).unwrap();
+        assert_eq!(http_table(&first, "one"), "http");
+        assert_eq!(http_table(&first, "sni"), "tls");
+        let one_a = upstream(&first, "one", "a.test", "/");
+        let two_a = upstream(&first, "two", "x", "/");
+        let one_b = upstream(&first, "one", "x", "/b/c");
+        assert_eq!(one_a.cluster.name, "a");
+        assert_eq!(one_b.cluster.name, "b");
+        assert!(
+            Arc::ptr_eq(&one_a.pool, &two_a.pool),
+            "one pool per cluster"
+        );
+        assert!(!Arc::ptr_eq(&one_a.pool, &one_b.pool));
+        match &first.listener("one").unwrap().routes {
+            RouteTable::Http(h) => assert_eq!(h.request_timeout, Duration::from_secs(3)),
+            _ => unreachable!(),
+        }
+        match &first.listener("two").unwrap().routes {
+            RouteTable::Http(h) => assert_eq!(h.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+            _ => unreachable!(),
+        }
+        match &first.listener("sni").unwrap().routes {
+            RouteTable::Tls(t) => {
+                assert_eq!(t.find(Some("x.test")).unwrap().name, "a");
+                assert_eq!(t.find(Some("test")).unwrap().name, "b");
+                assert_eq!(t.find(None).unwrap().name, "b");
+            }
+            _ => unreachable!(),
+        }
+
+        // Rebuilt: the same clusters keep their pools; a cluster that now points elsewhere
+        // gets a fresh one.
+        let moved = text.replace("127.0.0.1:2", "127.0.0.1:3");
+        let loaded = crate::config::parse(&moved, "t.yaml", "/".into(), |_| None).unwrap();
+        let second = super::super::build_with(super::super::BuildInput {
+            loaded: &loaded,
+            discovered: &[],
+            previous: Some(&first),
+            version: 2,
+        })
+        .unwrap();
+        let a_again = upstream(&second, "two", "x", "/");
+        let b_again = upstream(&second, "one", "x", "/b");
+        assert!(Arc::ptr_eq(&one_a.pool, &a_again.pool), "carried over");
+        assert!(!Arc::ptr_eq(&one_b.pool, &b_again.pool), "target changed");
+    }
 }
