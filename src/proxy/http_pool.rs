@@ -7,10 +7,10 @@
 //! connections (and, through a binding ingress, skip the TCP + TLS + upgrade per request).
 //!
 //! A connection goes back to the pool as soon as its response body has been read to the end
-//! (see `ProxyBody`), before the client has seen the last byte, so a client's next request
-//! finds it. A connection is discarded when the upstream closed it, when its response was not
-//! read to the end, when it sat idle longer than [`IDLE_TTL`], or when [`MAX_IDLE`] others
-//! already wait. The pool never holds a connection that is in use.
+//! (see `proxy::http::ProxyBody`), before the client has seen the last byte, so a client's next
+//! request finds it. A connection is discarded when the upstream closed it, when its response was
+//! not read to the end, when it sat idle longer than [`IDLE_TTL`], or when [`MAX_IDLE`] others
+//! already wait. The pool only holds connections ready for a request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,8 +83,7 @@ impl HttpPool {
                 if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TTL {
                     continue;
                 }
-                // Immediate for a connection returned after its response finished; a moment for
-                // one returned as its last body bytes were read; an error if it closed.
+                // Immediate: pooled connections are ready; an error if it closed meanwhile.
                 if idle.sender.ready().await.is_ok() {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(Checkout {
@@ -106,23 +105,26 @@ impl HttpPool {
         self.idle.lock().await.pop()
     }
 
-    /// Takes a connection back whose last response has been read to the end. Never waits: when
-    /// the pool is busy this instant, the connection is handed back from a task.
-    pub fn give_back(self: &Arc<Self>, sender: SendRequest<Incoming>) {
+    /// Takes a connection back whose last response has been read to the end. Never waits: a
+    /// connection not ready for another request yet (its dispatcher has not caught up, or the
+    /// request body is still being sent) is handed back from a task once it is, so the pool
+    /// only ever holds connections that are ready.
+    pub fn give_back(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
         if sender.is_closed() {
             return;
         }
-        let idle = Idle {
-            sender,
-            since: Instant::now(),
-        };
-        match self.idle.try_lock() {
-            Ok(mut list) => push_idle(&mut list, idle),
-            Err(_) => {
-                let pool = self.clone();
-                tokio::spawn(async move { push_idle(&mut *pool.idle.lock().await, idle) });
+        if sender.is_ready() {
+            if let Ok(mut list) = self.idle.try_lock() {
+                push_idle(&mut list, sender);
+                return;
             }
         }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                push_idle(&mut *pool.idle.lock().await, sender);
+            }
+        });
     }
 
     /// Connections opened through this pool so far.
@@ -136,12 +138,15 @@ impl HttpPool {
     }
 }
 
-fn push_idle(list: &mut Vec<Idle>, idle: Idle) {
+fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<Incoming>) {
     list.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TTL);
     if list.len() >= MAX_IDLE {
         list.remove(0); // the coldest
     }
-    list.push(idle);
+    list.push(Idle {
+        sender,
+        since: Instant::now(),
+    });
 }
 
 /// Opens an HTTP/1.1 client connection through `cluster`. Its driver runs in its own task
