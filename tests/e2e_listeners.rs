@@ -258,7 +258,69 @@ static_resources:
 }
 
 #[tokio::test]
+async fn binding_upstream_tunnels_are_reused_across_client_connections() {
+    let sb = start_sandbox("").await;
+    let cfg = format!(
+        "\
+version: 1
+{ingress}static_resources:
+  listeners:
+    - {{ name: web, address: 127.0.0.1:0, protocol: http, routes: [ {{ cluster: web }} ] }}
+  clusters:
+    - {{ name: web, type: binding_upstream, endpoint: http://web.e2e, ingress: sandbox }}
+",
+        ingress = sb.ingress_yaml()
+    );
+    let proxy = start_proxy(&cfg, sb.dir.path()).await;
+    let web = proxy.listener("web");
+    for i in 0..20 {
+        let (status, body) = get(web, "web.e2e", &format!("/{i}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            format!("hello from the bindgate sandbox\nGET /{i} HTTP/1.1\nhost: web.e2e\n")
+        );
+    }
+    // Every mTLS dial + binding upgrade logs one line; 20 client connections need about one.
+    let (_, log) = proxy.terminate().await;
+    let upgrades = log.matches("binding upgrade done").count();
+    eprintln!("20 client connections, {upgrades} binding upgrade(s)");
+    assert!((1..=3).contains(&upgrades), "{upgrades} upgrades:\n{log}");
+}
+
+#[tokio::test]
+async fn an_idle_client_connection_is_closed_after_idle_timeout() {
+    let alpha = http_server("alpha").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "\
+version: 1
+static_resources:
+  listeners:
+    - {{ name: web, address: 127.0.0.1:0, protocol: http, idle_timeout: 200ms, routes: [ {{ cluster: alpha }} ] }}
+  clusters:
+{}",
+        static_clusters(&[("alpha", alpha.addr)])
+    );
+    let proxy = start_proxy(&cfg, dir.path()).await;
+    // One request on a kept-alive connection, then silence: the proxy closes it, without a word.
+    let mut c = TcpStream::connect(proxy.listener("web")).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = String::from_utf8(read_all(&mut c).await).unwrap();
+    assert_eq!(
+        split_reply(&reply),
+        (200, "alpha\nGET /\nhost: a\nbody: \n".into())
+    );
+    // A connection that never sends anything is closed the same way.
+    let mut silent = TcpStream::connect(proxy.listener("web")).await.unwrap();
+    assert_eq!(read_all(&mut silent).await, b"");
+}
+
+#[tokio::test]
 async fn unreachable_cluster_is_502_and_a_silent_one_504() {
+    let alpha = http_server("alpha").await;
     // A port with nothing listening: bound, then released.
     let dead = TcpListener::bind("127.0.0.1:0")
         .await
@@ -287,12 +349,36 @@ static_resources:
       routes:
         - {{ match: {{ host: dead.test }}, cluster: dead }}
         - {{ match: {{ host: silent.test }}, cluster: silent }}
+        - {{ match: {{ host: alpha.test }}, cluster: alpha }}
   clusters:
 {}",
-        static_clusters(&[("dead", dead), ("silent", silent_addr)])
+        static_clusters(&[
+            ("dead", dead),
+            ("silent", silent_addr),
+            ("alpha", alpha.addr)
+        ])
     );
     let proxy = start_proxy(&cfg, dir.path()).await;
     let web = proxy.listener("web");
+
+    // The timeout counts from the end of the request: an upload slower than it is no 504.
+    let mut c = TcpStream::connect(web).await.unwrap();
+    c.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhe",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // twice request_timeout
+    c.write_all(b"llo").await.unwrap();
+    let reply = String::from_utf8(read_all(&mut c).await).unwrap();
+    assert_eq!(
+        split_reply(&reply),
+        (
+            200,
+            "alpha\nPUT /up\nhost: alpha.test\ncontent-length: 5\nbody: hello\n".into()
+        )
+    );
+
     assert_eq!(
         get(web, "dead.test", "/").await,
         (

@@ -28,8 +28,9 @@ pub struct ListenerConfig {
     /// On removal or shutdown, how long open connections may finish before they are closed.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
-    /// http listeners: how long to wait for an upstream's response headers once the request is
-    /// forwarded; past it the client gets `504` (default 60s).
+    /// http listeners: how long an upstream may take to send its response headers, counted from
+    /// the end of the request (its last body byte forwarded); past it the client gets `504`
+    /// (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<HumanDuration>,
 }

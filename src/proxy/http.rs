@@ -10,6 +10,7 @@
 //! on `101`, the two upgraded streams are spliced until both sides are done or idle.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::http_pool::{self, HttpPool};
@@ -191,7 +192,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1.
-fn prepare_request(req: &mut Request<Incoming>) {
+fn prepare_request(req: &mut Request<RequestBody>) {
     strip_hop_by_hop(req.headers_mut());
     *req.version_mut() = Version::HTTP_11;
 }
@@ -200,9 +201,10 @@ async fn forward(
     ctx: &Ctx,
     upstream: &HttpUpstream,
     timeout: Duration,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let cluster = &upstream.cluster;
+    let (mut req, mut body_sent) = RequestBody::wrap(req);
     prepare_request(&mut req);
     let mut fresh = false;
     let mut stale = 0;
@@ -212,12 +214,12 @@ async fn forward(
             Err(e) => return ctx.bad_gateway(&cluster.name, &e),
         };
         let mut sender = checkout.sender;
-        let sent = tokio::time::timeout(timeout, sender.try_send_request(req)).await;
+        let sent = response_within(sender.try_send_request(req), &mut body_sent, timeout).await;
         match sent {
-            Ok(Ok(resp)) => {
+            Some(Ok(resp)) => {
                 return upstream_response(resp, Some((sender, upstream.pool.clone())));
             }
-            Ok(Err(mut e)) => match e.take_message() {
+            Some(Err(mut e)) => match e.take_message() {
                 Some(back) if checkout.reused && stale < STALE_RETRIES => {
                     tracing::debug!(listener = %ctx.listener.name, cluster = %cluster.name, "pooled connection was closed by the upstream; sending on another");
                     req = back;
@@ -226,9 +228,24 @@ async fn forward(
                 }
                 _ => return ctx.bad_gateway(&cluster.name, &e.into_error()),
             },
-            Err(_) => return ctx.gateway_timeout(&cluster.name, timeout),
+            None => return ctx.gateway_timeout(&cluster.name, timeout),
         }
     }
+}
+
+/// Waits for `response`, allowing it `timeout` from the moment the request body has been
+/// forwarded whole (a long upload is not a slow upstream). `None`: timed out.
+async fn response_within<F: Future>(
+    response: F,
+    body_sent: &mut BodySent,
+    timeout: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(response);
+    tokio::select! {
+        r = &mut response => return Some(r),
+        _ = body_sent.wait() => {}
+    }
+    tokio::time::timeout(timeout, response).await.ok()
 }
 
 async fn forward_upgrade(
@@ -240,6 +257,7 @@ async fn forward_upgrade(
     let cluster = &upstream.cluster;
     let downstream = hyper::upgrade::on(&mut req);
     let protocols: Vec<HeaderValue> = req.headers().get_all(UPGRADE).iter().cloned().collect();
+    let (mut req, mut body_sent) = RequestBody::wrap(req);
     prepare_request(&mut req);
     for p in protocols {
         req.headers_mut().append(UPGRADE, p);
@@ -251,15 +269,11 @@ async fn forward_upgrade(
         Ok(s) => s,
         Err(e) => return ctx.bad_gateway(&cluster.name, &e),
     };
-    let sent = tokio::time::timeout(timeout, async {
-        sender.ready().await?;
-        sender.send_request(req).await
-    })
-    .await;
+    let sent = response_within(sender.send_request(req), &mut body_sent, timeout).await;
     let mut resp = match sent {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return ctx.bad_gateway(&cluster.name, &e),
-        Err(_) => return ctx.gateway_timeout(&cluster.name, timeout),
+        Some(Ok(resp)) => resp,
+        Some(Err(e)) => return ctx.bad_gateway(&cluster.name, &e),
+        None => return ctx.gateway_timeout(&cluster.name, timeout),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return upstream_response(resp, None);
@@ -282,7 +296,7 @@ struct Upgrade {
     upstream: OnUpgrade,
     cluster: String,
     /// Keeps the upstream connection's request channel open until the handover.
-    _sender: SendRequest<Incoming>,
+    _sender: SendRequest<RequestBody>,
 }
 
 impl Upgrade {
@@ -345,7 +359,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn upstream_response(
     resp: Response<Incoming>,
-    back_to: Option<(SendRequest<Incoming>, Arc<HttpPool>)>,
+    back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -363,6 +377,73 @@ fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
     resp
 }
 
+/// The client's request body on its way upstream; tells when it has been read whole.
+pub struct RequestBody {
+    body: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+/// The other end of [`RequestBody`]'s signal.
+struct BodySent {
+    rx: oneshot::Receiver<()>,
+    done: bool,
+}
+
+impl RequestBody {
+    fn wrap(req: Request<Incoming>) -> (Request<RequestBody>, BodySent) {
+        let (tx, rx) = oneshot::channel();
+        let done = req.body().is_end_stream();
+        let req = req.map(|body| RequestBody {
+            body,
+            sent: Some(tx),
+        });
+        (req, BodySent { rx, done })
+    }
+
+    fn signal(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl BodySent {
+    /// Returns once the body was read whole, failed, or was dropped (cancel-safe).
+    async fn wait(&mut self) {
+        if !self.done {
+            let _ = (&mut self.rx).await;
+            self.done = true;
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) if !this.body.is_end_stream() => {}
+            Poll::Ready(_) => this.signal(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A response body: the upstream's (streamed), or one bindgate wrote.
 pub enum ProxyBody {
     Upstream(UpstreamBody),
@@ -373,11 +454,14 @@ pub enum ProxyBody {
 pub struct UpstreamBody {
     body: Incoming,
     ended: bool,
-    back_to: Option<(SendRequest<Incoming>, Arc<HttpPool>)>,
+    back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
 }
 
 impl ProxyBody {
-    fn upstream(body: Incoming, back_to: Option<(SendRequest<Incoming>, Arc<HttpPool>)>) -> Self {
+    fn upstream(
+        body: Incoming,
+        back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
+    ) -> Self {
         ProxyBody::Upstream(UpstreamBody {
             body,
             ended: false,

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::http::RequestBody;
 use crate::upstream::{Cluster, UpstreamError};
 
 /// Idle connections kept per cluster; more are closed when they come back.
@@ -39,7 +39,7 @@ pub enum HttpConnectError {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -65,7 +65,7 @@ impl std::fmt::Debug for HttpPool {
 
 /// A connection ready to take one request.
 pub struct Checkout {
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<RequestBody>,
     /// Whether it came from the pool (it may have been closed by the upstream meanwhile).
     pub reused: bool,
 }
@@ -109,7 +109,7 @@ impl HttpPool {
     /// connection not ready for another request yet (its dispatcher has not caught up, or the
     /// request body is still being sent) is handed back from a task once it is, so the pool
     /// only ever holds connections that are ready.
-    pub fn give_back(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
+    pub fn give_back(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -138,7 +138,7 @@ impl HttpPool {
     }
 }
 
-fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<Incoming>) {
+fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<RequestBody>) {
     list.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TTL);
     if list.len() >= MAX_IDLE {
         list.remove(0); // the coldest
@@ -154,7 +154,7 @@ fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<Incoming>) {
 pub async fn open(
     cluster: &Cluster,
     upgrades: bool,
-) -> Result<SendRequest<Incoming>, HttpConnectError> {
+) -> Result<SendRequest<RequestBody>, HttpConnectError> {
     let stream = cluster.connect().await?;
     let (sender, conn) = http1::Builder::new()
         .preserve_header_case(true)

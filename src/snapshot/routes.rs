@@ -179,7 +179,7 @@ pub struct HttpRoute {
 #[derive(Debug)]
 pub struct HttpRoutes {
     pub routes: Vec<HttpRoute>,
-    /// From forwarding a request until its response headers arrive; past it, `504`.
+    /// From the end of a forwarded request until its response headers arrive; past it, `504`.
     pub request_timeout: Duration,
 }
 
