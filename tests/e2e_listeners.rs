@@ -181,6 +181,13 @@ version: 1
         )
     );
 
+    // An HTTP/1.0 client: answered, then closed (it asked for no keep-alive).
+    let reply = exchange(web, "GET /old HTTP/1.0\r\nHost: alpha.test\r\n\r\n").await;
+    assert_eq!(
+        split_reply(&reply),
+        (200, "alpha\nGET /old\nhost: alpha.test\nbody: \n".into())
+    );
+
     // A client that shuts its write side after the request still gets the whole answer.
     let mut c = TcpStream::connect(web).await.unwrap();
     c.write_all(b"POST /up HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\n\r\nhello")
@@ -255,6 +262,52 @@ static_resources:
         (1..=3).contains(&upstream_connections),
         "50 client connections used {upstream_connections} upstream connections"
     );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_after_each_response_is_redialed_transparently() {
+    // Answers one request per connection, then closes without saying so in advance.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = upstream.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if tcp.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "\
+version: 1
+static_resources:
+  listeners:
+    - {{ name: web, address: 127.0.0.1:0, protocol: http, routes: [ {{ cluster: once }} ] }}
+  clusters:
+{}",
+        static_clusters(&[("once", addr)])
+    );
+    let proxy = start_proxy(&cfg, dir.path()).await;
+    for i in 0..10 {
+        assert_eq!(
+            get(proxy.listener("web"), "x", &format!("/{i}")).await,
+            (200, "ok".into())
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
 }
 
 #[tokio::test]
