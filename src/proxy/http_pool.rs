@@ -126,16 +126,6 @@ impl HttpPool {
             }
         });
     }
-
-    /// Connections opened through this pool so far.
-    pub fn opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
-    }
-
-    /// Idle connections right now (0 when the pool is busy this instant).
-    pub fn idle_count(&self) -> usize {
-        self.idle.try_lock().map_or(0, |l| l.len())
-    }
 }
 
 fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<RequestBody>) {
