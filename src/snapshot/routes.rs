@@ -815,6 +815,13 @@ mod tests {
             "one pool per cluster"
         );
         assert!(!Arc::ptr_eq(&one_a.pool, &one_b.pool));
+        let names = |l: &str| -> Vec<String> {
+            let routes = &first.listener(l).unwrap().routes;
+            routes.clusters().iter().map(|c| c.name.clone()).collect()
+        };
+        assert_eq!(names("one"), ["a", "b"]);
+        assert_eq!(names("two"), ["a"]);
+        assert_eq!(names("sni"), ["a", "b"]);
         match &first.listener("one").unwrap().routes {
             RouteTable::Http(h) => assert_eq!(h.request_timeout, Duration::from_secs(3)),
             _ => unreachable!(),
