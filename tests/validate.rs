@@ -116,6 +116,21 @@ fn bad_configs_fail_naming_field_value_and_line() {
             GOOD.replace("        - cluster: c", "        - cluster: c\n          match: { host: x }"),
             &["line 8", "takes no `match`"],
         ),
+        (
+            "sni on an http route",
+            GOOD.replace("      routes:\n        - cluster: c", "      protocol: http\n      routes:\n        - cluster: c\n          match: { sni: a.test }"),
+            &["line 9", "static_resources.listeners[0].routes[0].match.sni", "`sni` applies to tls listeners"],
+        ),
+        (
+            "host on a tls route",
+            GOOD.replace("      routes:\n        - cluster: c", "      protocol: tls\n      routes:\n        - cluster: c\n          match: { host: a.test }"),
+            &["line 9", "static_resources.listeners[0].routes[0].match.host", "`host` applies to http listeners"],
+        ),
+        (
+            "unreachable http route",
+            GOOD.replace("      routes:\n        - cluster: c", "      protocol: http\n      routes:\n        - cluster: c\n        - cluster: c\n          match: { path_prefix: /api }"),
+            &["line 10", "static_resources.listeners[0].routes[1].match", "unreachable: route [0]"],
+        ),
         ("syntax error", format!("{GOOD}  - : :\n  bad"), &["line "]),
         ("wrong version", GOOD.replace("version: 1", "version: 2"), &["line 1", "unsupported version 2"]),
     ];

@@ -15,7 +15,9 @@ pub struct ListenerConfig {
     /// What the listener speaks.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Ordered routes; a tcp listener takes exactly one route with no `match`.
+    /// Ordered routes. tcp: exactly one route, no `match`. http: matched per request by `host`
+    /// and `path_prefix`, first match wins. tls: matched per connection by `sni` (exact names
+    /// first, then the longest `*.suffix`, then the route without `match`).
     pub routes: Vec<RouteConfig>,
     /// Admission limits, checked at accept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,6 +28,11 @@ pub struct ListenerConfig {
     /// On removal or shutdown, how long open connections may finish before they are closed.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// http listeners: how long an upstream may take to send its response headers, counted from
+    /// the end of the request (its last body byte forwarded); past it the client gets `504`
+    /// (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<HumanDuration>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -34,6 +41,12 @@ pub enum Protocol {
     /// Raw TCP: every connection goes to the one route's cluster.
     #[default]
     Tcp,
+    /// HTTP/1.1: each request is routed by Host and path; upstream connections are pooled per
+    /// cluster and reused across client connections; `Upgrade` (WebSocket) is supported.
+    Http,
+    /// TLS passthrough: each connection is routed by the SNI of its ClientHello; the TLS stream
+    /// is not terminated.
+    Tls,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -49,13 +62,17 @@ pub struct RouteConfig {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
-    /// HTTP Host to match (http listeners).
+    /// http listeners: the request's host, case-insensitive, without its port (`shop.default`
+    /// matches `Host: shop.default:8080`); `*.example.com` matches any name ending in
+    /// `.example.com`. Absent: any host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// HTTP path prefix to match (http listeners).
+    /// http listeners: a prefix of the request path, compared byte for byte (`/api` matches
+    /// `/api`, `/api/v1` and `/apis`). Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
-    /// TLS SNI to match (tls listeners).
+    /// tls listeners: the ClientHello's server name, case-insensitive; `*.example.com` matches
+    /// any name ending in `.example.com`. Absent: the default route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
 }

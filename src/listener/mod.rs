@@ -327,10 +327,15 @@ async fn accept_loop(
         };
         let active = crate::admin::metrics::ActiveConnection::open();
         let force_close = force_close.clone();
+        let draining = stop.clone();
         connections.spawn(async move {
             let _held = (permit, snap, active);
             match spec.protocol {
                 Protocol::Tcp => proxy::tcp::serve(spec, socket, peer, force_close).await,
+                Protocol::Http => {
+                    proxy::http::serve(spec, socket, peer, draining, force_close).await
+                }
+                Protocol::Tls => proxy::tls::serve(spec, socket, peer, force_close).await,
             }
         });
     }

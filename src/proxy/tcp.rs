@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::splice::{SpliceError, splice};
-use crate::snapshot::ListenerSpec;
+use crate::snapshot::{ListenerSpec, RouteTable};
 
 /// Serves one admitted connection until it ends, fails, idles out, or `force_close` fires.
 pub async fn serve(
@@ -17,7 +17,9 @@ pub async fn serve(
     force_close: CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
-    let cluster = listener.cluster.clone();
+    let RouteTable::Tcp(cluster) = &listener.routes else {
+        return;
+    };
     let work = async {
         let upstream = match cluster.connect().await {
             Ok(u) => u,

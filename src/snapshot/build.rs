@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
+use super::routes::{RouteCompiler, RouteTable};
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
     ClusterConfig, ClusterKind, ConfigError, ConfigErrors, IngressConfig, Limits, LoadedConfig,
@@ -19,13 +20,13 @@ use crate::upstream::{
     BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
 };
 
-struct Checker<'a> {
-    loaded: &'a LoadedConfig,
-    errors: Vec<ConfigError>,
+pub(super) struct Checker<'a> {
+    pub(super) loaded: &'a LoadedConfig,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let e = self.loaded.error_at(path, message);
         self.errors.push(e);
     }
@@ -142,6 +143,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
 
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
+    let mut route_compiler = RouteCompiler::new(&clusters, &cluster_names, previous);
     let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
     for (i, l) in cfg.static_resources.listeners.iter().enumerate() {
         let path = format!("static_resources.listeners[{i}]");
@@ -173,35 +175,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                 None
             }
         };
-        let cluster = match l.protocol {
-            Protocol::Tcp => {
-                if l.routes.len() != 1 {
-                    c.err(
-                        format!("{path}.routes"),
-                        format!(
-                            "a tcp listener takes exactly one route, found {}",
-                            l.routes.len()
-                        ),
-                    );
-                }
-                l.routes.first().and_then(|r| {
-                    if r.route_match.is_some() {
-                        c.err(
-                            format!("{path}.routes[0].match"),
-                            "a tcp listener's route takes no `match`",
-                        );
-                    }
-                    let found = clusters.get(&r.cluster).cloned();
-                    if found.is_none() && !cluster_names.contains(r.cluster.as_str()) {
-                        c.err(
-                            format!("{path}.routes[0].cluster"),
-                            format!("no cluster named `{}`", r.cluster),
-                        );
-                    }
-                    found
-                })
-            }
-        };
+        let routes = route_compiler.compile(&mut c, &path, l);
         if let Some(limits) = &l.limits {
             if limits.max_connections == Some(0) {
                 c.err(
@@ -224,12 +198,12 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                 c.err(format!("{path}.limits.burst"), "must be at least 1");
             }
         }
-        if let (Some(address), Some(cluster)) = (address, cluster) {
+        if let (Some(address), Some(routes)) = (address, routes) {
             listeners.push(Arc::new(ListenerSpec {
                 name: l.name.clone(),
                 address,
                 protocol: l.protocol,
-                cluster,
+                routes,
                 admission: carried_admission(previous, &l.name, l.limits.as_ref()),
                 limits: l.limits.clone(),
                 idle_timeout: l.idle_timeout.get(),
@@ -301,7 +275,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                     name,
                     address: p.address,
                     protocol: Protocol::Tcp,
-                    cluster,
+                    routes: RouteTable::Tcp(cluster),
                     limits: d.listener.limits.clone(),
                     idle_timeout: d.listener.idle_timeout.get(),
                     drain_timeout: d.listener.drain_timeout.get(),

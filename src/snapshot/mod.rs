@@ -5,6 +5,7 @@
 
 mod bound_url;
 mod build;
+mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,6 +14,10 @@ use std::time::Duration;
 
 pub use bound_url::{BoundUrl, Scheme};
 pub use build::{BuildInput, RegisteredIdentity, build, build_with, check};
+pub use routes::{
+    DEFAULT_REQUEST_TIMEOUT, HttpRoute, HttpRoutes, HttpUpstream, NamePattern, RouteTable,
+    SniRoutes, normalize_host,
+};
 
 use crate::config::{Config, Limits, Protocol};
 use crate::host::Placement;
@@ -54,8 +59,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: Protocol,
-    /// tcp: the one route's cluster.
-    pub cluster: Arc<Cluster>,
+    /// The compiled routes; the variant matches `protocol` (discovery builds `RouteTable::Tcp`).
+    pub routes: RouteTable,
     pub limits: Option<Limits>,
     /// Shared with the previous snapshot's listener of the same name when its limits are unchanged,
     /// so open-connection counts and rate state survive a reload.

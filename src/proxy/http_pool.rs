@@ -1,0 +1,169 @@
+//! Upstream HTTP/1.1 connections, pooled per cluster.
+//!
+//! Each pooled connection is an HTTP/1.1 client connection (hyper) carried over whatever the
+//! cluster's `connect()` returns: plain TCP for `static`, the mTLS stream after the binding
+//! upgrade for `binding_upstream`. Idle connections are reused by any http listener routing to
+//! the cluster, so clients that open one connection per request still share upstream
+//! connections (and, through a binding ingress, skip the TCP + TLS + upgrade per request).
+//!
+//! A connection goes back to the pool as soon as its response body has been read to the end
+//! (see `proxy::http::ProxyBody`), before the client has seen the last byte, so a client's next
+//! request finds it. A connection is discarded when the upstream closed it, when its response was
+//! not read to the end, when it sat idle longer than [`IDLE_TTL`], or when [`MAX_IDLE`] others
+//! already wait. The pool only holds connections ready for a request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::http::RequestBody;
+use crate::upstream::{Cluster, UpstreamError};
+
+/// Idle connections kept per cluster; more are closed when they come back.
+pub const MAX_IDLE: usize = 32;
+/// An idle connection older than this is closed instead of reused (upstream servers close idle
+/// keep-alive connections after a while; reusing one that is about to go costs a retry).
+pub const IDLE_TTL: Duration = Duration::from_secs(90);
+
+/// Why no upstream HTTP connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpConnectError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("HTTP/1.1 handshake: {0}")]
+    Handshake(hyper::Error),
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// One cluster's idle upstream HTTP/1.1 connections.
+#[derive(Default)]
+pub struct HttpPool {
+    /// Most recently returned last: reuse takes the warmest connection.
+    idle: tokio::sync::Mutex<Vec<Idle>>,
+    /// Connections opened since the pool was created (for views and tests).
+    opened: AtomicU64,
+    /// Requests that were sent on a reused connection.
+    reused: AtomicU64,
+}
+
+impl std::fmt::Debug for HttpPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPool")
+            .field("opened", &self.opened.load(Ordering::Relaxed))
+            .field("reused", &self.reused.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection ready to take one request.
+pub struct Checkout {
+    pub sender: SendRequest<RequestBody>,
+    /// Whether it came from the pool (it may have been closed by the upstream meanwhile).
+    pub reused: bool,
+}
+
+impl HttpPool {
+    /// An idle connection that is ready for a request, or a new one; `fresh` skips the pool
+    /// (after a reused connection turned out to be closed).
+    pub async fn checkout(
+        &self,
+        cluster: &Cluster,
+        fresh: bool,
+    ) -> Result<Checkout, HttpConnectError> {
+        if !fresh {
+            while let Some(mut idle) = self.pop().await {
+                if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TTL {
+                    continue;
+                }
+                // Immediate: pooled connections are ready; an error if it closed meanwhile.
+                if idle.sender.ready().await.is_ok() {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Checkout {
+                        sender: idle.sender,
+                        reused: true,
+                    });
+                }
+            }
+        }
+        let sender = open(cluster, false).await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            sender,
+            reused: false,
+        })
+    }
+
+    async fn pop(&self) -> Option<Idle> {
+        self.idle.lock().await.pop()
+    }
+
+    /// Takes a connection back whose last response has been read to the end. Never waits: a
+    /// connection not ready for another request yet (its dispatcher has not caught up, or the
+    /// request body is still being sent) is handed back from a task once it is, so the pool
+    /// only ever holds connections that are ready.
+    pub fn give_back(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            if let Ok(mut list) = self.idle.try_lock() {
+                push_idle(&mut list, sender);
+                return;
+            }
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                push_idle(&mut *pool.idle.lock().await, sender);
+            }
+        });
+    }
+}
+
+fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<RequestBody>) {
+    list.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TTL);
+    if list.len() >= MAX_IDLE {
+        list.remove(0); // the coldest
+    }
+    list.push(Idle {
+        sender,
+        since: Instant::now(),
+    });
+}
+
+/// Opens an HTTP/1.1 client connection through `cluster`. Its driver runs in its own task
+/// until the connection closes (or, with `upgrades`, until it is upgraded and handed over).
+pub async fn open(
+    cluster: &Cluster,
+    upgrades: bool,
+) -> Result<SendRequest<RequestBody>, HttpConnectError> {
+    let stream = cluster.connect().await?;
+    let (sender, conn) = http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(HttpConnectError::Handshake)?;
+    let name = cluster.name.clone();
+    if upgrades {
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(cluster = %name, "upstream HTTP connection ended: {e}");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(cluster = %name, "upstream HTTP connection ended: {e}");
+            }
+        });
+    }
+    Ok(sender)
+}
