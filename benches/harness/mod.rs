@@ -101,6 +101,10 @@ pub struct Settings {
     /// Bound on a child process printing its readiness line, and on `bindgate validate`.
     #[serde(serialize_with = "report::seconds")]
     pub startup_timeout: Duration,
+    /// Pause after every gateway is up and before measuring, so warm pools that fill in the
+    /// background after start are measured full, as in steady state.
+    #[serde(serialize_with = "report::seconds")]
+    pub settle: Duration,
 }
 
 impl Settings {
@@ -134,6 +138,7 @@ impl Settings {
             throughput_time_limit: Duration::from_secs(120),
             op_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(30),
+            settle: Duration::from_secs(1),
         }
     }
 
@@ -158,6 +163,7 @@ impl Settings {
             throughput_time_limit: Duration::from_secs(20),
             op_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
+            settle: Duration::from_millis(200),
         }
     }
 }
@@ -226,6 +232,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             }
         }
     }
+
+    tokio::time::sleep(settings.settle).await;
 
     // One measurement at a time across every target, so a burst of noise from the rest of the
     // machine lands on neighbouring cells rather than on one target's whole row.
