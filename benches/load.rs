@@ -7,8 +7,17 @@
 //! cargo bench --bench load -- --json target/bench-results.json
 //! ```
 //!
-//! The `bindgate` executable is the one cargo builds for this bench (`CARGO_BIN_EXE_bindgate`,
-//! optimized: the bench profile inherits `release`); set `BINDGATE_BIN` to measure another.
+//! Which `bindgate` is measured: `BINDGATE_BIN` when set, else the one cargo builds for this
+//! bench (`CARGO_BIN_EXE_bindgate`). The latter is optimized (the bench profile inherits
+//! `release`) but is not quite the release binary: cargo compiles it with the dev-dependencies'
+//! features, so tokio's `test-util` clock hooks are in it. For release numbers (the README's),
+//! measure a copy of `cargo build --release`'s binary (a copy, because `cargo bench` rewrites
+//! `target/release/bindgate` with its own build):
+//!
+//! ```sh
+//! cargo build --release && cp target/release/bindgate target/bindgate-release
+//! BINDGATE_BIN=target/bindgate-release cargo bench --bench load -- --json target/bench-results.json
+//! ```
 
 #[path = "harness/mod.rs"]
 mod harness;
@@ -53,10 +62,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let bin = std::env::var_os("BINDGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bindgate")));
-    let settings = harness::Settings::new(bin, args.quick);
+    let (bin, origin) = match std::env::var_os("BINDGATE_BIN") {
+        Some(path) => (PathBuf::from(path), "BINDGATE_BIN"),
+        None => (
+            PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
+            "CARGO_BIN_EXE_bindgate: cargo bench's build, with dev-dependency features; set BINDGATE_BIN for a release build",
+        ),
+    };
+    let settings = harness::Settings::new(bin, origin, args.quick);
     // Two workers, like the machine the README's numbers come from: the load generator shares
     // the CPUs with the gateways and the sandbox either way.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

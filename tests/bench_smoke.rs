@@ -12,7 +12,11 @@ use harness::{Support, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_supported_mode_produces_numbers() {
-    let settings = harness::Settings::new(PathBuf::from(env!("CARGO_BIN_EXE_bindgate")), true);
+    let settings = harness::Settings::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
+        "CARGO_BIN_EXE_bindgate, the debug build",
+        true,
+    );
     let report = harness::run(&settings)
         .await
         .expect("the load harness runs");

@@ -80,6 +80,8 @@ pub struct Budget {
 pub struct Settings {
     /// The `bindgate` executable to run.
     pub bin: PathBuf,
+    /// Where `bin` came from, for the report (which build was measured matters).
+    pub bin_origin: &'static str,
     pub quick: bool,
     /// Concurrent client workers for the rate measurements.
     pub workers: usize,
@@ -109,18 +111,21 @@ pub struct Settings {
 
 impl Settings {
     /// `quick`: tiny counts for a smoke run; else the full run the README's table comes from.
-    pub fn new(bin: PathBuf, quick: bool) -> Settings {
-        if quick {
+    pub fn new(bin: PathBuf, bin_origin: &'static str, quick: bool) -> Settings {
+        let mut s = if quick {
             Settings::quick(bin)
         } else {
             Settings::full(bin)
-        }
+        };
+        s.bin_origin = bin_origin;
+        s
     }
 
-    /// The numbers the README's table comes from: about two minutes on a 2-core machine.
+    /// The numbers the README's table comes from: under two minutes on a 2-core machine.
     fn full(bin: PathBuf) -> Settings {
         Settings {
             bin,
+            bin_origin: "",
             quick: false,
             workers: 16,
             latency_connections: 1000,
@@ -146,6 +151,7 @@ impl Settings {
     fn quick(bin: PathBuf) -> Settings {
         Settings {
             bin,
+            bin_origin: "",
             quick: true,
             workers: 4,
             latency_connections: 20,

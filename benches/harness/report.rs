@@ -342,7 +342,7 @@ impl Report {
              `vs direct`: times better than direct (latency: direct / target; rates: target / direct).\n\
              `-`: no http listener on the baseline (its http rows already go straight to the backend); \
              `n/a`: this build has no `protocol: http` listener.\n\
-             {} ({}), {} CPUs shared with the load generator and the sandbox; load average at the end: {}.\n",
+             {} ({}; {}), {} CPUs shared with the load generator and the sandbox; load average at the end: {}.\n",
             s.latency_connections,
             s.workers,
             s.short_connections.duration.as_secs_f64(),
@@ -353,6 +353,7 @@ impl Report {
             s.throughput_bytes / super::MIB,
             self.bindgate_version,
             self.bindgate_binary,
+            s.bin_origin,
             self.cpus,
             self.load_average.as_deref().unwrap_or("unknown"),
         );
