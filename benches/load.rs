@@ -2,7 +2,7 @@
 //! sandbox (see `benches/README.md`).
 //!
 //! ```sh
-//! cargo bench --bench load                      # the full run (about two minutes)
+//! cargo bench --bench load                      # the full run (under two minutes)
 //! cargo bench --bench load -- --quick           # tiny counts: seconds, a smoke run
 //! cargo bench --bench load -- --json target/bench-results.json
 //! ```
