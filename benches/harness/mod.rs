@@ -182,7 +182,7 @@ struct Addresses {
     echo: SocketAddr,
     /// The http endpoint, reached as a byte stream (a tcp listener, or the backend itself).
     web_tcp: SocketAddr,
-    /// The http endpoint through an `protocol: http` listener, when there is one.
+    /// The http endpoint through a `protocol: http` listener, when there is one.
     web_http: Result<SocketAddr, Support>,
 }
 
