@@ -1,0 +1,425 @@
+//! What a run found: per target, every measurement or why it is missing; printed as an aligned
+//! (Markdown) table with ratios against `direct`, and serialized as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use super::workloads::{LatencyResult, RateResult, ThroughputResult};
+use super::{Settings, Target};
+
+/// Whether something was measured, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Support {
+    Measured,
+    /// This build rejects the config value (the feature is not merged yet).
+    NotSupported {
+        reason: String,
+    },
+    /// The measurement has no meaning here (the baseline has no http listener).
+    NotApplicable,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    pub target: Target,
+    pub support: Support,
+    /// Whether the `protocol: http` listener rows were measured.
+    pub http_listener: Support,
+    pub connect_latency: Option<LatencyResult>,
+    pub short_connections: Option<RateResult>,
+    pub http_tcp_keep_alive: Option<RateResult>,
+    pub http_tcp_new_connection: Option<RateResult>,
+    pub http_listener_keep_alive: Option<RateResult>,
+    pub http_listener_new_connection: Option<RateResult>,
+    pub throughput: Option<ThroughputResult>,
+}
+
+impl TargetReport {
+    pub fn new(target: Target, support: Support) -> Self {
+        let http_listener = match &support {
+            Support::Measured if target == Target::Baseline => Support::NotApplicable,
+            other => other.clone(),
+        };
+        TargetReport {
+            target,
+            support,
+            http_listener,
+            connect_latency: None,
+            short_connections: None,
+            http_tcp_keep_alive: None,
+            http_tcp_new_connection: None,
+            http_listener_keep_alive: None,
+            http_listener_new_connection: None,
+            throughput: None,
+        }
+    }
+
+    pub fn http_tcp(&mut self, keep_alive: bool) -> &mut Option<RateResult> {
+        if keep_alive {
+            &mut self.http_tcp_keep_alive
+        } else {
+            &mut self.http_tcp_new_connection
+        }
+    }
+
+    pub fn http_listener(&mut self, keep_alive: bool) -> &mut Option<RateResult> {
+        if keep_alive {
+            &mut self.http_listener_keep_alive
+        } else {
+            &mut self.http_listener_new_connection
+        }
+    }
+}
+
+/// One column of the table: a number per target, and which way is better.
+struct Column {
+    header: &'static str,
+    value: fn(&TargetReport) -> Option<f64>,
+    /// Whether this column is an http-listener one (blank for targets without that listener).
+    http_listener: bool,
+    lower_is_better: bool,
+    decimals: usize,
+}
+
+const COLUMNS: [Column; 8] = [
+    Column {
+        header: "connect p50 ms",
+        value: |r| {
+            r.connect_latency
+                .as_ref()
+                .filter(|l| l.samples > 0)
+                .map(|l| l.p50_ms)
+        },
+        http_listener: false,
+        lower_is_better: true,
+        decimals: 3,
+    },
+    Column {
+        header: "connect p99 ms",
+        value: |r| {
+            r.connect_latency
+                .as_ref()
+                .filter(|l| l.samples > 0)
+                .map(|l| l.p99_ms)
+        },
+        http_listener: false,
+        lower_is_better: true,
+        decimals: 3,
+    },
+    Column {
+        header: "short conns/s",
+        value: |r| rate(&r.short_connections),
+        http_listener: false,
+        lower_is_better: false,
+        decimals: 0,
+    },
+    Column {
+        header: "http req/s keep-alive",
+        value: |r| rate(&r.http_tcp_keep_alive),
+        http_listener: false,
+        lower_is_better: false,
+        decimals: 0,
+    },
+    Column {
+        header: "http req/s conn per req",
+        value: |r| rate(&r.http_tcp_new_connection),
+        http_listener: false,
+        lower_is_better: false,
+        decimals: 0,
+    },
+    Column {
+        header: "http-listener req/s keep-alive",
+        value: |r| rate(&r.http_listener_keep_alive),
+        http_listener: true,
+        lower_is_better: false,
+        decimals: 0,
+    },
+    Column {
+        header: "http-listener req/s conn per req",
+        value: |r| rate(&r.http_listener_new_connection),
+        http_listener: true,
+        lower_is_better: false,
+        decimals: 0,
+    },
+    Column {
+        header: "echo MiB/s",
+        value: |r| {
+            r.throughput
+                .as_ref()
+                .filter(|t| t.error.is_none())
+                .map(|t| t.mib_per_second)
+        },
+        http_listener: false,
+        lower_is_better: false,
+        decimals: 0,
+    },
+];
+
+fn rate(r: &Option<RateResult>) -> Option<f64> {
+    r.as_ref().filter(|r| r.ops > 0).map(|r| r.per_second)
+}
+
+/// The text of an unsupported target's row, as the brief for the suite words it.
+pub const NOT_SUPPORTED: &str = "n/a (not supported by this build)";
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub bindgate_version: String,
+    pub bindgate_binary: String,
+    /// Logical CPUs the run shared with everything else on the machine.
+    pub cpus: usize,
+    /// `/proc/loadavg` when the report was made: how busy the rest of the machine was.
+    pub load_average: Option<String>,
+    pub settings: Settings,
+    pub targets: Vec<TargetReport>,
+    /// Per target other than `direct`, per column: how many times better than `direct`
+    /// (for latencies, direct's value divided by the target's; for rates, the other way round).
+    pub ratios_vs_direct: Vec<Ratios>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ratios {
+    pub target: Target,
+    pub columns: Vec<Ratio>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ratio {
+    pub measurement: &'static str,
+    /// Absent when either side has no number.
+    pub times_better: Option<f64>,
+}
+
+impl Report {
+    pub fn new(settings: &Settings, version: String, targets: Vec<TargetReport>) -> Report {
+        let direct = targets.iter().find(|t| t.target == Target::Direct);
+        let ratios_vs_direct = targets
+            .iter()
+            .filter(|t| t.target != Target::Direct)
+            .map(|t| Ratios {
+                target: t.target,
+                columns: COLUMNS
+                    .iter()
+                    .map(|c| Ratio {
+                        measurement: c.header,
+                        times_better: direct.and_then(|d| ratio(c, d, t)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Report {
+            bindgate_version: version,
+            bindgate_binary: settings.bin.display().to_string(),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+            settings: settings.clone(),
+            targets,
+            ratios_vs_direct,
+        }
+    }
+
+    /// Every measurement that should have numbers and has none, as `target: measurement`.
+    /// Speed is never judged here: zero successful operations is the only failure.
+    pub fn missing_numbers(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        for t in self
+            .targets
+            .iter()
+            .filter(|t| t.support == Support::Measured)
+        {
+            for c in &COLUMNS {
+                if c.http_listener && t.http_listener != Support::Measured {
+                    continue;
+                }
+                if (c.value)(t).is_none() {
+                    missing.push(format!("{}: {}", t.target.name(), c.header));
+                }
+            }
+        }
+        missing
+    }
+
+    /// Failed operations, per target and measurement (they do not stop a run).
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.targets {
+            let name = t.target.name();
+            if let Some(l) = &t.connect_latency {
+                if l.errors > 0 {
+                    out.push(format!(
+                        "{name}: connect latency: {} failed, first: {}",
+                        l.errors,
+                        l.first_error.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            for (what, r) in [
+                ("short connections", &t.short_connections),
+                ("http keep-alive", &t.http_tcp_keep_alive),
+                ("http conn per req", &t.http_tcp_new_connection),
+                ("http-listener keep-alive", &t.http_listener_keep_alive),
+                (
+                    "http-listener conn per req",
+                    &t.http_listener_new_connection,
+                ),
+            ] {
+                if let Some(r) = r.as_ref().filter(|r| r.errors > 0) {
+                    out.push(format!(
+                        "{name}: {what}: {} of {} failed, first: {}",
+                        r.errors,
+                        r.errors + r.ops,
+                        r.first_error.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            if let Some(e) = t.throughput.as_ref().and_then(|t| t.error.as_ref()) {
+                out.push(format!("{name}: throughput: {e}"));
+            }
+        }
+        out
+    }
+
+    /// The results and the ratios as aligned Markdown tables, with a legend.
+    pub fn table(&self) -> String {
+        let mut header = vec!["target".to_owned()];
+        header.extend(COLUMNS.iter().map(|c| c.header.to_owned()));
+        let mut rows = vec![header.clone()];
+        for t in &self.targets {
+            let mut row = vec![t.target.name().to_owned()];
+            match &t.support {
+                Support::Measured => row.extend(COLUMNS.iter().map(|c| {
+                    if c.http_listener {
+                        match &t.http_listener {
+                            Support::NotApplicable => return "-".to_owned(),
+                            Support::NotSupported { .. } => return "n/a".to_owned(),
+                            Support::Measured => {}
+                        }
+                    }
+                    (c.value)(t).map_or("failed".to_owned(), |v| format!("{v:.*}", c.decimals))
+                })),
+                _ => {
+                    row.push(NOT_SUPPORTED.to_owned());
+                    row.extend(COLUMNS.iter().skip(1).map(|_| String::new()));
+                }
+            }
+            rows.push(row);
+        }
+        let mut out = markdown(&rows);
+
+        let mut ratio_rows = vec![header];
+        ratio_rows[0][0] = "vs direct".to_owned();
+        for r in &self.ratios_vs_direct {
+            let supported = self
+                .targets
+                .iter()
+                .any(|t| t.target == r.target && t.support == Support::Measured);
+            if !supported {
+                continue;
+            }
+            let mut row = vec![r.target.name().to_owned()];
+            row.extend(r.columns.iter().map(|r| {
+                r.times_better
+                    .map_or("-".to_owned(), |v| format!("{v:.2}x"))
+            }));
+            ratio_rows.push(row);
+        }
+        if ratio_rows.len() > 1 {
+            out.push('\n');
+            out.push_str(&markdown(&ratio_rows));
+        }
+
+        let s = &self.settings;
+        let _ = write!(
+            out,
+            "\nconnect: {} sequential connections (connect, 1 byte echoed, close); short conns: {} workers, \
+             32-byte echo per connection, {:.1} s or {} connections; http: {} workers, GET / for {:.1} s or {} \
+             requests each row; echo: {} MiB on one connection.\n\
+             `vs direct`: times better than direct (latency: direct / target; rates: target / direct).\n\
+             `-`: no http listener on the baseline (its http rows already go straight to the backend); \
+             `n/a`: this build has no `protocol: http` listener.\n\
+             {} ({}; {}), {} CPUs shared with the load generator and the sandbox; load average at the end: {}.\n",
+            s.latency_connections,
+            s.workers,
+            s.short_connections.duration.as_secs_f64(),
+            s.short_connections.max_ops,
+            s.workers,
+            s.http.duration.as_secs_f64(),
+            s.http.max_ops,
+            s.throughput_bytes / super::MIB,
+            self.bindgate_version,
+            self.bindgate_binary,
+            s.bin_origin,
+            self.cpus,
+            self.load_average.as_deref().unwrap_or("unknown"),
+        );
+        for t in &self.targets {
+            if let Support::NotSupported { reason } = &t.support {
+                let _ = writeln!(out, "{}: {NOT_SUPPORTED}: {reason}", t.target.name());
+            } else if let Support::NotSupported { reason } = &t.http_listener {
+                let _ = writeln!(
+                    out,
+                    "{} http listener: {NOT_SUPPORTED}: {reason}",
+                    t.target.name()
+                );
+            }
+        }
+        out
+    }
+}
+
+fn ratio(c: &Column, direct: &TargetReport, other: &TargetReport) -> Option<f64> {
+    let (d, o) = ((c.value)(direct)?, (c.value)(other)?);
+    let (num, den) = if c.lower_is_better { (d, o) } else { (o, d) };
+    (den > 0.0).then(|| num / den)
+}
+
+/// Rows of cells as a Markdown table whose columns line up in a terminal too.
+fn markdown(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(3)
+        })
+        .collect();
+    let mut out = String::new();
+    for (n, row) in rows.iter().enumerate() {
+        out.push('|');
+        for (i, w) in widths.iter().enumerate() {
+            let cell = row.get(i).map_or("", String::as_str);
+            if i == 0 {
+                let _ = write!(out, " {cell:<w$} |");
+            } else {
+                let _ = write!(out, " {cell:>w$} |");
+            }
+        }
+        out.push('\n');
+        if n == 0 {
+            out.push('|');
+            for (i, w) in widths.iter().enumerate() {
+                let dashes = "-".repeat(*w);
+                if i == 0 {
+                    let _ = write!(out, " {dashes} |");
+                } else {
+                    let _ = write!(out, " {}: |", &dashes[1..]);
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Durations in the JSON as seconds (a float).
+pub fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}

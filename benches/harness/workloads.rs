@@ -1,0 +1,356 @@
+//! The measurements. Each takes an address (a gateway listener or a sandbox backend) and the
+//! settings, and returns numbers; a failed operation is counted with its first error, never fatal.
+//!
+//! - `connect_latency`: N sequential connections, each: connect, write 1 byte, read the echoed
+//!   byte (timed up to here), close. p50/p99 of the new-connection cost.
+//! - `short_connections`: `workers` concurrent loops of connect, 32-byte request, 32-byte echo,
+//!   close. Connections per second.
+//! - `http_requests`: `workers` concurrent HTTP/1.1 clients sending `GET /`, either over one
+//!   kept-alive connection each, or with a new connection per request (`Connection: close`).
+//! - `throughput`: one connection through the echo endpoint, `throughput_bytes` written while
+//!   the echo is read concurrently; time until the last byte is back.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout};
+
+use super::http1::{After, Http1Connection};
+use super::{Budget, MIB, Settings};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyResult {
+    /// Connections timed (successful ones).
+    pub samples: usize,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RateResult {
+    /// Operations that completed.
+    pub ops: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ThroughputResult {
+    /// Bytes echoed back (equal to the bytes sent when it succeeded).
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mib_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LatencyResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms over {} connections{}",
+            self.p50_ms,
+            self.p99_ms,
+            self.samples,
+            errors_note(self.errors, &self.first_error)
+        )
+    }
+}
+
+impl RateResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0}/s ({} in {:.2} s){}",
+            self.per_second,
+            self.ops,
+            self.seconds,
+            errors_note(self.errors, &self.first_error)
+        )
+    }
+}
+
+impl ThroughputResult {
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.1} MiB/s ({} MiB in {:.2} s){}",
+            self.mib_per_second,
+            self.bytes / MIB,
+            self.seconds,
+            self.error
+                .as_ref()
+                .map(|e| format!("; failed: {e}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+fn errors_note(errors: u64, first: &Option<String>) -> String {
+    match first {
+        Some(e) if errors > 0 => format!("; {errors} failed, first: {e}"),
+        _ => String::new(),
+    }
+}
+
+/// Failed operations: how many, and the first reason.
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn record(&mut self, e: impl ToString) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| e.to_string());
+    }
+
+    fn merge(&mut self, other: Failures) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// Runs `op` under `limit`, folding a timeout into the error.
+async fn bounded<T>(limit: Duration, op: impl Future<Output = io::Result<T>>) -> Result<T, String> {
+    match timeout(limit, op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("timed out after {limit:?}")),
+    }
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connect, send `payload`, read it back, close.
+async fn echo_exchange(addr: SocketAddr, payload: &[u8]) -> io::Result<()> {
+    let mut stream = connect(addr).await?;
+    stream.write_all(payload).await?;
+    let mut back = [0u8; 64];
+    let back = &mut back[..payload.len()];
+    stream.read_exact(back).await?;
+    if back != payload {
+        return Err(io::Error::other("the echo differs from what was sent"));
+    }
+    Ok(())
+}
+
+pub async fn connect_latency(addr: SocketAddr, s: &Settings) -> LatencyResult {
+    for _ in 0..s.latency_warmup {
+        let _ = bounded(s.op_timeout, echo_exchange(addr, b"w")).await;
+    }
+    let deadline = Instant::now() + s.latency_time_limit;
+    let mut samples = Vec::with_capacity(s.latency_connections);
+    let mut failures = Failures::default();
+    for _ in 0..s.latency_connections {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let start = Instant::now();
+        match bounded(s.op_timeout, echo_exchange(addr, b"*")).await {
+            Ok(()) => samples.push(start.elapsed()),
+            Err(e) => failures.record(e),
+        }
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mean = if samples.is_empty() {
+        0.0
+    } else {
+        samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64
+    };
+    LatencyResult {
+        samples: samples.len(),
+        errors: failures.count,
+        p50_ms: percentile(&samples, 50.0).map_or(0.0, ms),
+        p99_ms: percentile(&samples, 99.0).map_or(0.0, ms),
+        mean_ms: mean,
+        max_ms: samples.last().copied().map_or(0.0, ms),
+        first_error: failures.first,
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+/// Hands out operations until the count or the deadline runs out, shared by a run's workers.
+struct Gate {
+    started: AtomicU64,
+    max_ops: u64,
+    deadline: Instant,
+}
+
+impl Gate {
+    fn new(budget: Budget) -> Arc<Gate> {
+        Arc::new(Gate {
+            started: AtomicU64::new(0),
+            max_ops: budget.max_ops,
+            deadline: Instant::now() + budget.duration,
+        })
+    }
+
+    fn admit(&self) -> bool {
+        Instant::now() < self.deadline
+            && self.started.fetch_add(1, Ordering::Relaxed) < self.max_ops
+    }
+}
+
+/// Runs `workers` copies of `worker` sharing one gate and adds up what they did.
+async fn run_workers<W, F>(workers: usize, budget: Budget, worker: W) -> RateResult
+where
+    W: Fn(Arc<Gate>) -> F,
+    F: Future<Output = (u64, Failures)> + Send + 'static,
+{
+    let gate = Gate::new(budget);
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        set.spawn(worker(gate.clone()));
+    }
+    let mut ops = 0;
+    let mut failures = Failures::default();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((n, f)) => {
+                ops += n;
+                failures.merge(f);
+            }
+            Err(e) => failures.record(format!("worker task failed: {e}")),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    RateResult {
+        ops,
+        errors: failures.count,
+        seconds,
+        per_second: if seconds > 0.0 {
+            ops as f64 / seconds
+        } else {
+            0.0
+        },
+        first_error: failures.first,
+    }
+}
+
+pub async fn short_connections(addr: SocketAddr, s: &Settings) -> RateResult {
+    let limit = s.op_timeout;
+    run_workers(s.workers, s.short_connections, move |gate| async move {
+        let payload = [b'x'; 32];
+        let (mut ok, mut failures) = (0, Failures::default());
+        while gate.admit() {
+            match bounded(limit, echo_exchange(addr, &payload)).await {
+                Ok(()) => ok += 1,
+                Err(e) => failures.record(e),
+            }
+        }
+        (ok, failures)
+    })
+    .await
+}
+
+pub async fn http_requests(addr: SocketAddr, keep_alive: bool, s: &Settings) -> RateResult {
+    let limit = s.op_timeout;
+    run_workers(s.workers, s.http, move |gate| async move {
+        let (mut ok, mut failures) = (0, Failures::default());
+        let mut open: Option<Http1Connection> = None;
+        while gate.admit() {
+            let conn = open.take();
+            let done = bounded(limit, async move {
+                let mut conn = match conn {
+                    Some(c) => c,
+                    None => Http1Connection::connect(addr).await?,
+                };
+                let after = conn.get(keep_alive).await?;
+                Ok((after == After::KeepOpen).then_some(conn))
+            })
+            .await;
+            match done {
+                Ok(kept) => {
+                    ok += 1;
+                    open = kept;
+                }
+                Err(e) => failures.record(e),
+            }
+        }
+        (ok, failures)
+    })
+    .await
+}
+
+pub async fn throughput(addr: SocketAddr, s: &Settings) -> ThroughputResult {
+    let total = s.throughput_bytes;
+    let start = Instant::now();
+    let mut got = 0u64;
+    let outcome = bounded(s.throughput_time_limit, async {
+        let stream = connect(addr).await?;
+        let (mut reader, mut writer) = stream.into_split();
+        let write = async {
+            let chunk = vec![0x5a_u8; 64 * 1024];
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                writer.write_all(&chunk[..n]).await?;
+                left -= n as u64;
+            }
+            // Half-close: the echo finishes and ends its side too.
+            writer.shutdown().await
+        };
+        let read = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            while got < total {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            Ok(start.elapsed())
+        };
+        let ((), elapsed) = tokio::try_join!(write, read)?;
+        Ok(elapsed)
+    })
+    .await;
+    let (seconds, error) = match outcome {
+        Ok(elapsed) if got == total => (elapsed.as_secs_f64(), None),
+        Ok(elapsed) => (
+            elapsed.as_secs_f64(),
+            Some(format!("stream ended after {got} of {total} bytes")),
+        ),
+        Err(e) => (start.elapsed().as_secs_f64(), Some(e)),
+    };
+    ThroughputResult {
+        bytes: got,
+        seconds,
+        mib_per_second: if error.is_none() && seconds > 0.0 {
+            got as f64 / MIB as f64 / seconds
+        } else {
+            0.0
+        },
+        error,
+    }
+}

@@ -1,0 +1,125 @@
+//! The load benchmark: bindgate's ingress transports side by side, in one run, against the
+//! sandbox (see `benches/README.md`).
+//!
+//! ```sh
+//! cargo bench --bench load                      # the full run (under two minutes)
+//! cargo bench --bench load -- --quick           # tiny counts: seconds, a smoke run
+//! cargo bench --bench load -- --json target/bench-results.json
+//! ```
+//!
+//! Which `bindgate` is measured: `BINDGATE_BIN` when set, else the one cargo builds for this
+//! bench (`CARGO_BIN_EXE_bindgate`). The latter is optimized (the bench profile inherits
+//! `release`) but is not quite the release binary: cargo compiles it with the dev-dependencies'
+//! features, so tokio's `test-util` clock hooks are in it. For release numbers (the README's),
+//! measure a copy of `cargo build --release`'s binary (a copy, because `cargo bench` rewrites
+//! `target/release/bindgate` with its own build):
+//!
+//! ```sh
+//! cargo build --release && cp target/release/bindgate target/bindgate-release
+//! BINDGATE_BIN=target/bindgate-release cargo bench --bench load -- --json target/bench-results.json
+//! ```
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--json FILE]";
+
+struct Args {
+    quick: bool,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--json" => {
+                let path = it.next().ok_or("--json needs a FILE")?;
+                args.json = Some(PathBuf::from(path));
+            }
+            // `cargo bench` passes `--bench` to every bench binary.
+            "--bench" => {}
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (bin, origin) = match std::env::var_os("BINDGATE_BIN") {
+        Some(path) => (PathBuf::from(path), "BINDGATE_BIN"),
+        None => (
+            PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
+            "CARGO_BIN_EXE_bindgate: cargo bench's build, with dev-dependency features; set BINDGATE_BIN for a release build",
+        ),
+    };
+    let settings = harness::Settings::new(bin, origin, args.quick);
+    // Two workers, like the machine the README's numbers come from: the load generator shares
+    // the CPUs with the gateways and the sandbox either way.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "bindgate load benchmark ({}), binary {}",
+        if args.quick { "quick" } else { "full" },
+        settings.bin.display()
+    );
+    let report = match runtime.block_on(harness::run(&settings)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("load benchmark failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("\n{}", report.table());
+    for f in report.failures() {
+        println!("failed operations: {f}");
+    }
+    if let Some(path) = &args.json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                }
+                std::fs::write(path, text + "\n").map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(()) => println!("JSON written to {}", path.display()),
+            Err(e) => {
+                eprintln!("cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let missing = report.missing_numbers();
+    if !missing.is_empty() {
+        eprintln!("no numbers for: {}", missing.join(", "));
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
