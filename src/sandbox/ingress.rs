@@ -10,8 +10,10 @@
 //! | `ERR_NGROK_3200` | no endpoint serves `host:port`, or the endpoint has the `refuse` fault |
 //! | `ERR_NGROK_8012` | the endpoint's target could not be dialed |
 //!
-//! A connection that sends no valid frame in time is closed without an answer. This module owns
-//! the per-connection state machine; it does not own the listener's accept loop or the registry.
+//! A connection that sends no valid frame in time is closed without an answer. A client that
+//! negotiates ALPN `h2` (offered when `ingress.h2` is true) is served by `super::h2` instead: the
+//! same decision per CONNECT stream. This module owns the per-connection state machine; it does
+//! not own the listener's accept loop or the registry.
 
 use std::io;
 use std::net::SocketAddr;
@@ -46,6 +48,7 @@ pub struct Ingress {
     account_id: String,
     registry: Arc<EndpointRegistry>,
     handshake_timeout: Duration,
+    h2_goaway_after_streams: Option<u64>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -58,7 +61,7 @@ impl std::fmt::Debug for Ingress {
 }
 
 /// Why a connection ended before or during the pipe; only for the debug log line.
-enum PipeEnd {
+pub(super) enum PipeEnd {
     Done { up: u64, down: u64 },
     Reset { up: u64 },
 }
@@ -78,7 +81,18 @@ impl Ingress {
             account_id,
             registry,
             handshake_timeout,
+            h2_goaway_after_streams: None,
         }
+    }
+
+    /// HTTP/2 connections send GOAWAY after this many streams (a test knob).
+    pub fn with_h2_goaway_after_streams(mut self, streams: Option<u64>) -> Self {
+        self.h2_goaway_after_streams = streams;
+        self
+    }
+
+    pub(super) fn h2_goaway_after_streams(&self) -> Option<u64> {
+        self.h2_goaway_after_streams
     }
 
     /// Serves one accepted TCP connection to its end. Never panics on peer input.
@@ -96,6 +110,11 @@ impl Ingress {
                 return;
             }
         };
+        let identity = ClientIdentity::of(&tls);
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            super::h2::serve(self, tls, peer, identity, deadline).await;
+            return;
+        }
         let request: ConnRequest = match timeout_at(deadline, wire::read_frame(&mut tls)).await {
             Ok(Ok(request)) => request,
             // A client that connects and leaves without a word (a warm pool discarding a
@@ -117,7 +136,7 @@ impl Ingress {
                 return;
             }
         };
-        let (endpoint, backend) = match self.upgrade(&tls, &request).await {
+        let (endpoint, backend) = match self.upgrade(identity.as_ref(), &request).await {
             Ok(ready) => ready,
             Err(response) => {
                 debug!(
@@ -164,29 +183,26 @@ impl Ingress {
         }
     }
 
-    /// Decides the upgrade: the endpoint and a connected target, or the error to answer.
-    async fn upgrade(
+    /// Decides the upgrade (a `ConnRequest`, or an HTTP/2 CONNECT's `host:port`) for a client
+    /// with this certificate: the endpoint and a connected target, or the error to answer.
+    pub(super) async fn upgrade(
         &self,
-        tls: &TlsStream<TcpStream>,
+        identity: Option<&ClientIdentity>,
         request: &ConnRequest,
     ) -> Result<(Arc<BoundEndpoint>, TcpStream), ConnResponse> {
-        let identity = ClientIdentity::of(tls);
-        if identity
-            .as_ref()
-            .is_some_and(|id| self.ca.is_revoked(&id.serial))
-        {
+        if identity.is_some_and(|id| self.ca.is_revoked(&id.serial)) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
                 "the kubernetes operator this client certificate was issued to no longer exists",
             ));
         }
-        let account = identity.and_then(|id| id.account);
-        if account.as_deref() != Some(self.account_id.as_str()) {
+        let account = identity.and_then(|id| id.account.as_deref());
+        if account != Some(self.account_id.as_str()) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
                 format!(
                     "the client certificate names account `{}`, which has no kubernetes operator on this ingress",
-                    account.as_deref().unwrap_or("(none)")
+                    account.unwrap_or("(none)")
                 ),
             ));
         }
@@ -242,7 +258,7 @@ fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {
 }
 
 /// What the ingress reads from the verified client certificate.
-struct ClientIdentity {
+pub(super) struct ClientIdentity {
     /// The first DNS SAN.
     account: Option<String>,
     serial: Vec<u8>,
@@ -270,7 +286,7 @@ impl ClientIdentity {
 }
 
 /// How a pipe direction failed: the reset fault is not an I/O error, it is the plan.
-enum PipeError {
+pub(super) enum PipeError {
     Io(io::Error),
     ResetFault { up: u64 },
 }
@@ -313,7 +329,7 @@ async fn pipe(
 
 /// Copies client→backend, applying the read-rate and reset faults. On client EOF (close_notify)
 /// it shuts down the backend's write side.
-async fn copy_client_to_backend<R, W>(
+pub(super) async fn copy_client_to_backend<R, W>(
     client: &mut R,
     backend: &mut W,
     endpoint: &BoundEndpoint,
