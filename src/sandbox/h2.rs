@@ -238,12 +238,24 @@ async fn pipe(
         recv,
         pending: Bytes::new(),
     };
-    let up = copy_client_to_backend(&mut client, &mut backend_write, endpoint);
+    let up = async {
+        copy_client_to_backend(&mut client, &mut backend_write, endpoint)
+            .await
+            .map_err(|e| match e {
+                PipeError::Io(e) => {
+                    PipeError::Io(io::Error::new(e.kind(), format!("client to target: {e}")))
+                }
+                fault => fault,
+            })
+    };
     let down = async {
         let mut buf = vec![0u8; PIPE_BUFFER];
         let mut total: u64 = 0;
         loop {
-            let n = backend_read.read(&mut buf).await?;
+            let n = backend_read
+                .read(&mut buf)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("reading the target: {e}")))?;
             if n == 0 {
                 send.send_data(Bytes::new(), true).map_err(to_io)?;
                 return Ok::<_, PipeError>(total);

@@ -323,14 +323,28 @@ fn certificate_ips(ip: IpAddr) -> Vec<IpAddr> {
     }
 }
 
+/// Accept queue of the sandbox's listeners. Benchmarks and multiplexed tests open bursts of a
+/// thousand connections to a backend at once; tokio's default of 1024 overflows under CPU
+/// contention, and an overflowed queue ends in a reset connection. The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, SandboxError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| SandboxError::Bind {
-            what,
-            address,
-            source,
-        })
+    let listen = || {
+        let socket = match address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As tokio's `TcpListener::bind` does: a restarted sandbox rebinds its fixed ports.
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| SandboxError::Bind {
+        what,
+        address,
+        source,
+    })
 }
 
 fn local_addr(

@@ -139,6 +139,7 @@ struct MuxState {
     notify: Notify,
     /// The ingress did not select `h2` (sticky until the ingress is rebuilt).
     no_h2: AtomicBool,
+    no_h2_reported: AtomicBool,
     /// Dial failures so far, and the last one: streams waiting when a dial fails get its error.
     failures: AtomicU64,
     last_failure: ArcSwapOption<UpstreamError>,
@@ -198,6 +199,7 @@ impl Multiplexer {
                 dialing: AtomicUsize::new(0),
                 notify: Notify::new(),
                 no_h2: AtomicBool::new(false),
+                no_h2_reported: AtomicBool::new(false),
                 failures: AtomicU64::new(0),
                 last_failure: ArcSwapOption::empty(),
                 retired: AtomicBool::new(false),
@@ -222,7 +224,11 @@ impl Multiplexer {
 
     /// Dials the persistent connections (once). Needs a tokio runtime.
     pub fn start(&self) {
-        if self.started.swap(true, Ordering::AcqRel) || self.is_retired() {
+        // A load first: `open` calls this for every connection.
+        if self.started.load(Ordering::Acquire)
+            || self.started.swap(true, Ordering::AcqRel)
+            || self.is_retired()
+        {
             return;
         }
         for _ in 0..self.state.settings.connections {
@@ -483,11 +489,13 @@ impl MuxState {
                 }
             }
             Err(None) => {
-                if !self.no_h2.swap(true, Ordering::AcqRel)
+                // Logged before streams learn of it, so the reason precedes their failures.
+                if !self.no_h2_reported.swap(true, Ordering::AcqRel)
                     && self.settings.fallback == MultiplexFallback::Fail
                 {
                     tracing::error!(ingress = %self.plain.name, "{}", no_h2_error(&self.plain.address));
                 }
+                self.no_h2.store(true, Ordering::Release);
             }
             Err(Some(e)) => {
                 self.stats.dial_failures.fetch_add(1, Ordering::Relaxed);

@@ -180,7 +180,11 @@ impl WarmPool {
 
     /// Starts the refill driver (once). Needs a tokio runtime.
     pub fn start(&self) {
-        if self.started.swap(true, Ordering::AcqRel) || self.is_retired() {
+        // A load first: `open` calls this for every connection.
+        if self.started.load(Ordering::Acquire)
+            || self.started.swap(true, Ordering::AcqRel)
+            || self.is_retired()
+        {
             return;
         }
         tokio::spawn(drive(self.shared.clone()));

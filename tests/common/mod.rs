@@ -109,6 +109,83 @@ impl Proc {
     }
 }
 
+/// A process's stderr, read in the background so a chatty process never blocks on a full pipe.
+pub struct Logs {
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line received so far.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts reading stderr in the background; use the returned [`Logs`] to wait for lines.
+    pub fn logs(&mut self) -> Logs {
+        let stderr = self.stderr.take().expect("stderr already consumed");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining.
+                    while let Ok(Some(_)) = reader.next_line().await {}
+                    return;
+                }
+            }
+        });
+        Logs {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Logs {
+    /// Waits for a line containing `needle` (searching lines already seen first).
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "log line containing {needle:?} never came; log was:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Waits until `n` lines containing `needle` have been seen; returns them.
+    pub async fn wait_for_count(&mut self, needle: &str, n: usize) -> Vec<String> {
+        loop {
+            let found = self.matching(needle);
+            if found.len() >= n {
+                return found;
+            }
+            match self.lines.recv().await {
+                Some(line) => self.seen.push(line),
+                None => panic!(
+                    "{n} log lines containing {needle:?} never came; log was:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Lines received so far that contain `needle`.
+    pub fn matching(&mut self, needle: &str) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
 async fn drain<R: AsyncRead + Unpin>(mut lines: Lines<BufReader<R>>) {
     while let Ok(Some(_)) = lines.next_line().await {}
 }
@@ -146,6 +223,12 @@ pub struct SandboxProc {
 
 /// The endpoints every e2e sandbox serves; `extra` is appended to the `endpoints:` list.
 pub async fn start_sandbox(extra: &str) -> SandboxProc {
+    start_sandbox_with("", extra).await
+}
+
+/// Like [`start_sandbox`], with `ingress` lines (indented two spaces, newline-terminated)
+/// appended to the sandbox's `ingress:` section, e.g. `"  h2: false\n"`.
+pub async fn start_sandbox_with(ingress: &str, extra: &str) -> SandboxProc {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let cfg = format!(
@@ -155,7 +238,7 @@ account_id: ac_e2e
 ingress:
   address: 127.0.0.1:0
   server_names: [localhost]
-backends:
+{ingress}backends:
   echo: 127.0.0.1:0
   http: 127.0.0.1:0
 endpoints:
