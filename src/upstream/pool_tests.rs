@@ -19,8 +19,9 @@ use crate::wire::{self, ConnResponse};
 /// What the test ingress saw on accepted connection number `.0` (1-based, accept order).
 #[derive(Debug)]
 enum Seen {
-    /// Handshaked; sending on the channel closes it (close_notify + FIN) while idle.
-    Accepted(usize, oneshot::Sender<()>),
+    /// Handshaked (resumed or not); sending on the channel closes it (close_notify + FIN) while
+    /// idle.
+    Accepted(usize, oneshot::Sender<()>, bool),
     Served(usize),
     /// The client closed it before any request (a retired or dropped pool).
     LeftIdle(usize),
@@ -115,11 +116,13 @@ impl TestIngress {
         self.seen.recv().await.expect("test ingress stopped")
     }
 
-    /// The close handle of the next accepted connection, and its number.
-    async fn accepted(&mut self) -> (usize, oneshot::Sender<()>) {
-        match self.next().await {
-            Seen::Accepted(n, close) => (n, close),
-            other => panic!("expected an accepted connection, got {other:?}"),
+    /// The number of the next accepted connection, its close handle, and whether its TLS
+    /// session was resumed (other events are skipped).
+    async fn accepted(&mut self) -> (usize, oneshot::Sender<()>, bool) {
+        loop {
+            if let Seen::Accepted(n, close, resumed) = self.next().await {
+                return (n, close, resumed);
+            }
         }
     }
 
@@ -139,7 +142,8 @@ impl TestIngress {
 /// One connection of the test ingress: wait for a `ConnRequest` (answer and echo) or a close.
 async fn serve(n: usize, mut tls: TlsStream, seen: mpsc::UnboundedSender<Seen>) {
     let (close, closed) = oneshot::channel();
-    let _ = seen.send(Seen::Accepted(n, close));
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let _ = seen.send(Seen::Accepted(n, close, resumed));
     // A dropped close handle means "leave it open".
     let request = tokio::select! {
         Ok(()) = closed => {
@@ -221,7 +225,7 @@ async fn a_connection_the_ingress_closed_while_idle_is_never_handed_out() {
     let mut ingress = TestIngress::start().await;
     let pool = WarmPool::new(ingress.dialer(ingress.client_tls()), settings(1, 1));
     pool.start();
-    let (first, close) = ingress.accepted().await;
+    let (first, close, _) = ingress.accepted().await;
     pool.wait_until(|s| s.idle == 1).await;
 
     close.send(()).unwrap();
@@ -244,7 +248,7 @@ async fn a_pooled_connection_serves_one_upgrade() {
     let mut ingress = TestIngress::start().await;
     let pool = WarmPool::new(ingress.dialer(ingress.client_tls()), settings(1, 1));
     pool.start();
-    let (first, _close) = ingress.accepted().await;
+    let (first, _close, _) = ingress.accepted().await;
     pool.wait_until(|s| s.idle == 1).await;
 
     open_and_echo(&pool, b"pooled").await;
@@ -256,6 +260,20 @@ async fn a_pooled_connection_serves_one_upgrade() {
     assert_eq!((stats.hits, stats.misses, stats.redials), (1, 0, 0));
     // The pool refills behind the checkout.
     pool.wait_until(|s| s.idle == 1 && s.dialed == 2).await;
+}
+
+#[tokio::test]
+async fn refills_resume_the_tls_session() {
+    let mut ingress = TestIngress::start().await;
+    let pool = WarmPool::new(ingress.dialer(ingress.client_tls()), settings(1, 1));
+    pool.start();
+    let (_, _close1, resumed) = ingress.accepted().await;
+    assert!(!resumed, "the first handshake is a full one");
+    pool.wait_until(|s| s.idle == 1).await;
+    open_and_echo(&pool, b"take it").await;
+    // The refill resumes with the ticket the idle connection received while it waited.
+    let (_, _close2, resumed) = ingress.accepted().await;
+    assert!(resumed, "the refill resumed the session");
 }
 
 #[tokio::test]
