@@ -703,3 +703,7 @@ async fn drive(
         state.maybe_dial();
     }
 }
+
+#[cfg(test)]
+#[path = "multiplex_tests.rs"]
+mod tests;
