@@ -185,7 +185,9 @@ async fn the_pool_never_hands_out_a_connection_the_ingress_closed_while_idle() {
 
     // The pool warmed at startup; wait until the ingress closed one of its idle connections
     // and the proxy noticed.
-    sandbox_logs.wait_for("no ConnRequest within 200ms").await;
+    sandbox_logs
+        .wait_for("closing idle connection: no ConnRequest within 200ms")
+        .await;
     logs.wait_for("idle pooled connection discarded: the ingress closed it")
         .await;
 

@@ -321,9 +321,15 @@ async fn send_raw(f: &Fixture, bytes: &[u8]) -> (Vec<u8>, std::net::SocketAddr) 
 
 /// The ingress logged exactly one line for this connection, a WARN with the cause.
 fn assert_one_warning(peer: std::net::SocketAddr, cause: &str) {
+    assert_one_line(peer, " WARN ", cause);
+}
+
+/// The ingress logged exactly one line for this connection, at `level` (e.g. `" DEBUG "`), with
+/// the cause.
+fn assert_one_line(peer: std::net::SocketAddr, level: &str, cause: &str) {
     let lines = log_lines_of(peer);
     assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains(" WARN "), "{}", lines[0]);
+    assert!(lines[0].contains(level), "{}", lines[0]);
     assert!(lines[0].contains(cause), "{}", lines[0]);
 }
 
@@ -361,7 +367,20 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
     // The ingress's close is the signal; the guard only bounds a failure.
     let (got, _) = timeout(GUARD, read_until_end(&mut tls)).await.unwrap();
     assert!(got.is_empty());
-    assert_one_warning(peer, "no ConnRequest within 200ms");
+    // Idle is what a warm pool's connections are: closed, logged at debug, not a warning.
+    assert_one_line(
+        peer,
+        " DEBUG ",
+        "closing idle connection: no ConnRequest within 200ms",
+    );
+
+    // A client that stalls in the middle of its frame is a fault.
+    let mut tls = f.connect().await;
+    let peer = tls.get_ref().0.local_addr().unwrap();
+    tls.write_all(&[0x0c]).await.unwrap();
+    let (got, _) = timeout(GUARD, read_until_end(&mut tls)).await.unwrap();
+    assert!(got.is_empty());
+    assert_one_warning(peer, "no complete ConnRequest within 200ms");
     f.sandbox.shutdown().await;
 }
 

@@ -10,7 +10,9 @@
 //! | `ERR_NGROK_3200` | no endpoint serves `host:port`, or the endpoint has the `refuse` fault |
 //! | `ERR_NGROK_8012` | the endpoint's target could not be dialed |
 //!
-//! A connection that sends no valid frame in time is closed without an answer. A client that
+//! A connection that sends no valid frame in time is closed without an answer: logged at debug
+//! when it stayed silent (a warm pool's idle connection), at warn when it stalled mid-frame. A
+//! client that
 //! negotiates ALPN `h2` (offered when `ingress.h2` is true) is served by `super::h2` instead: the
 //! same decision per CONNECT stream. This module owns the per-connection state machine; it does
 //! not own the listener's accept loop or the registry.
@@ -115,7 +117,13 @@ impl Ingress {
             super::h2::serve(self, tls, peer, identity, deadline).await;
             return;
         }
-        let request: ConnRequest = match timeout_at(deadline, wire::read_frame(&mut tls)).await {
+        let mut counted = CountingReader {
+            inner: &mut tls,
+            bytes: 0,
+        };
+        let read = timeout_at(deadline, wire::read_frame(&mut counted)).await;
+        let partial = counted.bytes > 0;
+        let request: ConnRequest = match read {
             Ok(Ok(request)) => request,
             // A client that connects and leaves without a word (a warm pool discarding a
             // connection) is normal, not malformed.
@@ -127,10 +135,19 @@ impl Ingress {
                 warn!(%peer, "ingress closing connection: bad ConnRequest: {e}");
                 return;
             }
+            // Silent all along: an idle connection (what a warm pool keeps), not a fault.
+            Err(_) if !partial => {
+                debug!(
+                    %peer,
+                    "ingress closing idle connection: no ConnRequest within {:?}",
+                    self.handshake_timeout
+                );
+                return;
+            }
             Err(_) => {
                 warn!(
                     %peer,
-                    "ingress closing connection: no ConnRequest within {:?}",
+                    "ingress closing connection: no complete ConnRequest within {:?}",
                     self.handshake_timeout
                 );
                 return;
@@ -282,6 +299,25 @@ impl ClientIdentity {
             account,
             serial: cert.raw_serial().to_vec(),
         })
+    }
+}
+
+/// Counts the bytes read through it: tells a silent client from one that stalled mid-frame.
+struct CountingReader<'a, R> {
+    inner: &'a mut R,
+    bytes: u64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        self.bytes += (buf.filled().len() - before) as u64;
+        polled
     }
 }
 
