@@ -323,7 +323,7 @@ impl Multiplexer {
                 conn,
                 state: Arc::downgrade(st),
             };
-            match open_stream(&slot.conn, addr, request).await {
+            match open_stream(st, &slot.conn, request).await {
                 Ok((send, recv)) => {
                     st.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                     st.changed();
@@ -602,10 +602,11 @@ fn h2_error(addr: &str, e: &h2::Error) -> UpstreamError {
 
 /// CONNECT `host:port` on `conn`; the response decides.
 async fn open_stream(
+    state: &MuxState,
     conn: &H2Conn,
-    addr: &str,
     request: &ConnRequest,
 ) -> Result<(SendStream<Bytes>, RecvStream), StreamFailure> {
+    let addr = &*state.plain.address;
     let authority = format!("{}:{}", request.host, request.port);
     let req = Request::builder()
         .method(Method::CONNECT)
@@ -616,11 +617,15 @@ async fn open_stream(
                 "`{authority}` is not a valid CONNECT authority: {e}"
             ))
         })?;
+    // Not processed by the ingress (GOAWAY, REFUSED_STREAM) or the connection broke: no byte of
+    // the proxied connection was sent, so another connection may carry it.
+    // A connection-level cause drains the connection; a reset of this one stream does not.
     let retry = |e: h2::Error| {
-        if e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM) {
-            conn.flags.draining.store(true, Ordering::Release);
-        } else if e.is_io() {
+        if e.is_io() {
             conn.flags.closed.store(true, Ordering::Release);
+        }
+        if e.is_io() || e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM) {
+            state.drain(conn);
         }
         StreamFailure::Retry(h2_error(addr, &e))
     };
