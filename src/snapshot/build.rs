@@ -16,10 +16,9 @@ use crate::host::Placement;
 use crate::identity;
 use crate::proxy::limits::Admission;
 use crate::upstream::{
-    BindingTarget, Cluster, ClusterTarget, Fingerprint, Ingress, IngressDialer, RetryPolicy,
-    StaticEndpoints, TransportSpec, transport_for,
+    BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
 };
-use crate::upstream::{MultiplexSettings, PoolSettings, TransportSettings};
+use crate::upstream::{Fingerprint, MultiplexSettings, PoolSettings, TransportSettings};
 
 struct Checker<'a> {
     loaded: &'a LoadedConfig,
@@ -434,28 +433,15 @@ fn build_ingress(c: &mut Checker<'_>, path: &str, ing: &IngressConfig) -> Option
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key);
     match tls {
-        Ok(tls) => {
-            let tls = Arc::new(tls);
-            let transport = transport_for(TransportSpec {
-                dialer: IngressDialer {
-                    name: Arc::from(ing.name.as_str()),
-                    address: Arc::from(address.as_str()),
-                    server_name: server_name.clone(),
-                    tls: tls.clone(),
-                    connect_timeout: ing.connect_timeout.get(),
-                },
-                trust,
-                settings,
-            });
-            Some(Ingress {
-                name: ing.name.clone(),
-                address,
-                server_name,
-                tls,
-                connect_timeout: ing.connect_timeout.get(),
-                transport,
-            })
-        }
+        Ok(tls) => Some(Ingress::new(
+            &ing.name,
+            address,
+            server_name,
+            Arc::new(tls),
+            ing.connect_timeout.get(),
+            trust,
+            settings,
+        )),
         Err(e) => {
             c.err(
                 format!("{path}.client_key"),

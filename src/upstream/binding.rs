@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
-use super::transport::IngressTransport;
+use super::dial::IngressDialer;
+use super::transport::{Fingerprint, IngressTransport, TransportSettings, TransportSpec};
 use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
 use crate::wire::ConnRequest;
@@ -24,6 +25,41 @@ pub struct Ingress {
     /// Shared with earlier snapshots' ingresses of the same identity and settings (see
     /// `upstream::transport`), so a reload keeps warm connections.
     pub transport: IngressTransport,
+}
+
+impl Ingress {
+    /// An ingress and its transport: the live one of an earlier build with the same identity
+    /// and settings, or a new one (started only when a snapshot using it is published).
+    /// `trust` fingerprints the roots `tls` was built with.
+    pub fn new(
+        name: &str,
+        address: String,
+        server_name: ServerName<'static>,
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        trust: Fingerprint,
+        settings: TransportSettings,
+    ) -> Ingress {
+        let transport = super::transport_for(TransportSpec {
+            dialer: IngressDialer {
+                name: Arc::from(name),
+                address: Arc::from(address.as_str()),
+                server_name: server_name.clone(),
+                tls: tls.clone(),
+                connect_timeout,
+            },
+            trust,
+            settings,
+        });
+        Ingress {
+            name: name.to_owned(),
+            address,
+            server_name,
+            tls,
+            connect_timeout,
+            transport,
+        }
+    }
 }
 
 impl std::fmt::Debug for Ingress {
