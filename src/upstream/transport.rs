@@ -339,3 +339,91 @@ fn sha256() -> &'static dyn rustls::crypto::hash::Hash {
         rustls::SupportedCipherSuite::Tls12(suite) => suite.common.hash_provider,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Snapshot, build};
+    use crate::upstream::ClusterTarget;
+
+    /// A CA and two client certificates in `dir`: ca.pem, a.crt/a.key, b.crt/b.key.
+    fn write_certs(dir: &std::path::Path) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        for name in ["a", "b"] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![format!("ac_{name}")])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+    }
+
+    fn snapshot(dir: &std::path::Path, cert: &str, transport: &str) -> Snapshot {
+        let text = format!(
+            "\
+version: 1
+ingresses:
+  - name: reload-test
+    address: 127.0.0.1:4443
+    server_name: localhost
+    system_roots: false
+    ca: ca.pem
+    client_cert: {cert}.crt
+    client_key: {cert}.key
+    transport: {transport}
+static_resources:
+  listeners:
+    - name: l
+      address: 127.0.0.1:0
+      routes: [ {{ cluster: c }} ]
+  clusters:
+    - name: c
+      type: binding_upstream
+      endpoint: tcp://svc.ns:80
+      ingress: reload-test
+"
+        );
+        let loaded = crate::config::parse(&text, "test", dir.to_owned(), |_| None).unwrap();
+        build(&loaded, 1).unwrap()
+    }
+
+    fn transport(s: &Snapshot) -> IngressTransport {
+        match &s.clusters["c"].target {
+            ClusterTarget::Binding(b) => b.ingress.transport.clone(),
+            ClusterTarget::Static(_) => panic!("not a binding cluster"),
+        }
+    }
+
+    fn same(a: &IngressTransport, b: &IngressTransport) -> bool {
+        a.downgrade().same(&b.downgrade())
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_transport_unless_identity_or_settings_change() {
+        let dir = tempfile::tempdir().unwrap();
+        write_certs(dir.path());
+        let first = snapshot(dir.path(), "a", "pool");
+        let reloaded = snapshot(dir.path(), "a", "pool");
+        assert!(same(&transport(&first), &transport(&reloaded)));
+        assert_eq!(transport(&first).kind(), "pool");
+
+        let other_cert = snapshot(dir.path(), "b", "pool");
+        assert!(!same(&transport(&first), &transport(&other_cert)));
+        let other_transport = snapshot(dir.path(), "a", "multiplex");
+        assert!(!same(&transport(&first), &transport(&other_transport)));
+
+        // Weak entries: once no snapshot holds it, the next build gets a fresh one.
+        let weak = transport(&first).downgrade();
+        drop((first, reloaded));
+        assert!(!weak.is_alive());
+        let rebuilt = snapshot(dir.path(), "a", "pool");
+        assert!(!weak.same(&transport(&rebuilt).downgrade()));
+    }
+}
