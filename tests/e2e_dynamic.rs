@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{
-    Proc, SANDBOX_API, SandboxProc, admin_json, endpoint_address, port_range, start_sandbox_with,
+    Proc, SANDBOX_API, SandboxProc, admin_json, endpoint_address, port_range, start_sandbox_api,
     write,
 };
 use reqwest::Method;
@@ -43,7 +43,7 @@ async fn start_gateway(
 
 #[tokio::test]
 async fn registers_once_discovers_and_keeps_ports_across_restarts() {
-    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
     let ports = port_range(20);
     let mut gw = start_gateway(&sb, dir.path(), &ports, "").await;
@@ -92,7 +92,7 @@ async fn registers_once_discovers_and_keeps_ports_across_restarts() {
 
 #[tokio::test]
 async fn endpoints_added_and_removed_at_run_time() {
-    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
     gw.wait_for_log_all(&["listener bound", ECHO]).await;
@@ -139,7 +139,7 @@ async fn two_hundred_fifty_endpoints_over_three_pages() {
         ));
     }
     let api = format!("{SANDBOX_API}  page_limit_max: 100\n");
-    let sb = start_sandbox_with(&api, &extra).await;
+    let sb = start_sandbox_api(&api, &extra).await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = start_gateway(&sb, dir.path(), &port_range(300), "").await;
     gw.wait_for_log("configuration applied").await;
@@ -155,7 +155,7 @@ async fn two_hundred_fifty_endpoints_over_three_pages() {
 
 #[tokio::test]
 async fn api_failures_keep_the_last_good_endpoints_serving() {
-    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
     gw.wait_for_log_all(&["listener bound", ECHO]).await;
@@ -183,7 +183,7 @@ async fn api_failures_keep_the_last_good_endpoints_serving() {
 
 #[tokio::test]
 async fn a_rejected_api_key_is_one_clear_fatal_error() {
-    let sb = start_sandbox_with(SANDBOX_API, "").await;
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = sb.dynamic_config(&dir.path().join("state"), &port_range(5), "wrong-key", "");
     let path = write(dir.path(), "bindgate.yaml", &cfg);
@@ -201,7 +201,7 @@ async fn a_rejected_api_key_is_one_clear_fatal_error() {
 #[tokio::test]
 async fn certificate_is_renewed_and_connections_work_before_and_after() {
     let api = format!("{SANDBOX_API}  cert_lifetime: 4s\n");
-    let sb = start_sandbox_with(&api, "").await;
+    let sb = start_sandbox_api(&api, "").await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
     gw.wait_for_log_all(&["listener bound", ECHO]).await;

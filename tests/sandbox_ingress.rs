@@ -74,10 +74,21 @@ impl Fixture {
 }
 
 fn connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
+    TlsConnector::from(Arc::new(client_config(ca, client)))
+}
+
+/// Offers ALPN `h2`, as bindgate's multiplexed transport does.
+fn h2_connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
+    let mut config = client_config(ca, client);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+fn client_config(ca: &Path, client: Option<(&Path, &Path)>) -> rustls::ClientConfig {
     bindgate::identity::install_crypto_provider();
     let roots = bindgate::identity::load_trust_roots(Some(ca), false).unwrap();
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match client {
+    match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(
                 bindgate::identity::load_cert_chain(cert).unwrap(),
@@ -85,8 +96,7 @@ fn connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
             )
             .unwrap(),
         None => builder.with_no_client_auth(),
-    };
-    TlsConnector::from(Arc::new(config))
+    }
 }
 
 fn id_of(url: &str) -> String {
@@ -311,9 +321,15 @@ async fn send_raw(f: &Fixture, bytes: &[u8]) -> (Vec<u8>, std::net::SocketAddr) 
 
 /// The ingress logged exactly one line for this connection, a WARN with the cause.
 fn assert_one_warning(peer: std::net::SocketAddr, cause: &str) {
+    assert_one_line(peer, " WARN ", cause);
+}
+
+/// The ingress logged exactly one line for this connection, at `level` (e.g. `" DEBUG "`), with
+/// the cause.
+fn assert_one_line(peer: std::net::SocketAddr, level: &str, cause: &str) {
     let lines = log_lines_of(peer);
     assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains(" WARN "), "{}", lines[0]);
+    assert!(lines[0].contains(level), "{}", lines[0]);
     assert!(lines[0].contains(cause), "{}", lines[0]);
 }
 
@@ -351,7 +367,20 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
     // The ingress's close is the signal; the guard only bounds a failure.
     let (got, _) = timeout(GUARD, read_until_end(&mut tls)).await.unwrap();
     assert!(got.is_empty());
-    assert_one_warning(peer, "no ConnRequest within 200ms");
+    // Idle is what a warm pool's connections are: closed, logged at debug, not a warning.
+    assert_one_line(
+        peer,
+        " DEBUG ",
+        "closing idle connection: no ConnRequest within 200ms",
+    );
+
+    // A client that stalls in the middle of its frame is a fault.
+    let mut tls = f.connect().await;
+    let peer = tls.get_ref().0.local_addr().unwrap();
+    tls.write_all(&[0x0c]).await.unwrap();
+    let (got, _) = timeout(GUARD, read_until_end(&mut tls)).await.unwrap();
+    assert!(got.is_empty());
+    assert_one_warning(peer, "no complete ConnRequest within 200ms");
     f.sandbox.shutdown().await;
 }
 
@@ -566,4 +595,153 @@ async fn the_ca_is_reused_across_restarts() {
     let response: ConnResponse = wire::read_frame(&mut tls).await.unwrap();
     assert_eq!(response.error_code, "ERR_NGROK_3200");
     second.shutdown().await;
+}
+
+/// An HTTP/2 connection to the ingress over `connector` (which offers ALPN `h2`).
+async fn h2_client(f: &Fixture, connector: &TlsConnector) -> h2::client::SendRequest<Bytes> {
+    let tls = f.connect_with(connector).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Sends `method` `authority` and returns the response head and the stream's two halves.
+async fn h2_request(
+    send: &h2::client::SendRequest<Bytes>,
+    method: http::Method,
+    authority: &str,
+) -> (http::response::Parts, h2::SendStream<Bytes>, h2::RecvStream) {
+    let mut send = send.clone().ready().await.unwrap();
+    let request = http::Request::builder()
+        .method(method.clone())
+        .uri(if method == http::Method::CONNECT {
+            authority.to_owned()
+        } else {
+            format!("https://{authority}/")
+        })
+        .body(())
+        .unwrap();
+    let (response, stream) = send.send_request(request, false).unwrap();
+    let (head, body) = timeout(GUARD, response)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_parts();
+    (head, stream, body)
+}
+
+async fn h2_body(recv: &mut h2::RecvStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = timeout(GUARD, recv.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+fn header(head: &http::response::Parts, name: &str) -> String {
+    head.headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn h2_connect_streams_are_upgrades_with_half_close() {
+    let f = Fixture::start(ECHO).await;
+    let client = f.dir.path().join("client");
+    let connector = h2_connector(
+        &f.sandbox.ca_pem_path(),
+        Some((&client.join("tls.crt"), &client.join("tls.key"))),
+    );
+    let send = h2_client(&f, &connector).await;
+    // Several streams on one connection, each its own upgrade.
+    for i in 0..3u8 {
+        let (head, mut up, mut down) = h2_request(&send, http::Method::CONNECT, "svc.ns:80").await;
+        assert_eq!(head.status, http::StatusCode::OK);
+        let text = Bytes::from(vec![b'a' + i; 100_000]);
+        up.send_data(text.clone(), false).unwrap();
+        up.send_data(Bytes::new(), true).unwrap();
+        // END_STREAM reached the echo target as a write shutdown: the echo ends too.
+        assert_eq!(h2_body(&mut down).await, text);
+    }
+    f.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2_refusals_carry_the_ngrok_code_in_headers() {
+    let f = Fixture::start(ECHO).await;
+    let client = f.dir.path().join("client");
+    let connector = h2_connector(
+        &f.sandbox.ca_pem_path(),
+        Some((&client.join("tls.crt"), &client.join("tls.key"))),
+    );
+    let send = h2_client(&f, &connector).await;
+
+    let (head, _, _) = h2_request(&send, http::Method::CONNECT, "ghost.ns:1").await;
+    assert_eq!(head.status, http::StatusCode::NOT_FOUND);
+    assert_eq!(header(&head, "ngrok-error-code"), "ERR_NGROK_3200");
+    assert!(header(&head, "ngrok-error-message").contains("ghost.ns:1"));
+
+    let (head, _, _) = h2_request(&send, http::Method::GET, "svc.ns:80").await;
+    assert_eq!(head.status, http::StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&head, "ngrok-error-code"), "");
+    assert!(header(&head, "ngrok-error-message").contains("only CONNECT"));
+
+    // The same account check as a ConnRequest, from the connection's client certificate.
+    let (cert_pem, key_pem) = f.sandbox.ca().issue_client_cert("ac_other").unwrap();
+    let cert = f.dir.path().join("other.crt");
+    let key = f.dir.path().join("other.key");
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let other = h2_client(
+        &f,
+        &h2_connector(&f.sandbox.ca_pem_path(), Some((&cert, &key))),
+    )
+    .await;
+    let (head, _, _) = h2_request(&other, http::Method::CONNECT, "svc.ns:80").await;
+    assert_eq!(head.status, http::StatusCode::FORBIDDEN);
+    assert_eq!(header(&head, "ngrok-error-code"), "ERR_NGROK_15010");
+    assert!(header(&head, "ngrok-error-message").contains("`ac_other`"));
+    f.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_h2_off_alpn_is_not_selected_and_the_plain_upgrade_works() {
+    let f = Fixture::start(&format!("ingress: {{ h2: false }}\n{ECHO}")).await;
+    let client = f.dir.path().join("client");
+    let connector = h2_connector(
+        &f.sandbox.ca_pem_path(),
+        Some((&client.join("tls.crt"), &client.join("tls.key"))),
+    );
+    let mut tls = f.connect_with(&connector).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let request = ConnRequest {
+        host: "svc.ns".into(),
+        port: 80,
+        pod_identity: None,
+    };
+    wire::write_frame(&mut tls, &request).await.unwrap();
+    let response: ConnResponse = wire::read_frame(&mut tls).await.unwrap();
+    assert_eq!(response.failure(), None);
+    tls.write_all(b"plain").await.unwrap();
+    tls.shutdown().await.unwrap();
+    let (got, end) = read_until_end(&mut tls).await;
+    assert_eq!(got, b"plain");
+    assert!(end.is_ok(), "{end:?}");
+    f.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_offering_no_alpn_gets_the_plain_upgrade_even_with_h2_on() {
+    let f = Fixture::start(ECHO).await;
+    let tls = f.connect().await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let (_tls, response) = f.upgrade("svc.ns", 80).await;
+    assert_eq!(response.failure(), None);
+    f.sandbox.shutdown().await;
 }

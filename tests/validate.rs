@@ -196,3 +196,87 @@ fn schema_command_matches_committed_schema() {
     .unwrap();
     assert_eq!(out, committed);
 }
+
+#[test]
+fn transport_settings_are_checked() {
+    let tls = tls_dir();
+    let t = tls.path().display();
+    let ingress = |lines: &str| {
+        format!(
+            "\
+version: 1
+ingresses:
+  - name: i
+    address: 127.0.0.1:4443
+    server_name: localhost
+    ca: {t}/ca.pem
+    client_cert: {t}/tls.crt
+    client_key: {t}/tls.key
+{lines}"
+        )
+    };
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "out of range",
+            ingress(
+                "    transport: multiplex\n    pool: { min_idle: 8, max_idle: 4, max_age: 500ms }\n    multiplex: { connections: 0, max_streams: 20000 }\n",
+            ),
+            &[
+                "4 errors",
+                "line 10",
+                "`ingresses[0].pool.max_idle`: is less than min_idle (8)",
+                "`ingresses[0].pool.max_age`: must be at least 1s",
+                "line 11",
+                "`ingresses[0].multiplex.connections`: must be at least 1",
+                "`ingresses[0].multiplex.max_streams`: must be at most 10000",
+            ],
+        ),
+        (
+            "no idle connections",
+            ingress("    pool: { min_idle: 0 }\n"),
+            &[
+                "line 9",
+                "`ingresses[0].pool.min_idle`: must be at least 1 (use `transport: direct` for no pool)",
+            ],
+        ),
+        (
+            "unknown transport",
+            ingress("    transport: quic\n"),
+            &[
+                "line 9",
+                "unknown variant `quic`",
+                "direct",
+                "pool",
+                "multiplex",
+            ],
+        ),
+        (
+            "unknown fallback",
+            ingress("    multiplex: { fallback: direct }\n"),
+            &["line 9", "unknown variant `direct`", "`pool`", "`none`"],
+        ),
+        (
+            "typo in pool",
+            ingress("    pool: { min_idel: 1 }\n"),
+            &["line 9", "unknown field `min_idel`"],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, wants) in cases {
+        let path = write(dir.path(), "bad.yaml", text);
+        let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+        assert_eq!(code, 1, "{name}: expected failure, got: {out}");
+        for want in *wants {
+            assert!(out.contains(want), "{name}: output lacks {want:?}:\n{out}");
+        }
+    }
+    let path = write(
+        dir.path(),
+        "good.yaml",
+        &ingress(
+            "    transport: multiplex\n    multiplex: { connections: 4, max_streams: 500, fallback: none }\n",
+        ),
+    );
+    let (code, out, err) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! `ingresses:` ngrok binding ingresses (or the sandbox's): address, TLS identity and trust.
+//! `ingresses:` ngrok binding ingresses (or the sandbox's): address, TLS identity and trust, and
+//! the transport that carries proxied connections to them (`direct`, `pool`, `multiplex`).
 
 use std::path::PathBuf;
 
@@ -35,18 +36,93 @@ pub struct IngressConfig {
     /// Bound on TCP connect + TLS handshake + binding upgrade.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
-    /// How connections reach the ingress.
+    /// How proxied connections reach the ingress: `pool` (default), `multiplex` or `direct`.
     #[serde(default)]
     pub transport: Transport,
+    /// Warm pool settings: used by `transport: pool`, and by `multiplex` when it falls back.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// HTTP/2 multiplexing settings, used by `transport: multiplex`.
+    #[serde(default)]
+    pub multiplex: MultiplexConfig,
 }
 
 /// Transport to the ingress.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     /// One fresh TCP + TLS dial and binding upgrade per proxied connection.
-    #[default]
     Direct,
+    /// Connections already TCP- and TLS-handshaked wait for their `ConnRequest`: a proxied
+    /// connection costs one upgrade round trip. Works with ngrok's ingress today.
+    #[default]
+    Pool,
+    /// A few persistent mTLS HTTP/2 connections (ALPN `h2`), one CONNECT stream per proxied
+    /// connection; for ingresses that speak HTTP/2 (the sandbox does). See `multiplex.fallback`.
+    Multiplex,
+}
+
+/// The warm pool of handshaked connections.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Connections kept handshaked and idle, ready for a proxied connection (at least 1).
+    #[serde(default = "default_min_idle")]
+    pub min_idle: u32,
+    /// After bursts the pool keeps more idle connections, up to this many.
+    #[serde(default = "default_max_idle")]
+    pub max_idle: u32,
+    /// An idle connection older than this is closed and replaced, never handed out.
+    #[serde(default = "default_max_age")]
+    pub max_age: HumanDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_idle: default_min_idle(),
+            max_idle: default_max_idle(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+/// HTTP/2 multiplexing to the ingress.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MultiplexConfig {
+    /// Persistent HTTP/2 connections kept open (at least 1).
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+    /// Streams (proxied connections) per HTTP/2 connection; when every connection is full,
+    /// another one is opened.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// What to do when the ingress does not agree to HTTP/2 (ALPN `h2`).
+    #[serde(default)]
+    pub fallback: MultiplexFallback,
+}
+
+impl Default for MultiplexConfig {
+    fn default() -> Self {
+        MultiplexConfig {
+            connections: default_connections(),
+            max_streams: default_max_streams(),
+            fallback: MultiplexFallback::default(),
+        }
+    }
+}
+
+/// Fallback when the ingress does not negotiate HTTP/2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiplexFallback {
+    /// Use the warm pool (with the `pool` settings); logged once at info.
+    #[default]
+    Pool,
+    /// Fail every connection with an error saying the ingress refused HTTP/2.
+    #[serde(rename = "none")]
+    Fail,
 }
 
 fn yes() -> bool {
@@ -55,4 +131,24 @@ fn yes() -> bool {
 
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration::from_secs(5)
+}
+
+fn default_min_idle() -> u32 {
+    2
+}
+
+fn default_max_idle() -> u32 {
+    32
+}
+
+fn default_max_age() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+
+fn default_connections() -> u32 {
+    2
+}
+
+fn default_max_streams() -> u32 {
+    100
 }

@@ -25,7 +25,7 @@ pub use dynamic::{
     parse_port_range,
 };
 pub use env::{EnvError, expand as expand_env};
-pub use ingress::{IngressConfig, Transport};
+pub use ingress::{IngressConfig, MultiplexConfig, MultiplexFallback, PoolConfig, Transport};
 pub use listener::{Limits, ListenerConfig, Protocol, RouteConfig, RouteMatch};
 pub use ngrok::*;
 pub use source_map::SourceMap;

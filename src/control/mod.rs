@@ -71,6 +71,7 @@ impl Gateway {
             admin,
         };
         let first = gw.snapshot.load_full();
+        first.activate_transports();
         gw.listeners.reconcile(&first).await;
         gw.applied.store(true, Ordering::Release);
         Ok(gw)
@@ -81,6 +82,7 @@ impl Gateway {
     pub async fn apply(&mut self, next: Snapshot) {
         let next = Arc::new(next);
         self.snapshot.store(next.clone());
+        next.activate_transports();
         self.listeners.reconcile(&next).await;
     }
 

@@ -69,6 +69,15 @@ pub struct IngressConfig {
     /// endpoint's target.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: ConfigDuration,
+    /// Offer HTTP/2 by ALPN (`h2`) for bindgate's multiplexed transport: CONNECT streams instead
+    /// of one connection per upgrade. Clients that offer no ALPN (ngrok's own) get the plain
+    /// binding upgrade either way. `false` emulates an ingress without HTTP/2.
+    #[serde(default = "yes")]
+    pub h2: bool,
+    /// Test knob: after this many streams on one HTTP/2 connection, send GOAWAY (graceful:
+    /// those streams finish, new ones must go to another connection).
+    #[serde(default)]
+    pub h2_goaway_after_streams: Option<u64>,
 }
 
 impl Default for IngressConfig {
@@ -77,8 +86,14 @@ impl Default for IngressConfig {
             address: loopback_any_port(),
             server_names: default_server_names(),
             handshake_timeout: default_handshake_timeout(),
+            h2: true,
+            h2_goaway_after_streams: None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Addresses of the built-in backends, each a real local listener.
@@ -248,6 +263,12 @@ impl SandboxConfig {
             return Err((
                 "ingress.server_names".into(),
                 "needs at least one name".into(),
+            ));
+        }
+        if self.ingress.h2_goaway_after_streams == Some(0) {
+            return Err((
+                "ingress.h2_goaway_after_streams".into(),
+                "must be at least 1".into(),
             ));
         }
         if self.ingress.handshake_timeout.0.is_zero() {

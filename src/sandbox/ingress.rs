@@ -10,8 +10,12 @@
 //! | `ERR_NGROK_3200` | no endpoint serves `host:port`, or the endpoint has the `refuse` fault |
 //! | `ERR_NGROK_8012` | the endpoint's target could not be dialed |
 //!
-//! A connection that sends no valid frame in time is closed without an answer. This module owns
-//! the per-connection state machine; it does not own the listener's accept loop or the registry.
+//! A connection that sends no valid frame in time is closed without an answer: logged at debug
+//! when it stayed silent (a warm pool's idle connection), at warn when it stalled mid-frame. A
+//! client that
+//! negotiates ALPN `h2` (offered when `ingress.h2` is true) is served by `super::h2` instead: the
+//! same decision per CONNECT stream. This module owns the per-connection state machine; it does
+//! not own the listener's accept loop or the registry.
 
 use std::io;
 use std::net::SocketAddr;
@@ -46,6 +50,7 @@ pub struct Ingress {
     account_id: String,
     registry: Arc<EndpointRegistry>,
     handshake_timeout: Duration,
+    h2_goaway_after_streams: Option<u64>,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -58,7 +63,7 @@ impl std::fmt::Debug for Ingress {
 }
 
 /// Why a connection ended before or during the pipe; only for the debug log line.
-enum PipeEnd {
+pub(super) enum PipeEnd {
     Done { up: u64, down: u64 },
     Reset { up: u64 },
 }
@@ -78,7 +83,18 @@ impl Ingress {
             account_id,
             registry,
             handshake_timeout,
+            h2_goaway_after_streams: None,
         }
+    }
+
+    /// HTTP/2 connections send GOAWAY after this many streams (a test knob).
+    pub fn with_h2_goaway_after_streams(mut self, streams: Option<u64>) -> Self {
+        self.h2_goaway_after_streams = streams;
+        self
+    }
+
+    pub(super) fn h2_goaway_after_streams(&self) -> Option<u64> {
+        self.h2_goaway_after_streams
     }
 
     /// Serves one accepted TCP connection to its end. Never panics on peer input.
@@ -96,7 +112,18 @@ impl Ingress {
                 return;
             }
         };
-        let request: ConnRequest = match timeout_at(deadline, wire::read_frame(&mut tls)).await {
+        let identity = ClientIdentity::of(&tls);
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            super::h2::serve(self, tls, peer, identity, deadline).await;
+            return;
+        }
+        let mut counted = CountingReader {
+            inner: &mut tls,
+            bytes: 0,
+        };
+        let read = timeout_at(deadline, wire::read_frame(&mut counted)).await;
+        let partial = counted.bytes > 0;
+        let request: ConnRequest = match read {
             Ok(Ok(request)) => request,
             // A client that connects and leaves without a word (a warm pool discarding a
             // connection) is normal, not malformed.
@@ -108,16 +135,25 @@ impl Ingress {
                 warn!(%peer, "ingress closing connection: bad ConnRequest: {e}");
                 return;
             }
+            // Silent all along: an idle connection (what a warm pool keeps), not a fault.
+            Err(_) if !partial => {
+                debug!(
+                    %peer,
+                    "ingress closing idle connection: no ConnRequest within {:?}",
+                    self.handshake_timeout
+                );
+                return;
+            }
             Err(_) => {
                 warn!(
                     %peer,
-                    "ingress closing connection: no ConnRequest within {:?}",
+                    "ingress closing connection: no complete ConnRequest within {:?}",
                     self.handshake_timeout
                 );
                 return;
             }
         };
-        let (endpoint, backend) = match self.upgrade(&tls, &request).await {
+        let (endpoint, backend) = match self.upgrade(identity.as_ref(), &request).await {
             Ok(ready) => ready,
             Err(response) => {
                 debug!(
@@ -164,29 +200,26 @@ impl Ingress {
         }
     }
 
-    /// Decides the upgrade: the endpoint and a connected target, or the error to answer.
-    async fn upgrade(
+    /// Decides the upgrade (a `ConnRequest`, or an HTTP/2 CONNECT's `host:port`) for a client
+    /// with this certificate: the endpoint and a connected target, or the error to answer.
+    pub(super) async fn upgrade(
         &self,
-        tls: &TlsStream<TcpStream>,
+        identity: Option<&ClientIdentity>,
         request: &ConnRequest,
     ) -> Result<(Arc<BoundEndpoint>, TcpStream), ConnResponse> {
-        let identity = ClientIdentity::of(tls);
-        if identity
-            .as_ref()
-            .is_some_and(|id| self.ca.is_revoked(&id.serial))
-        {
+        if identity.is_some_and(|id| self.ca.is_revoked(&id.serial)) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
                 "the kubernetes operator this client certificate was issued to no longer exists",
             ));
         }
-        let account = identity.and_then(|id| id.account);
-        if account.as_deref() != Some(self.account_id.as_str()) {
+        let account = identity.and_then(|id| id.account.as_deref());
+        if account != Some(self.account_id.as_str()) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
                 format!(
                     "the client certificate names account `{}`, which has no kubernetes operator on this ingress",
-                    account.as_deref().unwrap_or("(none)")
+                    account.unwrap_or("(none)")
                 ),
             ));
         }
@@ -242,7 +275,7 @@ fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {
 }
 
 /// What the ingress reads from the verified client certificate.
-struct ClientIdentity {
+pub(super) struct ClientIdentity {
     /// The first DNS SAN.
     account: Option<String>,
     serial: Vec<u8>,
@@ -269,8 +302,27 @@ impl ClientIdentity {
     }
 }
 
+/// Counts the bytes read through it: tells a silent client from one that stalled mid-frame.
+struct CountingReader<'a, R> {
+    inner: &'a mut R,
+    bytes: u64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        self.bytes += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
 /// How a pipe direction failed: the reset fault is not an I/O error, it is the plan.
-enum PipeError {
+pub(super) enum PipeError {
     Io(io::Error),
     ResetFault { up: u64 },
 }
@@ -313,7 +365,7 @@ async fn pipe(
 
 /// Copies client→backend, applying the read-rate and reset faults. On client EOF (close_notify)
 /// it shuts down the backend's write side.
-async fn copy_client_to_backend<R, W>(
+pub(super) async fn copy_client_to_backend<R, W>(
     client: &mut R,
     backend: &mut W,
     endpoint: &BoundEndpoint,

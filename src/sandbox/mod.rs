@@ -4,7 +4,8 @@
 //! [`Sandbox::start`] binds everything (built-in backends, the binding ingress, the API when
 //! configured) and returns once every listener accepts. Submodules: `config` (sandbox.yaml),
 //! `ca` (the persisted CA), `endpoints` (the registry of bound endpoints), `ingress` (mTLS +
-//! upgrade + pipe), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
+//! upgrade + pipe; `h2` serves the same upgrade as HTTP/2 CONNECT streams when the client
+//! negotiates ALPN `h2`), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
 //! (echo, http), `faults` (per-endpoint fault knobs). The sandbox shares nothing with bindgate's
 //! proxy side except the wire format (`crate::wire`): it is written from PROTOCOL.md alone.
 
@@ -14,6 +15,7 @@ pub mod ca;
 pub mod config;
 pub mod endpoints;
 pub mod faults;
+pub mod h2;
 pub mod ingress;
 
 use std::future::Future;
@@ -113,18 +115,24 @@ impl Sandbox {
         )?);
         let listener = bind("ingress", config.ingress.address).await?;
         let ingress_addr = local_addr("ingress", config.ingress.address, &listener)?;
-        let ingress_tls = ca.server_tls(
+        let mut ingress_tls = ca.server_tls(
             &config.ingress.server_names,
             &certificate_ips(ingress_addr.ip()),
             ClientAuth::Required,
         )?;
-        let ingress = Arc::new(Ingress::new(
-            Arc::new(ingress_tls),
-            Arc::clone(&ca),
-            config.account_id.clone(),
-            Arc::clone(&registry),
-            config.ingress.handshake_timeout.get(),
-        ));
+        if config.ingress.h2 {
+            ingress_tls.alpn_protocols = vec![b"h2".to_vec()];
+        }
+        let ingress = Arc::new(
+            Ingress::new(
+                Arc::new(ingress_tls),
+                Arc::clone(&ca),
+                config.account_id.clone(),
+                Arc::clone(&registry),
+                config.ingress.handshake_timeout.get(),
+            )
+            .with_h2_goaway_after_streams(config.ingress.h2_goaway_after_streams),
+        );
         tasks.push(spawn_accept_loop(
             listener,
             shutdown.clone(),
@@ -315,14 +323,28 @@ fn certificate_ips(ip: IpAddr) -> Vec<IpAddr> {
     }
 }
 
+/// Accept queue of the sandbox's listeners. Benchmarks and multiplexed tests open bursts of a
+/// thousand connections to a backend at once; tokio's default of 1024 overflows under CPU
+/// contention, and an overflowed queue ends in a reset connection. The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, SandboxError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| SandboxError::Bind {
-            what,
-            address,
-            source,
-        })
+    let listen = || {
+        let socket = match address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As tokio's `TcpListener::bind` does: a restarted sandbox rebinds its fixed ports.
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| SandboxError::Bind {
+        what,
+        address,
+        source,
+    })
 }
 
 fn local_addr(

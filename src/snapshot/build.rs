@@ -11,7 +11,7 @@ use super::routes::{RouteCompiler, RouteTable};
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
     ClusterConfig, ClusterKind, ConfigError, ConfigErrors, IngressConfig, Limits, LoadedConfig,
-    Protocol,
+    Protocol, Transport,
 };
 use crate::host::Placement;
 use crate::identity;
@@ -19,6 +19,7 @@ use crate::proxy::limits::Admission;
 use crate::upstream::{
     BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
 };
+use crate::upstream::{Fingerprint, MultiplexSettings, PoolSettings, TransportSettings};
 
 pub(super) struct Checker<'a> {
     pub(super) loaded: &'a LoadedConfig,
@@ -449,10 +450,12 @@ fn build_ingress(
             None => ClientAuth::NotYetRegistered,
         }),
     };
+    let settings = transport_settings(c, path, ing);
     if c.errors.len() != errors_before {
         return None;
     }
-    let (roots, auth, server_name) = (roots?, identity?, server_name?);
+    let (roots, auth, server_name, settings) = (roots?, identity?, server_name?, settings?);
+    let trust = Fingerprint::of_roots(&roots);
     let builder = rustls::ClientConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
@@ -466,13 +469,15 @@ fn build_ingress(
         ClientAuth::NotYetRegistered => Ok(builder.with_no_client_auth()),
     };
     match tls {
-        Ok(tls) => Some(Ingress {
-            name: ing.name.clone(),
+        Ok(tls) => Some(Ingress::new(
+            &ing.name,
             address,
             server_name,
-            tls: Arc::new(tls),
-            connect_timeout: ing.connect_timeout.get(),
-        }),
+            Arc::new(tls),
+            ing.connect_timeout.get(),
+            trust,
+            settings,
+        )),
         Err(e) => {
             c.err(
                 format!("{path}.client_key"),
@@ -482,6 +487,87 @@ fn build_ingress(
         }
     }
 }
+
+/// The ingress's `transport`, `pool` and `multiplex` settings, checked.
+fn transport_settings(
+    c: &mut Checker<'_>,
+    path: &str,
+    ing: &IngressConfig,
+) -> Option<TransportSettings> {
+    let errors_before = c.errors.len();
+    let p = &ing.pool;
+    if p.min_idle == 0 {
+        c.err(
+            format!("{path}.pool.min_idle"),
+            "must be at least 1 (use `transport: direct` for no pool)",
+        );
+    }
+    if p.max_idle > MAX_POOL_IDLE {
+        c.err(
+            format!("{path}.pool.max_idle"),
+            format!("must be at most {MAX_POOL_IDLE}"),
+        );
+    }
+    if p.min_idle > p.max_idle {
+        c.err(
+            format!("{path}.pool.max_idle"),
+            format!("is less than min_idle ({})", p.min_idle),
+        );
+    }
+    if p.max_age.get() < Duration::from_secs(1) {
+        c.err(format!("{path}.pool.max_age"), "must be at least 1s");
+    }
+    let m = &ing.multiplex;
+    if m.connections == 0 {
+        c.err(
+            format!("{path}.multiplex.connections"),
+            "must be at least 1",
+        );
+    } else if m.connections > MAX_MUX_CONNECTIONS {
+        c.err(
+            format!("{path}.multiplex.connections"),
+            format!("must be at most {MAX_MUX_CONNECTIONS}"),
+        );
+    }
+    if m.max_streams == 0 {
+        c.err(
+            format!("{path}.multiplex.max_streams"),
+            "must be at least 1",
+        );
+    } else if m.max_streams > MAX_MUX_STREAMS {
+        c.err(
+            format!("{path}.multiplex.max_streams"),
+            format!("must be at most {MAX_MUX_STREAMS}"),
+        );
+    }
+    if c.errors.len() != errors_before {
+        return None;
+    }
+    let pool = PoolSettings {
+        min_idle: p.min_idle as usize,
+        max_idle: p.max_idle as usize,
+        max_age: p.max_age.get(),
+    };
+    Some(match ing.transport {
+        Transport::Direct => TransportSettings::Direct,
+        Transport::Pool => TransportSettings::Pool(pool),
+        Transport::Multiplex => TransportSettings::Multiplex(
+            MultiplexSettings {
+                connections: m.connections as usize,
+                max_streams: m.max_streams as usize,
+                fallback: m.fallback,
+            },
+            pool,
+        ),
+    })
+}
+
+/// Sanity caps on transport settings (a typo like `max_idle: 32000` is an error, not a storm of
+/// handshakes).
+const MAX_POOL_IDLE: u32 = 1024;
+const MAX_MUX_CONNECTIONS: u32 = 64;
+/// HTTP/2 allows 2^31 streams in theory; more than this on one connection is a typo.
+const MAX_MUX_STREAMS: u32 = 10_000;
 
 fn build_cluster(
     c: &mut Checker<'_>,

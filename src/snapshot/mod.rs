@@ -22,7 +22,7 @@ pub use routes::{
 use crate::config::{Config, Limits, Protocol};
 use crate::host::Placement;
 use crate::proxy::limits::Admission;
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, ClusterTarget};
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -42,6 +42,20 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
         self.by_name.get(name).and_then(|i| self.listeners.get(*i))
+    }
+
+    /// Starts the transports of the ingresses this snapshot's clusters use (warm pools fill,
+    /// HTTP/2 connections open) and retires those they replace. Called when the snapshot is
+    /// published, never by `validate`; idempotent.
+    pub fn activate_transports(&self) {
+        let mut done = std::collections::HashSet::new();
+        for cluster in self.clusters.values() {
+            if let ClusterTarget::Binding(b) = &cluster.target {
+                if done.insert(Arc::as_ptr(&b.ingress)) {
+                    b.ingress.transport.activate(&b.ingress.name);
+                }
+            }
+        }
     }
 
     /// The longest `drain_timeout` of any listener: how long a full shutdown may take.

@@ -1,20 +1,20 @@
 //! `binding_upstream`: reaching an ngrok bound endpoint through a binding ingress.
-//! TCP connect → mTLS (SNI = ingress host) → framed ConnRequest → framed ConnResponse → raw pipe.
-//!
-//! The dial is the `direct` transport: one fresh connection per proxied connection.
+//! TCP connect → mTLS (SNI = ingress host) → framed ConnRequest → framed ConnResponse → raw pipe,
+//! or a CONNECT stream on a multiplexed HTTP/2 connection; the ingress's transport decides.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
+use super::dial::IngressDialer;
+use super::transport::{Fingerprint, IngressTransport, TransportSettings, TransportSpec};
 use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
-use crate::wire::{self, ConnRequest, ConnResponse};
+use crate::wire::ConnRequest;
 
-/// One binding ingress: where it is and the TLS identity and trust used with it.
+/// One binding ingress: where it is, the TLS identity and trust used with it, and the transport
+/// (direct dial, warm pool, or HTTP/2 multiplexer) that carries connections to it.
 pub struct Ingress {
     pub name: String,
     /// `host:port`.
@@ -22,6 +22,44 @@ pub struct Ingress {
     pub server_name: ServerName<'static>,
     pub tls: Arc<rustls::ClientConfig>,
     pub connect_timeout: Duration,
+    /// Shared with earlier snapshots' ingresses of the same identity and settings (see
+    /// `upstream::transport`), so a reload keeps warm connections.
+    pub transport: IngressTransport,
+}
+
+impl Ingress {
+    /// An ingress and its transport: the live one of an earlier build with the same identity
+    /// and settings, or a new one (started only when a snapshot using it is published).
+    /// `trust` fingerprints the roots `tls` was built with.
+    pub fn new(
+        name: &str,
+        address: String,
+        server_name: ServerName<'static>,
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        trust: Fingerprint,
+        settings: TransportSettings,
+    ) -> Ingress {
+        let transport = super::transport_for(TransportSpec {
+            dialer: IngressDialer {
+                name: Arc::from(name),
+                address: Arc::from(address.as_str()),
+                server_name: server_name.clone(),
+                tls: tls.clone(),
+                connect_timeout,
+            },
+            trust,
+            settings,
+        });
+        Ingress {
+            name: name.to_owned(),
+            address,
+            server_name,
+            tls,
+            connect_timeout,
+            transport,
+        }
+    }
 }
 
 impl std::fmt::Debug for Ingress {
@@ -30,6 +68,7 @@ impl std::fmt::Debug for Ingress {
             .field("name", &self.name)
             .field("address", &self.address)
             .field("server_name", &self.server_name)
+            .field("transport", &self.transport.kind())
             .finish_non_exhaustive()
     }
 }
@@ -42,57 +81,23 @@ pub struct BindingTarget {
 }
 
 impl BindingTarget {
-    /// Dials the ingress and performs the binding upgrade; the whole of it is bounded by the
-    /// ingress's `connect_timeout`.
+    /// Opens an upgraded stream to the endpoint through the ingress's transport; the whole of it
+    /// (a dial, a pooled connection's upgrade, or a CONNECT stream) is bounded by the ingress's
+    /// `connect_timeout`.
     pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
         let ingress = &self.ingress;
-        match tokio::time::timeout(ingress.connect_timeout, self.dial()).await {
+        let request = ConnRequest {
+            host: self.url.host.clone(),
+            port: i64::from(self.url.port),
+            pod_identity: None,
+        };
+        let open = ingress.transport.open(&self.url, &request);
+        match tokio::time::timeout(ingress.connect_timeout, open).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout {
                 addr: ingress.address.clone(),
                 after: ingress.connect_timeout,
             }),
         }
-    }
-
-    async fn dial(&self) -> Result<UpstreamStream, UpstreamError> {
-        let ingress = &self.ingress;
-        let addr = &ingress.address;
-        let tcp =
-            TcpStream::connect(addr.as_str())
-                .await
-                .map_err(|source| UpstreamError::Connect {
-                    addr: addr.clone(),
-                    source,
-                })?;
-        let _ = tcp.set_nodelay(true);
-        let mut tls = TlsConnector::from(ingress.tls.clone())
-            .connect(ingress.server_name.clone(), tcp)
-            .await
-            .map_err(|e| UpstreamError::tls(addr, &e))?;
-        let request = ConnRequest {
-            host: self.url.host.clone(),
-            port: i64::from(self.url.port),
-            pod_identity: None,
-        };
-        wire::write_frame(&mut tls, &request)
-            .await
-            .map_err(|e| UpstreamError::upgrade(addr, e))?;
-        // TLS 1.3 reports a rejected client certificate here, on the first read.
-        let response: ConnResponse = wire::read_frame(&mut tls)
-            .await
-            .map_err(|e| UpstreamError::upgrade(addr, e))?;
-        for notice in &response.notices {
-            tracing::warn!(ingress = %ingress.name, endpoint = %self.url, "ingress notice: {}", notice.message);
-        }
-        if let Some(failure) = response.failure() {
-            return Err(UpstreamError::Refused {
-                addr: addr.clone(),
-                endpoint: self.url.to_string(),
-                failure,
-            });
-        }
-        tracing::debug!(ingress = %ingress.name, endpoint = %self.url, endpoint_id = %response.endpoint_id, "binding upgrade done");
-        Ok(UpstreamStream::Tls(Box::new(tls)))
     }
 }

@@ -1,19 +1,33 @@
 //! Clusters and how they reach their upstreams: `static` (plain TCP) and `binding_upstream`
 //! (mTLS + binding upgrade through an ingress), with retries before any byte went upstream.
 //!
-//! Everything here is built once per snapshot and shared by the connections accepted under it.
+//! Clusters are built once per snapshot and shared by the connections accepted under it. An
+//! ingress's transport (`transport`: `dial` direct, `pool` warm, `multiplex` HTTP/2) is stateful
+//! and outlives snapshots: `transport::transport_for` hands a rebuilt ingress its predecessor's.
 
 pub mod binding;
+pub mod dial;
+pub mod h2_stream;
+pub mod multiplex;
+pub mod pool;
 pub mod retry;
 pub mod static_cluster;
 pub mod stream;
+pub mod transport;
 
 use std::time::Duration;
 
 pub use binding::{BindingTarget, Ingress};
+pub use dial::IngressDialer;
+pub use h2_stream::H2Stream;
+pub use multiplex::{MultiplexSettings, Multiplexer};
+pub use pool::{PoolSettings, WarmPool};
 pub use retry::RetryPolicy;
 pub use static_cluster::StaticEndpoints;
 pub use stream::UpstreamStream;
+pub use transport::{
+    Fingerprint, IngressKey, IngressTransport, TransportSettings, TransportSpec, transport_for,
+};
 
 use crate::wire::FrameError;
 
@@ -47,6 +61,39 @@ impl UpstreamError {
         UpstreamError::Tls {
             addr: addr.to_owned(),
             reason: describe_tls(e),
+        }
+    }
+
+    /// A copy for a second caller (errors hold `io::Error`, which is not `Clone`): several
+    /// streams waiting on one failed HTTP/2 dial each get it.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            UpstreamError::Connect { addr, source } => UpstreamError::Connect {
+                addr: addr.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            UpstreamError::Timeout { addr, after } => UpstreamError::Timeout {
+                addr: addr.clone(),
+                after: *after,
+            },
+            UpstreamError::Tls { addr, reason } => UpstreamError::Tls {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            UpstreamError::Upgrade { addr, reason } => UpstreamError::Upgrade {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            UpstreamError::Refused {
+                addr,
+                endpoint,
+                failure,
+            } => UpstreamError::Refused {
+                addr: addr.clone(),
+                endpoint: endpoint.clone(),
+                failure: failure.clone(),
+            },
+            UpstreamError::NoEndpoints => UpstreamError::NoEndpoints,
         }
     }
 
@@ -138,6 +185,7 @@ impl Cluster {
             ClusterTarget::Binding(b) => serde_json::json!({
                 "name": self.name, "type": "binding_upstream", "endpoint": b.url.to_string(),
                 "ingress": b.ingress.name, "ingress_address": b.ingress.address,
+                "transport": b.ingress.transport.describe(),
             }),
         }
     }

@@ -1,4 +1,5 @@
-//! The byte stream a cluster hands back: plain TCP, or TLS to a binding ingress after the upgrade.
+//! The byte stream a cluster hands back: plain TCP, TLS to a binding ingress after the upgrade,
+//! or a CONNECT stream on a multiplexed HTTP/2 connection to the ingress.
 
 use std::io;
 use std::pin::Pin;
@@ -8,9 +9,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::H2Stream;
+
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    H2(Box<H2Stream>),
 }
 
 macro_rules! delegate {
@@ -21,6 +25,10 @@ macro_rules! delegate {
                 $e
             }
             UpstreamStream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            UpstreamStream::H2($s) => {
                 let $s = Pin::new($s.as_mut());
                 $e
             }
@@ -57,13 +65,14 @@ impl AsyncWrite for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.is_write_vectored(),
             UpstreamStream::Tls(s) => s.is_write_vectored(),
+            UpstreamStream::H2(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => s.poll_flush(cx))
     }
     /// For TLS this sends close_notify, then shuts the TCP write side: a half-close that leaves
-    /// the read side open for the reply (allowed by TLS 1.3).
+    /// the read side open for the reply (allowed by TLS 1.3). For HTTP/2 it sends END_STREAM.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => s.poll_shutdown(cx))
     }

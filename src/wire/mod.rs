@@ -16,6 +16,11 @@ pub mod pb {
 
 pub use pb::{ConnRequest, ConnResponse, PodIdentity, conn_response::Notice};
 
+/// HTTP/2 (multiplexed) form of the upgrade: a non-2xx answer to `CONNECT host:port` carries the
+/// ngrok error code and message, the `ConnResponse` fields, in these response headers.
+pub const ERROR_CODE_HEADER: &str = "ngrok-error-code";
+pub const ERROR_MESSAGE_HEADER: &str = "ngrok-error-message";
+
 /// The largest body a frame can carry: its length is a `u16`.
 pub const MAX_FRAME_LEN: usize = u16::MAX as usize;
 

@@ -171,11 +171,21 @@ pub struct SandboxProc {
 
 /// The endpoints every e2e sandbox serves; `extra` is appended to the `endpoints:` list.
 pub async fn start_sandbox(extra: &str) -> SandboxProc {
-    start_sandbox_with("", extra).await
+    start_sandbox_full("", "", extra).await
 }
 
-/// Like `start_sandbox`, with `top` (e.g. an `api:` section) added at the top level.
-pub async fn start_sandbox_with(top: &str, extra: &str) -> SandboxProc {
+/// Like [`start_sandbox`], with `ingress` lines (indented two spaces, newline-terminated)
+/// appended to the sandbox's `ingress:` section, e.g. `"  h2: false\n"`.
+pub async fn start_sandbox_with(ingress: &str, extra: &str) -> SandboxProc {
+    start_sandbox_full(ingress, "", extra).await
+}
+
+/// Like [`start_sandbox`], with `top` (e.g. an `api:` section) added at the top level.
+pub async fn start_sandbox_api(top: &str, extra: &str) -> SandboxProc {
+    start_sandbox_full("", top, extra).await
+}
+
+pub async fn start_sandbox_full(ingress: &str, top: &str, extra: &str) -> SandboxProc {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let cfg = format!(
@@ -185,7 +195,7 @@ account_id: ac_e2e
 ingress:
   address: 127.0.0.1:0
   server_names: [localhost]
-backends:
+{ingress}backends:
   echo: 127.0.0.1:0
   http: 127.0.0.1:0
 {top}
@@ -444,5 +454,71 @@ impl EchoStream {
                 .all(|c| c == self.chunk.as_slice()),
             "bytes differ"
         );
+    }
+}
+
+/// A process's stderr lines, handed over from [`Proc`] for tests that wait on many lines.
+pub struct Logs {
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line received so far.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Takes over the stderr lines (the `wait_for_log*` methods see none afterwards).
+    pub fn logs(&mut self) -> Logs {
+        let (_, empty) = mpsc::unbounded_channel();
+        Logs {
+            lines: std::mem::replace(&mut self.stderr, empty),
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Logs {
+    /// Waits for a line containing `needle` (searching lines already seen first).
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "log line containing {needle:?} never came; log was:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Waits until `n` lines containing `needle` have been seen; returns them.
+    pub async fn wait_for_count(&mut self, needle: &str, n: usize) -> Vec<String> {
+        loop {
+            let found = self.matching(needle);
+            if found.len() >= n {
+                return found;
+            }
+            match self.lines.recv().await {
+                Some(line) => self.seen.push(line),
+                None => panic!(
+                    "{n} log lines containing {needle:?} never came; log was:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Lines received so far that contain `needle`.
+    pub fn matching(&mut self, needle: &str) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 }

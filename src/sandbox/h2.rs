@@ -1,0 +1,351 @@
+//! The ingress over HTTP/2 (ALPN `h2`), for bindgate's multiplexed transport: each CONNECT stream
+//! is one binding upgrade. `:authority` `host:port` is decided exactly like a `ConnRequest`
+//! (same account check from the client certificate, same lookup, same faults); success is a 200
+//! response and the stream becomes the byte pipe, with half-close both ways (END_STREAM from the
+//! client → `shutdown(Write)` on the target; EOF from the target → END_STREAM). A refusal is a
+//! 4xx/5xx response carrying the ngrok code and message in the `ngrok-error-code` and
+//! `ngrok-error-message` headers:
+//!
+//! | status | code |
+//! |---|---|
+//! | 403 | `ERR_NGROK_15010` (account mismatch, revoked operator) |
+//! | 404 | `ERR_NGROK_3200` (no such endpoint, or the `refuse` fault) |
+//! | 502 | `ERR_NGROK_8012` (the target could not be dialed) |
+//! | 400 / 405 | no code: not a CONNECT, or `:authority` is not `host:port` |
+//!
+//! Like the rest of the sandbox this is written from the protocol, not from bindgate's client.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+
+use super::endpoints::BoundEndpoint;
+use super::faults::REFUSE_CODE;
+use super::ingress::{
+    ACCOUNT_MISMATCH_CODE, ClientIdentity, Ingress, NOT_FOUND_CODE, PipeEnd, PipeError,
+    TARGET_UNREACHABLE_CODE, copy_client_to_backend,
+};
+use crate::wire::{ConnRequest, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER};
+
+/// Flow-control windows granted to the client: per stream and per connection.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Concurrent streams one client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
+const MAX_STREAMS: u32 = 10_000;
+const PIPE_BUFFER: usize = 16 * 1024;
+
+/// Serves one HTTP/2 connection until it closes. `deadline` bounds the HTTP/2 preface like the
+/// `ConnRequest` of a plain connection; after that the connection lives as long as the client
+/// keeps it.
+pub(super) async fn serve(
+    ingress: Arc<Ingress>,
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    identity: Option<ClientIdentity>,
+    deadline: Instant,
+) {
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .handshake::<_, Bytes>(tls);
+    let mut conn = match timeout_at(deadline, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            debug!(%peer, "ingress HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "ingress HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    debug!(%peer, "ingress HTTP/2 connection");
+    let identity = Arc::new(identity);
+    let goaway_after = ingress.h2_goaway_after_streams();
+    let mut accepted: u64 = 0;
+    let mut streams = JoinSet::new();
+    let end = loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    accepted += 1;
+                    if goaway_after == Some(accepted) {
+                        debug!(%peer, accepted, "ingress HTTP/2 connection: stream limit reached, sending GOAWAY");
+                        conn.graceful_shutdown();
+                    }
+                    streams.spawn(serve_stream(
+                        Arc::clone(&ingress),
+                        Arc::clone(&identity),
+                        request,
+                        respond,
+                        peer,
+                    ));
+                }
+                Some(Err(e)) => break format!("failed: {e}"),
+                None => break "closed".to_owned(),
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    };
+    debug!(%peer, streams = accepted, "ingress HTTP/2 connection {end}");
+}
+
+/// One CONNECT stream: decide, answer, pipe.
+async fn serve_stream(
+    ingress: Arc<Ingress>,
+    identity: Arc<Option<ClientIdentity>>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+) {
+    let target = match connect_target(&request) {
+        Ok(target) => target,
+        Err((status, reason)) => {
+            debug!(%peer, "ingress refusing HTTP/2 stream: {reason}");
+            refuse(&mut respond, status, "", &reason);
+            return;
+        }
+    };
+    let (endpoint, backend) = match ingress.upgrade(identity.as_ref().as_ref(), &target).await {
+        Ok(ready) => ready,
+        Err(response) => {
+            debug!(
+                %peer,
+                host = %target.host,
+                port = target.port,
+                "ingress refusing HTTP/2 stream: {}",
+                response.failure().unwrap_or_default()
+            );
+            refuse(
+                &mut respond,
+                status_for(&response.error_code),
+                &response.error_code,
+                &response.error_message,
+            );
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!(%peer, "ingress could not answer CONNECT: {e}");
+            return;
+        }
+    };
+    match pipe(request.into_body(), send, backend, &endpoint).await {
+        Ok(PipeEnd::Done { up, down }) => {
+            debug!(%peer, endpoint = %endpoint.url, up, down, "ingress stream done")
+        }
+        Ok(PipeEnd::Reset { up }) => {
+            debug!(%peer, endpoint = %endpoint.url, up, "ingress stream reset (fault)")
+        }
+        Err(e) => debug!(%peer, endpoint = %endpoint.url, "ingress stream failed: {e}"),
+    }
+}
+
+/// The `(host, port)` a CONNECT asks for, or the status and reason to refuse it with.
+fn connect_target(request: &Request<RecvStream>) -> Result<ConnRequest, (StatusCode, String)> {
+    if request.method() != Method::CONNECT {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "only CONNECT is served here, not {}",
+                request.method().as_str()
+            ),
+        ));
+    }
+    let authority = request.uri().authority().ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            "CONNECT without :authority".to_owned(),
+        )
+    })?;
+    let port = authority.port_u16().ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("CONNECT authority `{authority}` has no port"),
+        )
+    })?;
+    Ok(ConnRequest {
+        host: authority.host().to_owned(),
+        port: i64::from(port),
+        pod_identity: None,
+    })
+}
+
+fn status_for(code: &str) -> StatusCode {
+    match code {
+        ACCOUNT_MISMATCH_CODE => StatusCode::FORBIDDEN,
+        NOT_FOUND_CODE => StatusCode::NOT_FOUND,
+        TARGET_UNREACHABLE_CODE => StatusCode::BAD_GATEWAY,
+        c if c == REFUSE_CODE => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Answers `status` with the error headers and ends the stream (best effort).
+fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode, code: &str, message: &str) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if !code.is_empty() {
+        headers.insert(ERROR_CODE_HEADER, header_value(code));
+    }
+    headers.insert(ERROR_MESSAGE_HEADER, header_value(message));
+    let _ = respond.send_response(response, true);
+}
+
+/// Header values are visible ASCII: anything else becomes `?`.
+fn header_value(text: &str) -> HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+/// Pipes a stream and the target both ways with half-close; faults apply to the client → target
+/// direction as on a plain connection (a reset fault resets the stream).
+async fn pipe(
+    recv: RecvStream,
+    mut send: SendStream<Bytes>,
+    backend: TcpStream,
+    endpoint: &BoundEndpoint,
+) -> io::Result<PipeEnd> {
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    let mut client = StreamReader {
+        recv,
+        pending: Bytes::new(),
+    };
+    let up = async {
+        copy_client_to_backend(&mut client, &mut backend_write, endpoint)
+            .await
+            .map_err(|e| match e {
+                PipeError::Io(e) => {
+                    PipeError::Io(io::Error::new(e.kind(), format!("client to target: {e}")))
+                }
+                fault => fault,
+            })
+    };
+    let down = async {
+        let mut buf = vec![0u8; PIPE_BUFFER];
+        let mut total: u64 = 0;
+        loop {
+            let n = backend_read
+                .read(&mut buf)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("reading the target: {e}")))?;
+            if n == 0 {
+                send.send_data(Bytes::new(), true).map_err(to_io)?;
+                return Ok::<_, PipeError>(total);
+            }
+            send_all(&mut send, Bytes::copy_from_slice(&buf[..n])).await?;
+            total += n as u64;
+        }
+    };
+    let result = tokio::try_join!(up, down);
+    match result {
+        Ok((up, down)) => Ok(PipeEnd::Done { up, down }),
+        Err(PipeError::ResetFault { up }) => {
+            send.send_reset(Reason::CANCEL);
+            Ok(PipeEnd::Reset { up })
+        }
+        Err(PipeError::Io(e)) => Err(e),
+    }
+}
+
+/// Sends `data`, waiting for flow-control window as needed.
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let capacity = poll_fn(|cx| {
+            loop {
+                let capacity = send.capacity();
+                if capacity > 0 {
+                    return Poll::Ready(Ok(capacity));
+                }
+                match ready!(send.poll_capacity(cx)) {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                    None => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "stream closed for sending",
+                        )));
+                    }
+                }
+            }
+        })
+        .await?;
+        let chunk = data.split_to(capacity.min(data.len()));
+        send.send_data(chunk, false).map_err(to_io)?;
+    }
+    Ok(())
+}
+
+fn to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
+    }
+    let kind = if e.is_reset() || e.is_go_away() {
+        io::ErrorKind::ConnectionReset
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e)
+}
+
+/// The client's side of a stream as a reader: END_STREAM is EOF; window is released as bytes are
+/// consumed, so a paced (slow-reading) endpoint pushes back on the client.
+struct StreamReader {
+    recv: RecvStream,
+    pending: Bytes,
+}
+
+impl AsyncRead for StreamReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.pending.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => this.pending = data,
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+        let n = this.pending.len().min(out.remaining());
+        out.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}

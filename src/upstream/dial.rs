@@ -1,0 +1,146 @@
+//! Dialing an ingress: TCP connect + mTLS (SNI = the ingress host), and the binding upgrade on an
+//! established connection (framed `ConnRequest` → framed `ConnResponse`).
+//!
+//! Every transport is built from these two steps: `direct` does both per proxied connection, the
+//! warm pool does the first ahead of time, the multiplexer uses the first (with ALPN `h2`) for its
+//! persistent connections. This module owns no state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{UpstreamError, UpstreamStream};
+use crate::snapshot::BoundUrl;
+use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
+
+/// A TLS connection to an ingress, before or after the upgrade.
+pub type IngressTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Where and how to reach one ingress; cheap to clone (transports keep their own copy, so they
+/// never hold the `Ingress` that holds them).
+#[derive(Clone)]
+pub struct IngressDialer {
+    pub name: Arc<str>,
+    /// `host:port`.
+    pub address: Arc<str>,
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Bounds TCP + TLS here; the caller bounds the whole open (upgrade included) with it too.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for IngressDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressDialer")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IngressDialer {
+    /// TCP connect and TLS handshake, bounded by `connect_timeout`. With TLS 1.3 a rejected
+    /// client certificate is not seen here but on the first read.
+    pub async fn handshake(&self) -> Result<IngressTls, UpstreamError> {
+        match tokio::time::timeout(self.connect_timeout, self.handshake_unbounded()).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout {
+                addr: self.address.to_string(),
+                after: self.connect_timeout,
+            }),
+        }
+    }
+
+    async fn handshake_unbounded(&self) -> Result<IngressTls, UpstreamError> {
+        let addr = &*self.address;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(self.tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| UpstreamError::tls(addr, &e))
+    }
+
+    /// The `direct` transport: a fresh connection and its upgrade.
+    pub async fn dial(
+        &self,
+        endpoint: &BoundUrl,
+        request: &ConnRequest,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let tls = self.handshake().await?;
+        upgrade(self, tls, endpoint, request)
+            .await
+            .map_err(UpgradeError::into_inner)
+    }
+
+    /// The certificate the client presents in handshakes from now on (a hot-swappable identity
+    /// may change it between handshakes). Compared by pointer: a pooled connection is handed out
+    /// only while its identity is still the current one.
+    pub fn current_identity(&self) -> Option<Arc<CertifiedKey>> {
+        self.tls.client_auth_cert_resolver.resolve(&[], &[])
+    }
+}
+
+/// How an upgrade on an established connection failed.
+#[derive(Debug)]
+pub enum UpgradeError {
+    /// The connection broke before a `ConnResponse` arrived (reset, EOF, TLS alert): nothing
+    /// reached the endpoint, so a fresh connection may be tried.
+    Broken(UpstreamError),
+    /// The ingress answered (a refusal, or a malformed frame).
+    Answered(UpstreamError),
+}
+
+impl UpgradeError {
+    pub fn into_inner(self) -> UpstreamError {
+        match self {
+            UpgradeError::Broken(e) | UpgradeError::Answered(e) => e,
+        }
+    }
+}
+
+/// Sends the `ConnRequest` on `tls` and reads the `ConnResponse`; on success the same stream is
+/// the byte pipe to the endpoint.
+pub async fn upgrade(
+    dialer: &IngressDialer,
+    mut tls: IngressTls,
+    endpoint: &BoundUrl,
+    request: &ConnRequest,
+) -> Result<UpstreamStream, UpgradeError> {
+    let addr = &*dialer.address;
+    let broken_or_answered = |e: FrameError| match e {
+        FrameError::Io(_) | FrameError::Closed | FrameError::Truncated { .. } => {
+            UpgradeError::Broken(UpstreamError::upgrade(addr, e))
+        }
+        other => UpgradeError::Answered(UpstreamError::upgrade(addr, other)),
+    };
+    wire::write_frame(&mut tls, request)
+        .await
+        .map_err(broken_or_answered)?;
+    // TLS 1.3 reports a rejected client certificate here, on the first read.
+    let response: ConnResponse = wire::read_frame(&mut tls)
+        .await
+        .map_err(broken_or_answered)?;
+    for notice in &response.notices {
+        tracing::warn!(ingress = %dialer.name, %endpoint, "ingress notice: {}", notice.message);
+    }
+    if let Some(failure) = response.failure() {
+        return Err(UpgradeError::Answered(UpstreamError::Refused {
+            addr: addr.to_owned(),
+            endpoint: endpoint.to_string(),
+            failure,
+        }));
+    }
+    tracing::debug!(ingress = %dialer.name, %endpoint, endpoint_id = %response.endpoint_id, "binding upgrade done");
+    Ok(UpstreamStream::Tls(Box::new(tls)))
+}
