@@ -15,18 +15,15 @@
 //!
 //! Like the rest of the sandbox this is written from the protocol, not from bindgate's client.
 
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
@@ -46,7 +43,6 @@ const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Concurrent streams one client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
 const MAX_STREAMS: u32 = 10_000;
-const PIPE_BUFFER: usize = 16 * 1024;
 
 /// Serves one HTTP/2 connection until it closes. `deadline` bounds the HTTP/2 preface like the
 /// `ConnRequest` of a plain connection; after that the connection lives as long as the client
@@ -226,20 +222,19 @@ fn header_value(text: &str) -> HeaderValue {
 }
 
 /// Pipes a stream and the target both ways with half-close; faults apply to the client → target
-/// direction as on a plain connection (a reset fault resets the stream).
+/// direction as on a plain connection (a reset fault resets the stream). The stream is the same
+/// `AsyncRead`/`AsyncWrite` adapter bindgate's multiplexer uses (END_STREAM is EOF / shutdown).
 async fn pipe(
     recv: RecvStream,
-    mut send: SendStream<Bytes>,
+    send: SendStream<Bytes>,
     backend: TcpStream,
     endpoint: &BoundEndpoint,
 ) -> io::Result<PipeEnd> {
     let (mut backend_read, mut backend_write) = backend.into_split();
-    let mut client = StreamReader {
-        recv,
-        pending: Bytes::new(),
-    };
+    let (mut client_read, mut client_write) =
+        tokio::io::split(crate::upstream::H2Stream::new(send, recv, None));
     let up = async {
-        copy_client_to_backend(&mut client, &mut backend_write, endpoint)
+        copy_client_to_backend(&mut client_read, &mut backend_write, endpoint)
             .await
             .map_err(|e| match e {
                 PipeError::Io(e) => {
@@ -249,103 +244,19 @@ async fn pipe(
             })
     };
     let down = async {
-        let mut buf = vec![0u8; PIPE_BUFFER];
-        let mut total: u64 = 0;
-        loop {
-            let n = backend_read
-                .read(&mut buf)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("reading the target: {e}")))?;
-            if n == 0 {
-                send.send_data(Bytes::new(), true).map_err(to_io)?;
-                return Ok::<_, PipeError>(total);
-            }
-            send_all(&mut send, Bytes::copy_from_slice(&buf[..n])).await?;
-            total += n as u64;
-        }
+        let total = tokio::io::copy(&mut backend_read, &mut client_write)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("target to client: {e}")))?;
+        client_write.shutdown().await?;
+        Ok::<_, PipeError>(total)
     };
     let result = tokio::try_join!(up, down);
     match result {
         Ok((up, down)) => Ok(PipeEnd::Done { up, down }),
         Err(PipeError::ResetFault { up }) => {
-            send.send_reset(Reason::CANCEL);
+            client_read.unsplit(client_write).reset(Reason::CANCEL);
             Ok(PipeEnd::Reset { up })
         }
         Err(PipeError::Io(e)) => Err(e),
-    }
-}
-
-/// Sends `data`, waiting for flow-control window as needed.
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let capacity = poll_fn(|cx| {
-            loop {
-                let capacity = send.capacity();
-                if capacity > 0 {
-                    return Poll::Ready(Ok(capacity));
-                }
-                match ready!(send.poll_capacity(cx)) {
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                    None => {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            "stream closed for sending",
-                        )));
-                    }
-                }
-            }
-        })
-        .await?;
-        let chunk = data.split_to(capacity.min(data.len()));
-        send.send_data(chunk, false).map_err(to_io)?;
-    }
-    Ok(())
-}
-
-fn to_io(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        return e
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
-    }
-    let kind = if e.is_reset() || e.is_go_away() {
-        io::ErrorKind::ConnectionReset
-    } else {
-        io::ErrorKind::Other
-    };
-    io::Error::new(kind, e)
-}
-
-/// The client's side of a stream as a reader: END_STREAM is EOF; window is released as bytes are
-/// consumed, so a paced (slow-reading) endpoint pushes back on the client.
-struct StreamReader {
-    recv: RecvStream,
-    pending: Bytes,
-}
-
-impl AsyncRead for StreamReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => this.pending = data,
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => {
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-            }
-        }
-        let n = this.pending.len().min(out.remaining());
-        out.put_slice(&this.pending[..n]);
-        this.pending.advance(n);
-        let _ = this.recv.flow_control().release_capacity(n);
-        Poll::Ready(Ok(()))
     }
 }
