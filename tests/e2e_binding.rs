@@ -5,29 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, binding_config, start_sandbox, write};
+use common::{binding_config, read_all, start_proxy, start_sandbox};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Guard against hangs only; no assertion depends on it.
-const GUARD: Duration = Duration::from_secs(20);
-
-async fn start_proxy(config: &str, dir: &std::path::Path) -> Proc {
-    let path = write(dir, "bindgate.yaml", config);
-    let p = Proc::start(&["run", "-c", &path], &[]).await;
-    assert_eq!(p.event["event"], "started");
-    assert_eq!(p.event["ready"], true, "{}", p.event);
-    p
-}
-
-/// Reads until EOF (or an error); returns what arrived.
-async fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut out))
-        .await
-        .expect("read hung");
-    out
-}
+const GUARD: Duration = common::GUARD;
 
 #[tokio::test]
 async fn tcp_echo_through_binding_upstream_with_half_close() {

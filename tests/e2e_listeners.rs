@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Proc, start_sandbox, write};
+use common::{read_all, start_proxy, start_sandbox};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -20,23 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Guard against hangs only; no assertion depends on it.
-const GUARD: Duration = Duration::from_secs(20);
-
-async fn start_proxy(config: &str, dir: &std::path::Path) -> Proc {
-    let path = write(dir, "bindgate.yaml", config);
-    let p = Proc::start(&["run", "-c", &path], &[]).await;
-    assert_eq!(p.event["event"], "started");
-    assert_eq!(p.event["ready"], true, "{}", p.event);
-    p
-}
-
-async fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut out))
-        .await
-        .expect("read hung");
-    out
-}
+const GUARD: Duration = common::GUARD;
 
 /// Sends `raw` on a new connection, then reads the answer until the proxy closes.
 async fn exchange(addr: SocketAddr, raw: &str) -> String {

@@ -522,3 +522,25 @@ impl Logs {
             .collect()
     }
 }
+
+/// Guard against hangs only; no assertion depends on it.
+pub const GUARD: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Starts `bindgate run` on `config` (written into `dir`) and asserts it came up ready.
+pub async fn start_proxy(config: &str, dir: &Path) -> Proc {
+    let path = write(dir, "bindgate.yaml", config);
+    let p = Proc::start(&["run", "-c", &path], &[]).await;
+    assert_eq!(p.event["event"], "started");
+    assert_eq!(p.event["ready"], true, "{}", p.event);
+    p
+}
+
+/// Reads until EOF (or an error); returns what arrived.
+pub async fn read_all(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut out))
+        .await
+        .expect("read hung");
+    out
+}
