@@ -33,6 +33,12 @@ async fn start_proxy(config: &str, dir: &std::path::Path, name: &str) -> Proc {
 }
 
 async fn admin_get(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let body = admin_text(admin, path).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// The body of an admin GET.
+async fn admin_text(admin: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(admin).await.unwrap();
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -41,11 +47,10 @@ async fn admin_get(admin: SocketAddr, path: &str) -> serde_json::Value {
     .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {raw}"))
+    match raw.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_owned(),
+        None => panic!("{path}: no body in {raw}"),
+    }
 }
 
 /// The transport description of cluster `name` in `/clusters`.
@@ -363,4 +368,91 @@ async fn multiplex_without_fallback_fails_with_a_clear_log_line() {
     let errors = logs.matching("ERROR");
     assert_eq!(errors.len(), 1, "one error line when detected: {errors:?}");
     assert!(errors[0].contains("does not speak HTTP/2"), "{errors:?}");
+}
+
+/// `early_data: true` on top of `transport`.
+fn with_early_data(transport: &str) -> String {
+    format!("    transport: {transport}\n    early_data: true\n")
+}
+
+#[tokio::test]
+async fn early_data_carries_echo_and_http_through_direct_and_pool() {
+    let mut sb = start_sandbox_with("", "").await;
+    let _sandbox_logs = sb.proc.logs();
+    for transport in ["direct", "pool"] {
+        let (proxy, mut logs) = echo_and_http(&sb, &with_early_data(transport)).await;
+        assert_eq!(transport_of(&proxy, "echo").await["kind"], transport);
+        assert_eq!(logs.matching("upgrade failed"), Vec::<String>::new());
+    }
+}
+
+#[tokio::test]
+async fn early_data_hands_the_first_server_bytes_to_the_client_intact() {
+    // A server-speaks-first upstream: its greeting follows the ConnResponse on the same TLS
+    // stream, so reading the answer must stop exactly at its end.
+    let greeter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let greeter_addr = greeter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = greeter.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"220 hello from the greeter\r\n").await?;
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await?;
+                w.shutdown().await
+            });
+        }
+    });
+    let extra = format!("  - url: tcp://greeter.e2e:2525\n    target: {greeter_addr}\n");
+    let mut sb = start_sandbox_with("", &extra).await;
+    let _sandbox_logs = sb.proc.logs();
+    let cfg = binding_config(
+        &ingress_with(&sb, &with_early_data("pool")),
+        &[("greeter", "tcp://greeter.e2e:2525")],
+        "",
+    );
+    let proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
+    for i in 0..20u64 {
+        let work = async {
+            let mut c = TcpStream::connect(proxy.listener("greeter")).await.unwrap();
+            let mut greeting = [0u8; 28];
+            c.read_exact(&mut greeting).await.unwrap();
+            assert_eq!(
+                &greeting, b"220 hello from the greeter\r\n",
+                "connection {i}"
+            );
+            let data = pattern(10_000, i);
+            c.write_all(&data).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.unwrap();
+            assert!(back == data, "connection {i}: echo differs");
+        };
+        tokio::time::timeout(GUARD, work)
+            .await
+            .expect("greeter hung");
+    }
+}
+
+#[tokio::test]
+async fn early_data_refusal_closes_the_client_and_names_the_ngrok_error() {
+    let mut sb = start_sandbox_with("", "").await;
+    let _sandbox_logs = sb.proc.logs();
+    let cfg = binding_config(
+        &ingress_with(&sb, &with_early_data("pool")),
+        &[("ghost", "tcp://ghost.e2e:7000")],
+        "",
+    );
+    let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
+    let mut logs = proxy.logs();
+    assert_eq!(refused(proxy.listener("ghost")).await, Vec::<u8>::new());
+    let line = logs
+        .wait_for("binding upgrade failed after early data")
+        .await;
+    assert!(line.contains("ERR_NGROK_3200"), "{line}");
+    assert!(line.contains("ghost.e2e:7000"), "{line}");
+    let metrics = admin_text(proxy.admin(), "/metrics").await;
+    assert!(
+        metrics.contains("bindgate_upstream_connect_failures_total 1"),
+        "{metrics}"
+    );
 }

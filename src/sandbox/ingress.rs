@@ -131,6 +131,11 @@ impl Ingress {
                 debug!(%peer, "ingress connection closed before its ConnRequest");
                 return;
             }
+            // The same without TLS close_notify (a client process that exited, say).
+            Ok(Err(e)) if !partial => {
+                debug!(%peer, "ingress connection ended before its ConnRequest: {e}");
+                return;
+            }
             Ok(Err(e)) => {
                 warn!(%peer, "ingress closing connection: bad ConnRequest: {e}");
                 return;
@@ -166,6 +171,7 @@ impl Ingress {
                 // Best effort: the peer may already be gone.
                 if wire::write_frame(&mut tls, &response).await.is_ok() {
                     let _ = tls.shutdown().await;
+                    linger(&mut tls).await;
                 }
                 return;
             }
@@ -261,6 +267,27 @@ impl Ingress {
             Err(_) => Err(unreachable_target(&endpoint, "connect timed out")),
         }
     }
+}
+
+/// How long, and how many bytes, a refused connection is read after the answer.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards what the client sent after its `ConnRequest` (early data) until it closes,
+/// within bounds: closing with unread bytes would reset the connection, and a reset can destroy
+/// the refusal before the client reads it.
+async fn linger(tls: &mut TlsStream<TcpStream>) {
+    let drain = async {
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = timeout(LINGER_TIME, drain).await;
 }
 
 fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {

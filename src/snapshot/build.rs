@@ -19,7 +19,9 @@ use crate::proxy::limits::Admission;
 use crate::upstream::{
     BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
 };
-use crate::upstream::{Fingerprint, MultiplexSettings, PoolSettings, TransportSettings};
+use crate::upstream::{
+    Fingerprint, IngressDialer, MultiplexSettings, PoolSettings, TransportSettings,
+};
 
 pub(super) struct Checker<'a> {
     pub(super) loaded: &'a LoadedConfig,
@@ -470,11 +472,14 @@ fn build_ingress(
     };
     match tls {
         Ok(tls) => Some(Ingress::new(
-            &ing.name,
-            address,
-            server_name,
-            Arc::new(tls),
-            ing.connect_timeout.get(),
+            IngressDialer {
+                name: Arc::from(ing.name.as_str()),
+                address: Arc::from(address.as_str()),
+                server_name,
+                tls: Arc::new(tls),
+                connect_timeout: ing.connect_timeout.get(),
+                early_data: ing.early_data,
+            },
             trust,
             settings,
         )),

@@ -30,29 +30,18 @@ pub struct Ingress {
 impl Ingress {
     /// An ingress and its transport: the live one of an earlier build with the same identity
     /// and settings, or a new one (started only when a snapshot using it is published).
-    /// `trust` fingerprints the roots `tls` was built with.
-    pub fn new(
-        name: &str,
-        address: String,
-        server_name: ServerName<'static>,
-        tls: Arc<rustls::ClientConfig>,
-        connect_timeout: Duration,
-        trust: Fingerprint,
-        settings: TransportSettings,
-    ) -> Ingress {
+    /// `trust` fingerprints the roots the dialer's TLS config was built with.
+    pub fn new(dialer: IngressDialer, trust: Fingerprint, settings: TransportSettings) -> Ingress {
+        let (name, address) = (dialer.name.to_string(), dialer.address.to_string());
+        let (server_name, tls) = (dialer.server_name.clone(), dialer.tls.clone());
+        let connect_timeout = dialer.connect_timeout;
         let transport = super::transport_for(TransportSpec {
-            dialer: IngressDialer {
-                name: Arc::from(name),
-                address: Arc::from(address.as_str()),
-                server_name: server_name.clone(),
-                tls: tls.clone(),
-                connect_timeout,
-            },
+            dialer,
             trust,
             settings,
         });
         Ingress {
-            name: name.to_owned(),
+            name,
             address,
             server_name,
             tls,

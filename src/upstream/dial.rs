@@ -13,6 +13,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::early::EarlyUpgrade;
 use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
 use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
@@ -31,6 +32,9 @@ pub struct IngressDialer {
     pub tls: Arc<rustls::ClientConfig>,
     /// Bounds TCP + TLS here; the caller bounds the whole open (upgrade included) with it too.
     pub connect_timeout: Duration,
+    /// Hand the stream over right after the `ConnRequest` is written; its first read waits for
+    /// the `ConnResponse` (see `config::IngressConfig::early_data`).
+    pub early_data: bool,
 }
 
 impl std::fmt::Debug for IngressDialer {
@@ -127,20 +131,39 @@ pub async fn upgrade(
     wire::write_frame(&mut tls, request)
         .await
         .map_err(broken_or_answered)?;
+    if dialer.early_data {
+        return Ok(UpstreamStream::Early(Box::new(EarlyUpgrade::new(
+            tls,
+            dialer.name.clone(),
+            dialer.address.clone(),
+            endpoint.to_string(),
+        ))));
+    }
     // TLS 1.3 reports a rejected client certificate here, on the first read.
     let response: ConnResponse = wire::read_frame(&mut tls)
         .await
         .map_err(broken_or_answered)?;
+    accept_response(&dialer.name, addr, endpoint, &response).map_err(UpgradeError::Answered)?;
+    Ok(UpstreamStream::Tls(Box::new(tls)))
+}
+
+/// Logs the ingress's notices and turns a refusal into the error to report.
+pub(crate) fn accept_response(
+    ingress: &str,
+    addr: &str,
+    endpoint: &dyn std::fmt::Display,
+    response: &ConnResponse,
+) -> Result<(), UpstreamError> {
     for notice in &response.notices {
-        tracing::warn!(ingress = %dialer.name, %endpoint, "ingress notice: {}", notice.message);
+        tracing::warn!(%ingress, %endpoint, "ingress notice: {}", notice.message);
     }
     if let Some(failure) = response.failure() {
-        return Err(UpgradeError::Answered(UpstreamError::Refused {
+        return Err(UpstreamError::Refused {
             addr: addr.to_owned(),
             endpoint: endpoint.to_string(),
             failure,
-        }));
+        });
     }
-    tracing::debug!(ingress = %dialer.name, %endpoint, endpoint_id = %response.endpoint_id, "binding upgrade done");
-    Ok(UpstreamStream::Tls(Box::new(tls)))
+    tracing::debug!(%ingress, %endpoint, endpoint_id = %response.endpoint_id, "binding upgrade done");
+    Ok(())
 }

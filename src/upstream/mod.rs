@@ -7,6 +7,7 @@
 
 pub mod binding;
 pub mod dial;
+pub mod early;
 pub mod h2_stream;
 pub mod multiplex;
 pub mod pool;

@@ -35,6 +35,7 @@ impl Fixture {
             server_name: ServerName::try_from("localhost").unwrap(),
             tls,
             connect_timeout: Duration::from_secs(5),
+            early_data: false,
         };
         Fixture {
             sandbox,

@@ -109,6 +109,7 @@ impl TestIngress {
             server_name: ServerName::try_from("localhost").unwrap(),
             tls,
             connect_timeout: Duration::from_secs(5),
+            early_data: false,
         }
     }
 
@@ -395,6 +396,7 @@ async fn refills_back_off_while_the_ingress_is_down() {
         server_name: ServerName::try_from("localhost").unwrap(),
         tls,
         connect_timeout: Duration::from_secs(5),
+        early_data: false,
     };
     let pool = WarmPool::new(dialer, settings(1, 1));
     pool.start();

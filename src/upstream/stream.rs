@@ -1,5 +1,6 @@
-//! The byte stream a cluster hands back: plain TCP, TLS to a binding ingress after the upgrade,
-//! or a CONNECT stream on a multiplexed HTTP/2 connection to the ingress.
+//! The byte stream a cluster hands back: plain TCP, TLS to a binding ingress after the upgrade
+//! (or with its answer still to come, with early data), or a CONNECT stream on a multiplexed
+//! HTTP/2 connection to the ingress.
 
 use std::io;
 use std::pin::Pin;
@@ -10,10 +11,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::H2Stream;
+use super::early::EarlyUpgrade;
 
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS after a `ConnRequest` sent with early data: the `ConnResponse` is read on first read.
+    Early(Box<EarlyUpgrade>),
     H2(Box<H2Stream>),
 }
 
@@ -25,6 +29,10 @@ macro_rules! delegate {
                 $e
             }
             UpstreamStream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            UpstreamStream::Early($s) => {
                 let $s = Pin::new($s.as_mut());
                 $e
             }
@@ -65,6 +73,7 @@ impl AsyncWrite for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.is_write_vectored(),
             UpstreamStream::Tls(s) => s.is_write_vectored(),
+            UpstreamStream::Early(s) => s.is_write_vectored(),
             UpstreamStream::H2(s) => s.is_write_vectored(),
         }
     }

@@ -230,6 +230,7 @@ pub struct IngressKey {
     pub identity: Fingerprint,
     pub trust: Fingerprint,
     pub connect_timeout: Duration,
+    pub early_data: bool,
     pub settings: TransportSettings,
 }
 
@@ -242,6 +243,7 @@ impl IngressKey {
             identity: Fingerprint::of_identity(d),
             trust: spec.trust,
             connect_timeout: d.connect_timeout,
+            early_data: d.early_data,
             settings: spec.settings.clone(),
         }
     }

@@ -129,7 +129,12 @@ where
         }
         got += n;
     }
-    M::decode(body.as_slice()).map_err(|source| FrameError::Decode {
+    decode_body(&body)
+}
+
+/// Decodes a frame's body (the bytes after its length).
+pub fn decode_body<M: Message + Default>(body: &[u8]) -> Result<M, FrameError> {
+    M::decode(body).map_err(|source| FrameError::Decode {
         message: type_name::<M>(),
         source,
     })

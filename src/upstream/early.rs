@@ -1,0 +1,173 @@
+//! Early data on the binding upgrade: the stream is handed to the splice as soon as the
+//! `ConnRequest` is written, so the client's first bytes follow it without waiting a round trip
+//! for the `ConnResponse`. Writes pass straight through; the first read takes the `ConnResponse`
+//! off the stream (exactly its bytes, nothing beyond: they belong to the pipe) and either turns
+//! into a pass-through or fails the stream with the ingress's `[code] message`.
+//!
+//! A refusal found this way is not retried (the client's bytes may have gone out); it is logged
+//! at warn and counted as an upstream connect failure, as a refusal before the splice would be.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::UpstreamError;
+use super::dial::{IngressTls, accept_response};
+use crate::wire::{ConnResponse, FrameError};
+
+/// An upgraded TLS stream whose `ConnResponse` may still be on its way.
+pub struct EarlyUpgrade {
+    tls: IngressTls,
+    /// `None` once the ingress accepted.
+    pending: Option<Box<PendingResponse>>,
+}
+
+/// The `ConnResponse` being read, and what is needed to report it.
+struct PendingResponse {
+    ingress: Arc<str>,
+    address: Arc<str>,
+    endpoint: String,
+    header: [u8; 2],
+    /// Bytes of the header, then of the body, read so far.
+    got: usize,
+    /// The body, once the header told its length.
+    body: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EarlyUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EarlyUpgrade")
+            .field("answered", &self.pending.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EarlyUpgrade {
+    pub(crate) fn new(
+        tls: IngressTls,
+        ingress: Arc<str>,
+        address: Arc<str>,
+        endpoint: String,
+    ) -> EarlyUpgrade {
+        EarlyUpgrade {
+            tls,
+            pending: Some(Box::new(PendingResponse {
+                ingress,
+                address,
+                endpoint,
+                header: [0; 2],
+                got: 0,
+                body: None,
+            })),
+        }
+    }
+
+    /// Whether the ingress's answer has been read and accepted.
+    pub fn answered(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
+impl PendingResponse {
+    /// Reads the `ConnResponse` off `tls`, never past its end.
+    fn poll_response(
+        &mut self,
+        tls: &mut IngressTls,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ConnResponse, FrameError>> {
+        loop {
+            let (dest, expected) = match &mut self.body {
+                None => (&mut self.header[self.got..], 2),
+                Some(body) => {
+                    let len = body.len();
+                    (&mut body[self.got..], len)
+                }
+            };
+            if !dest.is_empty() {
+                let mut buf = ReadBuf::new(dest);
+                ready!(Pin::new(&mut *tls).poll_read(cx, &mut buf))?;
+                let n = buf.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(match (&self.body, self.got) {
+                        (None, 0) => FrameError::Closed,
+                        (_, read) => FrameError::Truncated { read, expected },
+                    }));
+                }
+                self.got += n;
+                if self.got < expected {
+                    continue;
+                }
+            }
+            match &self.body {
+                None => {
+                    self.body = Some(vec![0; usize::from(u16::from_le_bytes(self.header))]);
+                    self.got = 0;
+                }
+                Some(body) => {
+                    return Poll::Ready(crate::wire::decode_body(body));
+                }
+            }
+        }
+    }
+
+    /// The response's verdict, as the error the stream fails with when it is a refusal.
+    fn verdict(&self, read: Result<ConnResponse, FrameError>) -> Result<(), UpstreamError> {
+        let response = read.map_err(|e| UpstreamError::upgrade(&self.address, e))?;
+        accept_response(&self.ingress, &self.address, &self.endpoint, &response)
+    }
+}
+
+impl AsyncRead for EarlyUpgrade {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(pending) = &mut this.pending {
+            let read = ready!(pending.poll_response(&mut this.tls, cx));
+            if let Err(e) = pending.verdict(read) {
+                crate::admin::metrics::incr(
+                    &crate::admin::metrics::METRICS.upstream_connect_failures,
+                );
+                tracing::warn!(ingress = %pending.ingress, endpoint = %pending.endpoint, "binding upgrade failed after early data, closing the connection: {e}");
+                let kind = match e {
+                    UpstreamError::Refused { .. } => io::ErrorKind::ConnectionRefused,
+                    _ => io::ErrorKind::ConnectionAborted,
+                };
+                return Poll::Ready(Err(io::Error::new(kind, e)));
+            }
+            this.pending = None;
+        }
+        Pin::new(&mut this.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for EarlyUpgrade {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
