@@ -107,7 +107,7 @@ pub fn certified_key(cert_pem: &str, key: &Secret) -> Result<CertifiedKey, Strin
     let chain = cert_chain(cert_pem)?;
     let der = super::parse_private_key(key.expose().as_bytes())
         .ok_or_else(|| "no usable private key (expected a `* PRIVATE KEY` PEM block)".to_owned())?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(crate::identity::crypto_provider());
     CertifiedKey::from_der(chain, der, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => {
             "the private key does not match the certificate".to_owned()

@@ -86,7 +86,7 @@ impl ClientIdentity {
         self: &Arc<Self>,
         roots: RootCertStore,
     ) -> Result<ClientConfig, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(crate::identity::crypto_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)

@@ -68,7 +68,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError>
 
 /// The first usable private key in PEM text, whatever its `* PRIVATE KEY` label says.
 pub fn parse_private_key(data: &[u8]) -> Option<PrivateKeyDer<'static>> {
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let provider = crate::identity::crypto_provider();
     for block in ::pem::parse_many(data).ok()? {
         if !block.tag().ends_with("PRIVATE KEY") {
             continue;

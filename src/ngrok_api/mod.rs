@@ -108,7 +108,7 @@ impl ApiClient {
 
         let roots = crate::identity::load_trust_roots(settings.api_ca.as_deref(), true)
             .map_err(|e| ApiError::Invalid(format!("api_ca: {e}")))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(crate::identity::crypto_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ApiError::Invalid(format!("TLS setup: {e}")))?

@@ -270,7 +270,7 @@ impl SandboxCa {
     ) -> Result<rustls::ServerConfig, CaError> {
         let tls = |e: &dyn std::fmt::Display| CaError::Tls(e.to_string());
         let identity = self.issue_server_cert(dns_names, ips)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(crate::identity::crypto_provider());
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?;
