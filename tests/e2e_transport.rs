@@ -155,6 +155,26 @@ async fn pool_carries_echo_and_http() {
         "two checkouts: {t}"
     );
     assert_eq!(stats["redials"], 0, "{t}");
+    // The same counters in /metrics, labelled by ingress (read after /clusters: they only grow).
+    let metrics = admin_text(proxy.admin(), "/metrics").await;
+    let sample = |labels: &str| metric_value(&metrics, "bindgate_pool_checkouts_total", labels);
+    let hits = sample(r#"ingress="sandbox",result="hit""#);
+    let misses = sample(r#"ingress="sandbox",result="miss""#);
+    assert_eq!(hits + misses, 2, "{metrics}");
+    assert!(
+        metrics.contains("# TYPE bindgate_pool_idle_connections gauge"),
+        "{metrics}"
+    );
+}
+
+/// The value of `name{labels}` in Prometheus text.
+fn metric_value(text: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    line[prefix.len()..].parse().unwrap()
 }
 
 #[tokio::test]
@@ -175,6 +195,20 @@ async fn multiplex_carries_echo_and_http() {
     );
     assert_eq!(stats["h2_refused"], false, "{t}");
     assert_eq!(t["fallback_pool"], serde_json::Value::Null, "{t}");
+    let metrics = admin_text(proxy.admin(), "/metrics").await;
+    let streams = r#"ingress="sandbox",result="opened""#;
+    assert_eq!(
+        metric_value(&metrics, "bindgate_h2_streams_total", streams),
+        2
+    );
+    assert_eq!(
+        metric_value(&metrics, "bindgate_h2_connections", r#"ingress="sandbox""#),
+        2
+    );
+    assert!(
+        !metrics.contains("bindgate_pool_"),
+        "no pool yet: {metrics}"
+    );
 }
 
 #[tokio::test]

@@ -179,7 +179,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             json(&serde_json::Value::Array(rows))
         }
         "/metrics" | "/stats/prometheus" => {
-            let mut r = text(StatusCode::OK, metrics::render());
+            let mut r = text(StatusCode::OK, metrics::render_with(&state.snapshot.load()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -454,3 +454,28 @@ async fn p384_keys_are_requested_when_configured() {
         "ECDSA P-384"
     );
 }
+
+#[test]
+fn the_provider_prefers_the_sha256_suites() {
+    let provider = crate::identity::crypto_provider();
+    let names: Vec<String> = provider
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    assert_eq!(names[0], "TLS13_AES_128_GCM_SHA256", "{names:?}");
+    let first_sha384 = names.iter().position(|n| n.ends_with("SHA384")).unwrap();
+    assert!(
+        names[..first_sha384]
+            .iter()
+            .any(|n| n.starts_with("TLS_ECDHE")),
+        "TLS 1.2 SHA-256 suites come before any SHA-384 one too: {names:?}"
+    );
+    assert_eq!(
+        names.len(),
+        rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .len(),
+        "reordered, nothing dropped"
+    );
+}

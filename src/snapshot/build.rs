@@ -458,17 +458,16 @@ fn build_ingress(
     }
     let (roots, auth, server_name, settings) = (roots?, identity?, server_name?, settings?);
     let trust = Fingerprint::of_roots(&roots);
-    let builder = match rustls::ClientConfig::builder_with_provider(Arc::new(
-        identity::crypto_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    {
-        Ok(b) => b.with_root_certificates(roots.clone()),
-        Err(e) => {
-            c.err(path, format!("no usable TLS settings: {e}"));
-            return None;
-        }
-    };
+    let builder =
+        match rustls::ClientConfig::builder_with_provider(Arc::new(identity::crypto_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        {
+            Ok(b) => b.with_root_certificates(roots.clone()),
+            Err(e) => {
+                c.err(path, format!("no usable TLS settings: {e}"));
+                return None;
+            }
+        };
     let tls = match auth {
         ClientAuth::Files(chain, key) => builder.with_client_auth_cert(chain, key),
         // Its session cache is reset on certificate renewal (a resumed session would present the

@@ -280,6 +280,11 @@ impl Multiplexer {
         }
     }
 
+    /// The fallback pool's counters, once the ingress refused HTTP/2 and `fallback: pool` made one.
+    pub fn fallback_stats(&self) -> Option<super::pool::PoolStats> {
+        self.fallback.get().map(|p| p.stats())
+    }
+
     /// Notified after every change of [`Multiplexer::stats`].
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.state.events.subscribe()
