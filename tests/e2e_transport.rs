@@ -410,10 +410,10 @@ fn with_early_data(transport: &str) -> String {
 }
 
 #[tokio::test]
-async fn early_data_carries_echo_and_http_through_direct_and_pool() {
+async fn early_data_carries_echo_and_http_through_every_transport() {
     let mut sb = start_sandbox_with("", "").await;
     let _sandbox_logs = sb.proc.logs();
-    for transport in ["direct", "pool"] {
+    for transport in ["direct", "pool", "multiplex"] {
         let (proxy, mut logs) = echo_and_http(&sb, &with_early_data(transport)).await;
         assert_eq!(transport_of(&proxy, "echo").await["kind"], transport);
         assert_eq!(logs.matching("upgrade failed"), Vec::<String>::new());
@@ -471,22 +471,28 @@ async fn early_data_hands_the_first_server_bytes_to_the_client_intact() {
 async fn early_data_refusal_closes_the_client_and_names_the_ngrok_error() {
     let mut sb = start_sandbox_with("", "").await;
     let _sandbox_logs = sb.proc.logs();
-    let cfg = binding_config(
-        &ingress_with(&sb, &with_early_data("pool")),
-        &[("ghost", "tcp://ghost.e2e:7000")],
-        "",
-    );
-    let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
-    let mut logs = proxy.logs();
-    assert_eq!(refused(proxy.listener("ghost")).await, Vec::<u8>::new());
-    let line = logs
-        .wait_for("binding upgrade failed after early data")
-        .await;
-    assert!(line.contains("ERR_NGROK_3200"), "{line}");
-    assert!(line.contains("ghost.e2e:7000"), "{line}");
-    let metrics = admin_text(proxy.admin(), "/metrics").await;
-    assert!(
-        metrics.contains("bindgate_upstream_connect_failures_total 1"),
-        "{metrics}"
-    );
+    for transport in ["pool", "multiplex"] {
+        let cfg = binding_config(
+            &ingress_with(&sb, &with_early_data(transport)),
+            &[("ghost", "tcp://ghost.e2e:7000")],
+            "",
+        );
+        let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
+        let mut logs = proxy.logs();
+        assert_eq!(refused(proxy.listener("ghost")).await, Vec::<u8>::new());
+        let line = logs
+            .wait_for("binding upgrade failed after early data")
+            .await;
+        assert!(line.contains("ERR_NGROK_3200"), "{transport}: {line}");
+        assert!(line.contains("ghost.e2e:7000"), "{transport}: {line}");
+        let metrics = admin_text(proxy.admin(), "/metrics").await;
+        assert!(
+            metrics.contains("bindgate_upstream_connect_failures_total 1"),
+            "{transport}: {metrics}"
+        );
+        if transport == "multiplex" {
+            let t = transport_of(&proxy, "ghost").await;
+            assert_eq!(t["stats"]["streams_refused"], 1, "{t}");
+        }
+    }
 }

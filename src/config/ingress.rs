@@ -47,8 +47,8 @@ pub struct IngressConfig {
     pub multiplex: MultiplexConfig,
     /// Send the client's first bytes right behind the `ConnRequest` instead of waiting for the
     /// `ConnResponse` (like Envoy's tunnelling early data): a new connection then costs no round
-    /// trip of its own on a warm pooled connection. Applies to the binding upgrade (`direct`,
-    /// `pool`, and `multiplex`'s fallback pool). Off by default: whether ngrok's ingress keeps
+    /// trip of its own on a warm pooled connection. Applies to every transport (for `multiplex`
+    /// the bytes follow the CONNECT's headers). Off by default: whether ngrok's ingress keeps
     /// bytes that arrive before its answer is UNCONFIRMED (the sandbox does), and a refused
     /// upgrade is then reported after the fact (the client is closed) instead of being retried.
     #[serde(default)]

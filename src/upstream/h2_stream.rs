@@ -14,20 +14,35 @@ use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::multiplex::StreamSlot;
+use super::UpstreamError;
+use super::multiplex::{EarlyAnswer, StreamSlot, connect_answer};
 
 /// The largest single write handed to h2 (it copies; larger writes are split by the caller's loop).
 const MAX_WRITE: usize = 64 * 1024;
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    recv: Recv,
     /// Received, not yet read out.
     pending: Bytes,
     /// END_STREAM sent.
     shut: bool,
     /// The multiplexer's count of streams on this connection; released on drop.
     _slot: Option<StreamSlot>,
+}
+
+/// The receive side: open, or (with early data) the CONNECT's answer still to come, or refused.
+enum Recv {
+    Open(RecvStream),
+    Awaiting(Box<EarlyAnswer>),
+    Failed,
+}
+
+fn refused_before() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        "the ingress did not accept this stream",
+    )
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -47,11 +62,65 @@ impl H2Stream {
     ) -> H2Stream {
         H2Stream {
             send,
-            recv,
+            recv: Recv::Open(recv),
             pending: Bytes::new(),
             shut: false,
             _slot: slot,
         }
+    }
+
+    /// A stream whose CONNECT was sent with early data: writes go out at once, the first read
+    /// waits for the answer (a refusal fails it with the ingress's `[code] message`).
+    pub(crate) fn awaiting(
+        send: SendStream<Bytes>,
+        answer: EarlyAnswer,
+        slot: StreamSlot,
+    ) -> H2Stream {
+        H2Stream {
+            send,
+            recv: Recv::Awaiting(Box::new(answer)),
+            pending: Bytes::new(),
+            shut: false,
+            _slot: Some(slot),
+        }
+    }
+
+    /// Waits for the CONNECT's answer if it is still to come; then the receive side is open.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let answer = match &mut self.recv {
+            Recv::Open(_) => return Poll::Ready(Ok(())),
+            Recv::Failed => return Poll::Ready(Err(refused_before())),
+            Recv::Awaiting(answer) => answer,
+        };
+        let answered = ready!(Pin::new(&mut answer.response).poll(cx));
+        let (kind, e) = match answered.map(connect_answer) {
+            Ok(Ok(body)) => {
+                self.recv = Recv::Open(body);
+                return Poll::Ready(Ok(()));
+            }
+            Ok(Err(refusal)) => {
+                if let Some(slot) = &self._slot {
+                    slot.refused();
+                }
+                let e = UpstreamError::Refused {
+                    addr: answer.address.to_string(),
+                    endpoint: answer.endpoint.clone(),
+                    failure: refusal,
+                };
+                (io::ErrorKind::ConnectionRefused, e)
+            }
+            Err(e) => {
+                let e = UpstreamError::Upgrade {
+                    addr: answer.address.to_string(),
+                    reason: format!("the HTTP/2 CONNECT got no answer: {e}"),
+                };
+                (io::ErrorKind::ConnectionAborted, e)
+            }
+        };
+        crate::admin::metrics::incr(&crate::admin::metrics::METRICS.upstream_connect_failures);
+        tracing::warn!(ingress = %answer.ingress, endpoint = %answer.endpoint, "binding upgrade failed after early data, closing the connection: {e}");
+        self.recv = Recv::Failed;
+        Poll::Ready(Err(io::Error::new(kind, e)))
     }
 
     /// Abandons the stream with RST_STREAM (`reason`), e.g. for a fault that must look abrupt.
@@ -86,8 +155,12 @@ impl AsyncRead for H2Stream {
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        ready!(this.poll_answer(cx))?;
+        let Recv::Open(recv) = &mut this.recv else {
+            return Poll::Ready(Err(refused_before()));
+        };
         while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 // END_STREAM: the peer half-closed.
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => this.pending = data,
@@ -102,7 +175,7 @@ impl AsyncRead for H2Stream {
         out.put_slice(&this.pending[..n]);
         this.pending.advance(n);
         // Window opens only as the application consumes.
-        let _ = this.recv.flow_control().release_capacity(n);
+        let _ = recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use h2::client::SendRequest;
+use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, Reason, RecvStream, SendStream};
 use http::{Method, Request};
 use rustls::sign::CertifiedKey;
@@ -85,6 +85,24 @@ impl H2Conn {
 pub struct StreamSlot {
     conn: Arc<H2Conn>,
     state: Weak<MuxState>,
+}
+
+impl StreamSlot {
+    /// The ingress refused this stream after it was handed out (early data).
+    pub(crate) fn refused(&self) {
+        if let Some(state) = self.state.upgrade() {
+            state.refused_stream();
+        }
+    }
+}
+
+/// A CONNECT sent with early data: the answer the stream's first read waits for, and what is
+/// needed to report a refusal.
+pub struct EarlyAnswer {
+    pub(crate) response: ResponseFuture,
+    pub(crate) ingress: Arc<str>,
+    pub(crate) address: Arc<str>,
+    pub(crate) endpoint: String,
 }
 
 impl Drop for StreamSlot {
@@ -328,6 +346,33 @@ impl Multiplexer {
                 conn,
                 state: Arc::downgrade(st),
             };
+            if st.h2.early_data {
+                match send_connect(st, &slot.conn, request).await {
+                    Ok((response, send)) => {
+                        st.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                        st.changed();
+                        tracing::debug!(ingress = %st.plain.name, %endpoint, conn = slot.conn.flags.id, "CONNECT stream sent (early data)");
+                        let answer = EarlyAnswer {
+                            response,
+                            ingress: st.plain.name.clone(),
+                            address: st.plain.address.clone(),
+                            endpoint: endpoint.to_string(),
+                        };
+                        let stream = H2Stream::awaiting(send, answer, slot);
+                        return Ok(UpstreamStream::H2(Box::new(stream)));
+                    }
+                    Err(StreamFailure::Refused(failure)) => {
+                        return Err(self.refused(endpoint, failure));
+                    }
+                    Err(StreamFailure::Retry(e)) => {
+                        st.stats.stream_retries.fetch_add(1, Ordering::Relaxed);
+                        st.changed();
+                        tracing::debug!(ingress = %st.plain.name, %endpoint, "CONNECT not sent, trying another connection: {e}");
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
             match open_stream(st, &slot.conn, request).await {
                 Ok((send, recv)) => {
                     st.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
@@ -337,13 +382,7 @@ impl Multiplexer {
                     return Ok(UpstreamStream::H2(Box::new(stream)));
                 }
                 Err(StreamFailure::Refused(failure)) => {
-                    st.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-                    st.changed();
-                    return Err(UpstreamError::Refused {
-                        addr: addr.to_owned(),
-                        endpoint: endpoint.to_string(),
-                        failure,
-                    });
+                    return Err(self.refused(endpoint, failure));
                 }
                 Err(StreamFailure::Retry(e)) => {
                     st.stats.stream_retries.fetch_add(1, Ordering::Relaxed);
@@ -357,6 +396,17 @@ impl Multiplexer {
             addr: addr.to_owned(),
             reason: "no HTTP/2 connection accepted the stream".to_owned(),
         }))
+    }
+
+    /// Counts a refused stream and makes its error.
+    fn refused(&self, endpoint: &BoundUrl, failure: String) -> UpstreamError {
+        let st = &self.state;
+        st.refused_stream();
+        UpstreamError::Refused {
+            addr: st.plain.address.to_string(),
+            endpoint: endpoint.to_string(),
+            failure,
+        }
     }
 
     async fn open_fallback(
@@ -386,6 +436,11 @@ fn no_h2_error(addr: &str) -> UpstreamError {
 }
 
 impl MuxState {
+    fn refused_stream(&self) {
+        self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+        self.changed();
+    }
+
     fn changed(&self) {
         self.notify.notify_waiters();
         self.events.send_modify(|n| *n = n.wrapping_add(1));
@@ -606,12 +661,12 @@ fn h2_error(addr: &str, e: &h2::Error) -> UpstreamError {
 }
 
 /// CONNECT `host:port` on `conn`; the response decides.
-async fn open_stream(
+/// Sends the CONNECT request on `conn`; the answer is still to come.
+async fn send_connect(
     state: &MuxState,
     conn: &H2Conn,
     request: &ConnRequest,
-) -> Result<(SendStream<Bytes>, RecvStream), StreamFailure> {
-    let addr = &*state.plain.address;
+) -> Result<(ResponseFuture, SendStream<Bytes>), StreamFailure> {
     let authority = format!("{}:{}", request.host, request.port);
     let req = Request::builder()
         .method(Method::CONNECT)
@@ -622,24 +677,50 @@ async fn open_stream(
                 "`{authority}` is not a valid CONNECT authority: {e}"
             ))
         })?;
-    // Not processed by the ingress (GOAWAY, REFUSED_STREAM) or the connection broke: no byte of
-    // the proxied connection was sent, so another connection may carry it.
-    // A connection-level cause drains the connection; a reset of this one stream does not.
-    let retry = |e: h2::Error| {
-        if e.is_io() {
-            conn.flags.closed.store(true, Ordering::Release);
-        }
-        if e.is_io() || e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM) {
-            state.drain(conn);
-        }
-        StreamFailure::Retry(h2_error(addr, &e))
-    };
-    let mut send = conn.send.clone().ready().await.map_err(retry)?;
-    let (response, stream) = send.send_request(req, false).map_err(retry)?;
-    let response = response.await.map_err(retry)?;
+    let mut send = conn
+        .send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| retry_elsewhere(state, conn, e))?;
+    send.send_request(req, false)
+        .map_err(|e| retry_elsewhere(state, conn, e))
+}
+
+/// Not processed by the ingress (GOAWAY, REFUSED_STREAM) or the connection broke: no byte of the
+/// proxied connection was sent, so another connection may carry it. A connection-level cause
+/// drains the connection; a reset of this one stream does not.
+fn retry_elsewhere(state: &MuxState, conn: &H2Conn, e: h2::Error) -> StreamFailure {
+    if e.is_io() {
+        conn.flags.closed.store(true, Ordering::Release);
+    }
+    if e.is_io() || e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM) {
+        state.drain(conn);
+    }
+    StreamFailure::Retry(h2_error(&state.plain.address, &e))
+}
+
+/// Opens a CONNECT stream and waits for the ingress's answer.
+async fn open_stream(
+    state: &MuxState,
+    conn: &H2Conn,
+    request: &ConnRequest,
+) -> Result<(SendStream<Bytes>, RecvStream), StreamFailure> {
+    let (response, stream) = send_connect(state, conn, request).await?;
+    let response = response
+        .await
+        .map_err(|e| retry_elsewhere(state, conn, e))?;
+    match connect_answer(response) {
+        Ok(body) => Ok((stream, body)),
+        Err(failure) => Err(StreamFailure::Refused(failure)),
+    }
+}
+
+/// A 2xx answer's body (the stream's receive side), or the refusal as `[code] message`.
+pub(crate) fn connect_answer(response: http::Response<RecvStream>) -> Result<RecvStream, String> {
     let status = response.status();
     if status.is_success() {
-        return Ok((stream, response.into_body()));
+        return Ok(response.into_body());
     }
     let header = |name: &str| {
         response
@@ -652,13 +733,11 @@ async fn open_stream(
         header(wire::ERROR_CODE_HEADER),
         header(wire::ERROR_MESSAGE_HEADER),
     );
-    Err(StreamFailure::Refused(
-        if code.is_empty() && message.is_empty() {
-            format!("HTTP/2 CONNECT answered {status}")
-        } else {
-            format!("[{code}] {message}")
-        },
-    ))
+    Err(if code.is_empty() && message.is_empty() {
+        format!("HTTP/2 CONNECT answered {status}")
+    } else {
+        format!("[{code}] {message}")
+    })
 }
 
 /// One HTTP/2 connection's driver: polls it (which moves every stream's bytes), keeps it alive
