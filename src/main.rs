@@ -19,6 +19,10 @@ struct Cli {
     /// Log filter (also read from BINDGATE_LOG), e.g. `info`, `debug`, `bindgate=debug`.
     #[arg(long, global = true, env = "BINDGATE_LOG", default_value = "info")]
     log: String,
+    /// Worker threads (also BINDGATE_CONCURRENCY; default: one per CPU), like Envoy's
+    /// `--concurrency`. Fewer leave cores to neighbours on a shared host.
+    #[arg(long, global = true, env = "BINDGATE_CONCURRENCY")]
+    concurrency: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,27 +52,32 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let threads = cli.concurrency;
     match cli.command {
         Command::Validate(args) => cli::validate::run(&args),
         Command::Schema => {
             cli::schema::run();
             ExitCode::SUCCESS
         }
-        Command::Run(args) => block_on(cli::run::run(args)),
-        Command::Demo(args) => block_on(cli::demo::run(args)),
-        Command::Sandbox(args) => block_on(async {
+        Command::Run(args) => block_on(threads, cli::run::run(args)),
+        Command::Demo(args) => block_on(threads, cli::demo::run(args)),
+        Command::Sandbox(args) => block_on(threads, async {
             cli::sandbox::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Certs(args) => block_on(cli::certs::run(args)),
+        Command::Certs(args) => block_on(threads, cli::certs::run(args)),
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn block_on(
+    threads: Option<std::num::NonZeroUsize>,
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

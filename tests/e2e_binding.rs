@@ -203,3 +203,32 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
         .unwrap();
     assert!(status.success(), "exit after the drain: {status}");
 }
+
+/// Threads of process `pid` named like tokio's runtime workers.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn concurrency_sets_the_worker_threads() {
+    let sb = start_sandbox("").await;
+    let cfg = binding_config(&sb.ingress_yaml(), &[("echo", "tcp://echo.e2e:7000")], "");
+    let path = common::write(sb.dir.path(), "bindgate.yaml", &cfg);
+    for n in [1usize, 3] {
+        let threads = n.to_string();
+        let proxy =
+            common::Proc::start(&["--concurrency", &threads, "run", "-c", &path], &[]).await;
+        assert_eq!(proxy.event["ready"], true, "{}", proxy.event);
+        let pid = proxy.child.id().unwrap();
+        assert_eq!(worker_threads(pid), n, "--concurrency {n}");
+        // And it serves.
+        let mut c = TcpStream::connect(proxy.listener("echo")).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        c.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut c).await, b"ping");
+    }
+}
