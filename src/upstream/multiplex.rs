@@ -346,39 +346,29 @@ impl Multiplexer {
                 conn,
                 state: Arc::downgrade(st),
             };
-            if st.h2.early_data {
-                match send_connect(st, &slot.conn, request).await {
-                    Ok((response, send)) => {
-                        st.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-                        st.changed();
-                        tracing::debug!(ingress = %st.plain.name, %endpoint, conn = slot.conn.flags.id, "CONNECT stream sent (early data)");
+            let conn = slot.conn.flags.id;
+            let opened = if st.h2.early_data {
+                send_connect(st, &slot.conn, request)
+                    .await
+                    .map(|(response, send)| {
                         let answer = EarlyAnswer {
                             response,
                             ingress: st.plain.name.clone(),
                             address: st.plain.address.clone(),
                             endpoint: endpoint.to_string(),
                         };
-                        let stream = H2Stream::awaiting(send, answer, slot);
-                        return Ok(UpstreamStream::H2(Box::new(stream)));
-                    }
-                    Err(StreamFailure::Refused(failure)) => {
-                        return Err(self.refused(endpoint, failure));
-                    }
-                    Err(StreamFailure::Retry(e)) => {
-                        st.stats.stream_retries.fetch_add(1, Ordering::Relaxed);
-                        st.changed();
-                        tracing::debug!(ingress = %st.plain.name, %endpoint, "CONNECT not sent, trying another connection: {e}");
-                        last = Some(e);
-                        continue;
-                    }
-                }
-            }
-            match open_stream(st, &slot.conn, request).await {
-                Ok((send, recv)) => {
+                        H2Stream::awaiting(send, answer, slot)
+                    })
+            } else {
+                open_stream(st, &slot.conn, request)
+                    .await
+                    .map(|(send, recv)| H2Stream::new(send, recv, Some(slot)))
+            };
+            match opened {
+                Ok(stream) => {
                     st.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                     st.changed();
-                    tracing::debug!(ingress = %st.plain.name, %endpoint, conn = slot.conn.flags.id, "CONNECT stream open");
-                    let stream = H2Stream::new(send, recv, Some(slot));
+                    tracing::debug!(ingress = %st.plain.name, %endpoint, conn, early_data = st.h2.early_data, "CONNECT stream open");
                     return Ok(UpstreamStream::H2(Box::new(stream)));
                 }
                 Err(StreamFailure::Refused(failure)) => {
@@ -387,7 +377,7 @@ impl Multiplexer {
                 Err(StreamFailure::Retry(e)) => {
                     st.stats.stream_retries.fetch_add(1, Ordering::Relaxed);
                     st.changed();
-                    tracing::debug!(ingress = %st.plain.name, %endpoint, conn = slot.conn.flags.id, "CONNECT not processed, trying another connection: {e}");
+                    tracing::debug!(ingress = %st.plain.name, %endpoint, conn, "CONNECT not processed, trying another connection: {e}");
                     last = Some(e);
                 }
             }
