@@ -21,8 +21,14 @@ use crate::wire::{ConnResponse, FrameError};
 /// An upgraded TLS stream whose `ConnResponse` may still be on its way.
 pub struct EarlyUpgrade {
     tls: IngressTls,
-    /// `None` once the ingress accepted.
-    pending: Option<Box<PendingResponse>>,
+    answer: Answer,
+}
+
+enum Answer {
+    Awaiting(Box<PendingResponse>),
+    Accepted,
+    /// Refused (or unreadable): reported once, then every operation fails.
+    Failed,
 }
 
 /// The `ConnResponse` being read, and what is needed to report it.
@@ -40,7 +46,7 @@ struct PendingResponse {
 impl std::fmt::Debug for EarlyUpgrade {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EarlyUpgrade")
-            .field("answered", &self.pending.is_none())
+            .field("accepted", &self.accepted())
             .finish_non_exhaustive()
     }
 }
@@ -54,7 +60,7 @@ impl EarlyUpgrade {
     ) -> EarlyUpgrade {
         EarlyUpgrade {
             tls,
-            pending: Some(Box::new(PendingResponse {
+            answer: Answer::Awaiting(Box::new(PendingResponse {
                 ingress,
                 address,
                 endpoint,
@@ -66,9 +72,57 @@ impl EarlyUpgrade {
     }
 
     /// Whether the ingress's answer has been read and accepted.
-    pub fn answered(&self) -> bool {
-        self.pending.is_none()
+    pub fn accepted(&self) -> bool {
+        matches!(self.answer, Answer::Accepted)
     }
+
+    /// Reads the answer if it is still to come: `Ok` once accepted; a refusal is logged, counted
+    /// and returned (once; later calls fail without a word).
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let pending = match &mut self.answer {
+            Answer::Accepted => return Poll::Ready(Ok(())),
+            Answer::Failed => return Poll::Ready(Err(not_accepted())),
+            Answer::Awaiting(pending) => pending,
+        };
+        let read = ready!(pending.poll_response(&mut self.tls, cx));
+        match pending.verdict(read) {
+            Ok(()) => {
+                self.answer = Answer::Accepted;
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                crate::admin::metrics::incr(
+                    &crate::admin::metrics::METRICS.upstream_connect_failures,
+                );
+                tracing::warn!(ingress = %pending.ingress, endpoint = %pending.endpoint, "binding upgrade failed after early data, closing the connection: {e}");
+                self.answer = Answer::Failed;
+                let kind = match e {
+                    UpstreamError::Refused { .. } => io::ErrorKind::ConnectionRefused,
+                    _ => io::ErrorKind::ConnectionAborted,
+                };
+                Poll::Ready(Err(io::Error::new(kind, e)))
+            }
+        }
+    }
+
+    /// A write failed before the answer was read: the ingress may have refused and closed, with
+    /// its answer already here; report that rather than the bare write error.
+    fn explain_write_error(&mut self, e: io::Error, cx: &mut Context<'_>) -> io::Error {
+        match &self.answer {
+            Answer::Awaiting(_) => match self.poll_answer(cx) {
+                Poll::Ready(Err(answered)) => answered,
+                Poll::Ready(Ok(())) | Poll::Pending => e,
+            },
+            Answer::Accepted | Answer::Failed => e,
+        }
+    }
+}
+
+fn not_accepted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        "the ingress did not accept this connection",
+    )
 }
 
 impl PendingResponse {
@@ -127,21 +181,7 @@ impl AsyncRead for EarlyUpgrade {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(pending) = &mut this.pending {
-            let read = ready!(pending.poll_response(&mut this.tls, cx));
-            if let Err(e) = pending.verdict(read) {
-                crate::admin::metrics::incr(
-                    &crate::admin::metrics::METRICS.upstream_connect_failures,
-                );
-                tracing::warn!(ingress = %pending.ingress, endpoint = %pending.endpoint, "binding upgrade failed after early data, closing the connection: {e}");
-                let kind = match e {
-                    UpstreamError::Refused { .. } => io::ErrorKind::ConnectionRefused,
-                    _ => io::ErrorKind::ConnectionAborted,
-                };
-                return Poll::Ready(Err(io::Error::new(kind, e)));
-            }
-            this.pending = None;
-        }
+        ready!(this.poll_answer(cx))?;
         Pin::new(&mut this.tls).poll_read(cx, buf)
     }
 }
@@ -152,20 +192,32 @@ impl AsyncWrite for EarlyUpgrade {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.tls).poll_write(cx, buf)) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(this.explain_write_error(e, cx))),
+        }
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.tls).poll_write_vectored(cx, bufs)) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(this.explain_write_error(e, cx))),
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.tls.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.tls).poll_flush(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(this.explain_write_error(e, cx))),
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)

@@ -123,6 +123,18 @@ impl H2Stream {
         Poll::Ready(Err(io::Error::new(kind, e)))
     }
 
+    /// A send failed before the answer was read: a refusal ends the stream (often with a reset
+    /// that fails our sends), and its answer is then already here; report that instead.
+    fn explain_send_error(&mut self, e: io::Error, cx: &mut Context<'_>) -> io::Error {
+        match &self.recv {
+            Recv::Awaiting(_) => match self.poll_answer(cx) {
+                Poll::Ready(Err(answered)) => answered,
+                Poll::Ready(Ok(())) | Poll::Pending => e,
+            },
+            Recv::Open(_) | Recv::Failed => e,
+        }
+    }
+
     /// Abandons the stream with RST_STREAM (`reason`), e.g. for a fault that must look abrupt.
     pub(crate) fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);
@@ -202,20 +214,24 @@ impl AsyncWrite for H2Stream {
             let capacity = this.send.capacity();
             if capacity > 0 {
                 let n = capacity.min(want);
-                this.send
+                if let Err(e) = this
+                    .send
                     .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(io_error)?;
+                {
+                    return Poll::Ready(Err(this.explain_send_error(io_error(e), cx)));
+                }
                 return Poll::Ready(Ok(n));
             }
             // Capacity can be announced as 0; wait for a real increase.
             match ready!(this.send.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                Some(Err(e)) => return Poll::Ready(Err(this.explain_send_error(io_error(e), cx))),
                 None => {
-                    return Poll::Ready(Err(io::Error::new(
+                    let closed = io::Error::new(
                         io::ErrorKind::BrokenPipe,
                         "the HTTP/2 stream is closed for sending",
-                    )));
+                    );
+                    return Poll::Ready(Err(this.explain_send_error(closed, cx)));
                 }
             }
         }

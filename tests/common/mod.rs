@@ -481,7 +481,8 @@ impl Logs {
         if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
             return line.clone();
         }
-        while let Some(line) = self.lines.recv().await {
+        // A guard against hangs only: a line that never comes fails with the log so far.
+        while let Ok(Some(line)) = tokio::time::timeout(LOG_GUARD, self.lines.recv()).await {
             self.seen.push(line.clone());
             if line.contains(needle) {
                 return line;
@@ -500,9 +501,9 @@ impl Logs {
             if found.len() >= n {
                 return found;
             }
-            match self.lines.recv().await {
-                Some(line) => self.seen.push(line),
-                None => panic!(
+            match tokio::time::timeout(LOG_GUARD, self.lines.recv()).await {
+                Ok(Some(line)) => self.seen.push(line),
+                Ok(None) | Err(_) => panic!(
                     "{n} log lines containing {needle:?} never came; log was:\n{}",
                     self.seen.join("\n")
                 ),
@@ -525,6 +526,10 @@ impl Logs {
 
 /// Guard against hangs only; no assertion depends on it.
 pub const GUARD: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long a test waits for the next log line before failing with the log so far (a guard
+/// against hangs; every awaited line comes within milliseconds when things work).
+const LOG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Starts `bindgate run` on `config` (written into `dir`) and asserts it came up ready.
 pub async fn start_proxy(config: &str, dir: &Path) -> Proc {
