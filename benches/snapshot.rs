@@ -87,10 +87,15 @@ dynamic_resources:
 /// 10,000 discovered endpoints, each on its own local port.
 fn placements() -> Vec<Placement> {
     (0..ENDPOINTS)
-        .map(|i| Placement {
-            url: BoundUrl::parse(&format!("tcp://svc-{i}.bench:7000"), None)
-                .expect("a valid endpoint URL"),
-            address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), FIRST_PORT + i as u16),
+        .map(|i| {
+            let url = BoundUrl::parse(&format!("tcp://svc-{i}.bench:7000"), None)
+                .expect("a valid endpoint URL");
+            Placement {
+                listener: url.to_string(),
+                url,
+                address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), FIRST_PORT + i as u16),
+                protocol: bindgate::config::Protocol::Tcp,
+            }
         })
         .collect()
 }

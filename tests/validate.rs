@@ -280,3 +280,127 @@ ingresses:
     let (code, out, err) = run_to_end(&["validate", "-c", &path], &[]);
     assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
 }
+
+#[test]
+fn expose_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // `expose:` is on line 8; its fields from line 9 on.
+    let dynamic = |expose: &str| {
+        format!(
+            "\
+version: 1
+ngrok: {{ api_key: k }}
+ingresses: [ {{ name: n }} ]
+dynamic_resources:
+  bound_endpoints:
+    ingress: n
+    poll_interval: 10s
+    expose:
+{expose}"
+        )
+    };
+    let path = "dynamic_resources.bound_endpoints.expose";
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        (
+            "bad cidr",
+            dynamic("      mode: virtual\n      cidr: 127.77.0.1/16\n"),
+            vec![
+                "line 10".into(),
+                format!("`{path}.cidr`"),
+                "host bits are set (the network is `127.77.0.0/16`)".into(),
+            ],
+        ),
+        (
+            "not a cidr",
+            dynamic("      mode: virtual\n      cidr: loopback\n"),
+            vec![
+                "line 10".into(),
+                format!("`{path}.cidr`"),
+                "`loopback` is not a CIDR".into(),
+            ],
+        ),
+        (
+            "hosts file in a missing directory",
+            dynamic(&format!(
+                "      mode: shared\n      hosts_file: {d}/nope/hosts\n"
+            )),
+            vec![
+                "line 10".into(),
+                format!("`{path}.hosts_file`"),
+                format!("`{d}/nope/hosts`: its directory does not exist"),
+            ],
+        ),
+        (
+            "port_range without ports",
+            dynamic("      mode: port_range\n"),
+            vec![
+                "line 8".into(),
+                format!("`{path}.ports`"),
+                "mode port_range needs `ports`".into(),
+            ],
+        ),
+        (
+            "ports in virtual mode",
+            dynamic("      mode: virtual\n      ports: 10000-10999\n"),
+            vec![
+                "line 10".into(),
+                format!("`{path}.ports`"),
+                "`expose.ports` is only used by mode port_range (this is mode virtual)".into(),
+            ],
+        ),
+        (
+            "address in virtual mode",
+            dynamic("      mode: virtual\n      address: 127.0.0.1\n"),
+            vec![
+                "line 10".into(),
+                format!("`{path}.address`"),
+                "not used by mode virtual".into(),
+            ],
+        ),
+        (
+            "cidr in shared mode",
+            dynamic("      mode: shared\n      cidr: 127.77.0.0/16\n"),
+            vec![
+                "line 10".into(),
+                format!("`{path}.cidr`"),
+                "only used by mode virtual (this is mode shared)".into(),
+            ],
+        ),
+        (
+            "unknown mode",
+            dynamic("      mode: virtul\n"),
+            vec![
+                "line 9".into(),
+                "unknown variant `virtul`".into(),
+                "port_range".into(),
+                "shared".into(),
+            ],
+        ),
+    ];
+    for (name, text, wants) in &cases {
+        let file = write(dir.path(), "bad.yaml", text);
+        let (code, out, _) = run_to_end(&["validate", "-c", &file], &[]);
+        assert_eq!(code, 1, "{name}: expected failure, got: {out}");
+        for want in wants {
+            assert!(
+                out.contains(want.as_str()),
+                "{name}: output lacks {want:?}:\n{out}"
+            );
+        }
+    }
+
+    // Valid, and validation writes nothing: the hosts file is not created.
+    let hosts = dir.path().join("hosts");
+    let file = write(
+        dir.path(),
+        "good.yaml",
+        &dynamic(&format!(
+            "      mode: virtual\n      cidr: 127.77.0.0/16\n      hosts_file: {}\n",
+            hosts.display()
+        )),
+    );
+    let (code, out, err) = run_to_end(&["validate", "-c", &file], &[]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+    assert!(!hosts.exists(), "validate must not write the hosts file");
+}

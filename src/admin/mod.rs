@@ -166,11 +166,11 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .discovered
                 .iter()
                 .map(|p| {
-                    let name = p.url.to_string();
-                    let status = board.iter().find(|l| l.name == name);
+                    let status = board.iter().find(|l| l.name == p.listener);
                     serde_json::json!({
-                        "endpoint": name,
+                        "endpoint": p.url.to_string(),
                         "address": p.address,
+                        "listener": p.listener,
                         "state": status.map(|s| s.state),
                         "error": status.and_then(|s| s.error.clone()),
                     })

@@ -1,5 +1,7 @@
 //! `dynamic_resources:` what discovered bound endpoints become, and how they are exposed locally.
 
+use std::path::PathBuf;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,13 +37,26 @@ pub struct BoundEndpoints {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expose {
-    /// `port_range`: one local port per endpoint, from `ports`, kept across restarts.
+    /// How endpoints get local addresses: `port_range`, `virtual` or `shared`.
     pub mode: ExposeMode,
-    /// The local IP listeners bind.
+    /// The local IP listeners bind in modes `port_range` and `shared` (not used by `virtual`).
     #[serde(default = "default_expose_address")]
     pub address: String,
-    /// Inclusive port range `first-last` endpoints are allocated from.
-    pub ports: String,
+    /// Mode `port_range` only (required there): the inclusive range `first-last` endpoints are
+    /// allocated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+    /// Mode `virtual` only: the IPv4 or IPv6 network (`127.77.0.0/16` when unset) each
+    /// `service.namespace` gets its own address from (network and broadcast addresses are
+    /// skipped). On Linux all of `127.0.0.0/8` is local without setup; elsewhere add the
+    /// addresses to the loopback interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// A hosts file (e.g. `/etc/hosts`) where bindgate keeps a managed block with one
+    /// `IP service.namespace` line per exposed endpoint, so in-cluster names resolve locally.
+    /// Lines outside the block are left as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
     /// Per-endpoint placement, first match wins: `host` is a glob on `service.namespace`.
     #[serde(default)]
     pub overrides: Vec<ExposeOverride>,
@@ -50,7 +65,17 @@ pub struct Expose {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExposeMode {
+    /// One local port per endpoint on `address`, allocated from `ports` and kept across
+    /// restarts. Every endpoint is a tcp listener (a byte pipe).
     PortRange,
+    /// One local IP per `service.namespace`, allocated from `cidr` and kept across restarts;
+    /// each endpoint listens there on its own URL's port (`tcp://orders.default:5432` →
+    /// `127.77.0.1:5432`), so clients use the in-cluster port. Every endpoint is a tcp listener.
+    Virtual,
+    /// Every endpoint listens on `address` at its own URL's port. Endpoints on the same port share
+    /// a listener: `http` endpoints an http listener routing by Host, `https` and `tls` endpoints
+    /// a tls listener routing by SNI (passthrough); a `tcp` endpoint cannot share its port.
+    Shared,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -58,10 +83,12 @@ pub enum ExposeMode {
 pub struct ExposeOverride {
     /// Glob on `service.namespace` (`*` matches any run of characters).
     pub host: String,
-    /// The local IP for matching endpoints (default: `expose.address`).
+    /// The local IP for matching endpoints (default: `expose.address`; in mode `virtual`, pins
+    /// the endpoint's address instead of allocating one from `cidr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// A fixed port (default: allocated from `expose.ports`).
+    /// A fixed port (default: allocated from `expose.ports` in mode `port_range`, the endpoint
+    /// URL's port in modes `virtual` and `shared`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 }
@@ -93,6 +120,9 @@ fn default_poll_interval() -> HumanDuration {
 fn default_selectors() -> Vec<String> {
     vec!["true".into()]
 }
+/// The network mode `virtual` allocates from when `expose.cidr` is not set.
+pub const DEFAULT_VIRTUAL_CIDR: &str = "127.77.0.0/16";
+
 fn default_expose_address() -> String {
     "127.0.0.1".into()
 }

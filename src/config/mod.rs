@@ -21,8 +21,8 @@ pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
 pub use duration::{HumanDuration, parse_duration};
 pub use dynamic::{
-    BoundEndpoints, DiscoveredListener, DynamicResources, Expose, ExposeMode, ExposeOverride,
-    parse_port_range,
+    BoundEndpoints, DEFAULT_VIRTUAL_CIDR, DiscoveredListener, DynamicResources, Expose, ExposeMode,
+    ExposeOverride, parse_port_range,
 };
 pub use env::{EnvError, expand as expand_env};
 pub use ingress::{IngressConfig, MultiplexConfig, MultiplexFallback, PoolConfig, Transport};

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ControlEvent, Gateway, discovery, registration::Registration};
 use crate::admin::metrics::{METRICS, incr};
 use crate::config::{self, Config, LoadedConfig};
-use crate::host::{Allocations, Placement, place};
+use crate::host::{Allocations, Exposure, HostsFile, Placement, hosts_file, place};
 use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
 
 /// What the admin API shows about the control loop.
@@ -44,6 +44,8 @@ pub struct ControlPlane {
     allocations: Allocations,
     /// Placement errors already logged (logged again only when they change).
     place_errors: BTreeSet<String>,
+    /// The `expose.hosts_file` writer (remembers which failure it already reported).
+    hosts_file: HostsFile,
     registered: Option<RegisteredIdentity>,
     applied: (Arc<Config>, Vec<Placement>),
     status: StatusView,
@@ -120,6 +122,7 @@ impl ControlPlane {
             discovered: BTreeSet::new(),
             allocations,
             place_errors: BTreeSet::new(),
+            hosts_file: HostsFile::default(),
             registered,
             status,
             events,
@@ -294,8 +297,12 @@ impl ControlPlane {
         });
         match built {
             Ok(next) => {
+                let names = hosts_file::entries(&next.discovered);
                 self.gateway.apply(next).await;
                 self.allocations.save();
+                if let Some(path) = self.hosts_file_path() {
+                    self.hosts_file.sync(&path, &names);
+                }
                 self.applied = (Arc::new(self.loaded.config.clone()), placements);
                 incr(&METRICS.config_applied);
                 METRICS
@@ -339,10 +346,7 @@ impl ControlPlane {
         else {
             return Vec::new();
         };
-        let (Ok(range), Ok(ip)) = (
-            config::parse_port_range(&d.expose.ports),
-            d.expose.address.parse(),
-        ) else {
+        let Ok(exposure) = Exposure::from_config(&d.expose) else {
             return Vec::new(); // the build reports these config errors
         };
         let taken = cfg
@@ -353,9 +357,8 @@ impl ControlPlane {
             .collect();
         let (placed, errors) = place(
             &self.discovered,
-            &d.expose,
-            &range,
-            ip,
+            &exposure,
+            &d.expose.overrides,
             &taken,
             &mut self.allocations,
         );
@@ -365,6 +368,21 @@ impl ControlPlane {
         }
         self.place_errors = errors;
         placed
+    }
+
+    /// `expose.hosts_file`, resolved against the config file's directory.
+    fn hosts_file_path(&self) -> Option<PathBuf> {
+        let file = self
+            .loaded
+            .config
+            .dynamic_resources
+            .as_ref()?
+            .bound_endpoints
+            .as_ref()?
+            .expose
+            .hosts_file
+            .as_ref()?;
+        Some(self.loaded.resolve(file))
     }
 
     /// Stops discovery and renewal, then drains every listener.

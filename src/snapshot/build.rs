@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
-use super::routes::{RouteCompiler, RouteTable};
+use super::routes::{RouteCompiler, RouteTable, SniRoutes};
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
-    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, IngressConfig, Limits, LoadedConfig,
-    Protocol, Transport,
+    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, Expose, ExposeMode, IngressConfig,
+    Limits, LoadedConfig, Protocol, Transport,
 };
-use crate::host::Placement;
+use crate::host::{Exposure, Placement};
 use crate::identity;
 use crate::proxy::limits::Admission;
 use crate::upstream::{
@@ -231,54 +231,82 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         if d.poll_interval.get() < Duration::from_secs(1) {
             c.err(format!("{path}.poll_interval"), "must be at least 1s");
         }
-        if let Err(e) = crate::config::parse_port_range(&d.expose.ports) {
-            c.err(format!("{path}.expose.ports"), e);
-        }
-        if d.expose.address.parse::<std::net::IpAddr>().is_err() {
-            c.err(
-                format!("{path}.expose.address"),
-                format!("`{}` is not an IP address", d.expose.address),
-            );
-        }
-        for (j, o) in d.expose.overrides.iter().enumerate() {
-            if let Some(a) = &o.address {
-                if a.parse::<std::net::IpAddr>().is_err() {
-                    c.err(
-                        format!("{path}.expose.overrides[{j}].address"),
-                        format!("`{a}` is not an IP address"),
-                    );
-                }
-            }
-        }
+        check_expose(&mut c, &format!("{path}.expose"), &d.expose);
     }
+    let mut exposed = Vec::with_capacity(discovered.len());
     if let (Some(d), false) = (dynamic, discovered.is_empty()) {
         if let Some(ingress) = ingresses.get(d.ingress.as_str()).cloned() {
+            // A compiler of its own: discovered routes name only discovered clusters.
+            let (none, no_names) = (BTreeMap::new(), HashSet::new());
+            let mut routes = RouteCompiler::new(&none, &no_names, previous);
             let retry = crate::config::RetryConfig::default();
+            // Placements sharing a listener are adjacent after grouping by listener name.
+            let mut groups: BTreeMap<&str, Vec<&Placement>> = BTreeMap::new();
             for p in discovered {
-                let name = p.url.to_string();
-                if listener_names.contains(name.as_str()) || clusters.contains_key(&name) {
-                    tracing::warn!(endpoint = %name, "discovered endpoint skipped: a static listener or cluster has the same name");
+                groups.entry(p.listener.as_str()).or_default().push(p);
+            }
+            for (name, members) in groups {
+                let Some(first) = members.first().copied() else {
+                    continue;
+                };
+                if listener_names.contains(name) {
+                    tracing::warn!(listener = %name, "discovered endpoints skipped: a static listener has the same name");
                     continue;
                 }
-                if let Some(other) = addresses.get(&p.address) {
-                    tracing::warn!(endpoint = %name, "discovered endpoint skipped: {} is used by listener `{other}`", p.address);
+                if let Some(other) = addresses.get(&first.address) {
+                    for p in &members {
+                        tracing::warn!(endpoint = %p.url, "discovered endpoint skipped: {} is used by listener `{other}`", p.address);
+                    }
                     continue;
                 }
-                let cluster = Arc::new(Cluster {
-                    name: name.clone(),
-                    target: ClusterTarget::Binding(BindingTarget {
-                        url: p.url.clone(),
-                        ingress: ingress.clone(),
-                    }),
-                    retry: RetryPolicy::new(&retry),
-                });
-                clusters.insert(name.clone(), cluster.clone());
+                let mut members_clusters = Vec::with_capacity(members.len());
+                for p in members {
+                    let cluster_name = p.url.to_string();
+                    if listener_names.contains(cluster_name.as_str())
+                        || clusters.contains_key(&cluster_name)
+                    {
+                        tracing::warn!(endpoint = %cluster_name, "discovered endpoint skipped: a static listener or cluster has the same name");
+                        continue;
+                    }
+                    let cluster = Arc::new(Cluster {
+                        name: cluster_name.clone(),
+                        target: ClusterTarget::Binding(BindingTarget {
+                            url: p.url.clone(),
+                            ingress: ingress.clone(),
+                        }),
+                        retry: RetryPolicy::new(&retry),
+                    });
+                    clusters.insert(cluster_name, cluster.clone());
+                    members_clusters.push((p, cluster));
+                }
+                if members_clusters.is_empty() {
+                    continue;
+                }
+                let table = match first.protocol {
+                    Protocol::Tcp => match members_clusters.as_slice() {
+                        [(_, cluster)] => RouteTable::Tcp(cluster.clone()),
+                        _ => continue,
+                    },
+                    Protocol::Http => RouteTable::Http(
+                        routes.discovered_http(
+                            members_clusters
+                                .iter()
+                                .map(|(p, c)| (p.url.host.clone(), c.clone())),
+                        ),
+                    ),
+                    Protocol::Tls => RouteTable::Tls(SniRoutes::exact_names(
+                        members_clusters
+                            .iter()
+                            .map(|(p, c)| (p.url.host.clone(), c.clone())),
+                    )),
+                };
+                exposed.extend(members_clusters.iter().map(|(p, _)| (*p).clone()));
                 listeners.push(Arc::new(ListenerSpec {
-                    admission: carried_admission(previous, &name, d.listener.limits.as_ref()),
-                    name,
-                    address: p.address,
-                    protocol: Protocol::Tcp,
-                    routes: RouteTable::Tcp(cluster),
+                    admission: carried_admission(previous, name, d.listener.limits.as_ref()),
+                    name: name.to_owned(),
+                    address: first.address,
+                    protocol: first.protocol,
+                    routes: table,
                     limits: d.listener.limits.clone(),
                     idle_timeout: d.listener.idle_timeout.get(),
                     drain_timeout: d.listener.drain_timeout.get(),
@@ -287,6 +315,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             }
         }
     }
+    exposed.sort_by(|a, b| a.url.cmp(&b.url));
 
     if !c.errors.is_empty() {
         let mut errors = c.errors;
@@ -306,10 +335,52 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         listeners,
         by_name,
         clusters,
-        discovered: discovered.to_vec(),
+        discovered: exposed,
         admin,
         config: Arc::new(cfg.clone()),
     })
+}
+
+/// `dynamic_resources.bound_endpoints.expose`: the mode's fields, overrides and hosts file.
+fn check_expose(c: &mut Checker<'_>, path: &str, expose: &Expose) {
+    if let Err(errors) = Exposure::from_config(expose) {
+        for (field, message) in errors {
+            c.err(format!("{path}.{field}"), message);
+        }
+    }
+    // `address` has a default, so only the source tells whether it was written.
+    let address = format!("{path}.address");
+    if expose.mode == ExposeMode::Virtual && c.loaded.source_map.exact(&address).is_some() {
+        c.err(
+            address,
+            "`expose.address` is not used by mode virtual: each endpoint gets an address from `cidr` (pin one with an override's `address`)",
+        );
+    }
+    for (j, o) in expose.overrides.iter().enumerate() {
+        if let Some(a) = &o.address {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                c.err(
+                    format!("{path}.overrides[{j}].address"),
+                    format!("`{a}` is not an IP address"),
+                );
+            }
+        }
+    }
+    if let Some(file) = &expose.hosts_file {
+        let resolved = c.loaded.resolve(file);
+        let field = format!("{path}.hosts_file");
+        if resolved.is_dir() {
+            c.err(
+                field,
+                format!("`{}` is a directory, not a hosts file", resolved.display()),
+            );
+        } else if !resolved.parent().is_some_and(|d| d.is_dir()) {
+            c.err(
+                field,
+                format!("`{}`: its directory does not exist", resolved.display()),
+            );
+        }
+    }
 }
 
 /// The previous listener's admission state when its limits are unchanged, else a fresh one.
@@ -693,4 +764,114 @@ fn build_cluster(
         target,
         retry: RetryPolicy::new(&cl.retry),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{Allocations, place};
+
+    const SHARED: &str = "\
+version: 1
+ngrok: { api_key: k }
+ingresses: [ { name: n } ]
+dynamic_resources:
+  bound_endpoints:
+    ingress: n
+    expose: { mode: shared }
+";
+
+    fn build_discovered(urls: &[&str], previous: Option<&Snapshot>) -> Snapshot {
+        let loaded = crate::config::parse(SHARED, "t.yaml", "/".into(), |_| None).unwrap();
+        let d = loaded.config.dynamic_resources.as_ref().unwrap();
+        let expose = &d.bound_endpoints.as_ref().unwrap().expose;
+        let urls = urls
+            .iter()
+            .map(|u| BoundUrl::parse(u, None).unwrap())
+            .collect();
+        let (placed, errors) = place(
+            &urls,
+            &Exposure::from_config(expose).unwrap(),
+            &expose.overrides,
+            &Default::default(),
+            &mut Allocations::load(None),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        build_with(BuildInput {
+            loaded: &loaded,
+            discovered: &placed,
+            previous,
+            registered: None,
+            version: 2,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn shared_ports_become_one_http_or_tls_listener_with_a_route_per_endpoint() {
+        let snap = build_discovered(
+            &[
+                "http://shop.default:8080",
+                "http://cart.default:8080",
+                "https://pay.default",
+                "tls://db.prod:443",
+                "tcp://orders.default:5432",
+            ],
+            None,
+        );
+        let names: Vec<(&str, Protocol)> = snap
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.protocol))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("http@127.0.0.1:8080", Protocol::Http),
+                ("tcp://orders.default:5432", Protocol::Tcp),
+                ("tls@127.0.0.1:443", Protocol::Tls),
+            ]
+        );
+        let Some(RouteTable::Http(http)) = snap.listener("http@127.0.0.1:8080").map(|l| &l.routes)
+        else {
+            panic!("not http");
+        };
+        let hit = |host| http.find(Some(host), "/x").map(|u| u.cluster.name.clone());
+        assert_eq!(
+            hit("shop.default").as_deref(),
+            Some("http://shop.default:8080")
+        );
+        assert_eq!(
+            hit("cart.default").as_deref(),
+            Some("http://cart.default:8080")
+        );
+        assert_eq!(hit("other.default"), None);
+        let Some(RouteTable::Tls(tls)) = snap.listener("tls@127.0.0.1:443").map(|l| &l.routes)
+        else {
+            panic!("not tls");
+        };
+        assert_eq!(
+            tls.find(Some("pay.default")).unwrap().name,
+            "https://pay.default:443"
+        );
+        assert_eq!(tls.find(Some("db.prod")).unwrap().name, "tls://db.prod:443");
+        assert!(
+            tls.find(Some("x.y")).is_none() && tls.find(None).is_none(),
+            "no default route"
+        );
+        assert_eq!(snap.discovered.len(), 5);
+
+        // One endpoint alone already has the http listener; a second one joins it, keeping the
+        // first one's upstream pool.
+        let one = build_discovered(&["http://shop.default:8080"], None);
+        let two = build_discovered(
+            &["http://shop.default:8080", "http://cart.default:8080"],
+            Some(&one),
+        );
+        let pool = |s: &Snapshot| match &s.listener("http@127.0.0.1:8080").unwrap().routes {
+            RouteTable::Http(h) => h.find(Some("shop.default"), "/").unwrap().pool.clone(),
+            _ => panic!("not http"),
+        };
+        assert!(Arc::ptr_eq(&pool(&one), &pool(&two)));
+    }
 }

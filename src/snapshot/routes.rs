@@ -206,6 +206,16 @@ pub struct SniRoutes {
 }
 
 impl SniRoutes {
+    /// Exact server names only, no default (a shared tls listener of discovered endpoints).
+    pub(super) fn exact_names(routes: impl IntoIterator<Item = (String, Arc<Cluster>)>) -> Self {
+        let mut table = SniRoutes::default();
+        for (name, cluster) in routes {
+            table.order.push(cluster.clone());
+            table.exact.insert(name, cluster);
+        }
+        table
+    }
+
     /// `server_name`: normalized; `None` when the ClientHello has no SNI.
     pub fn find(&self, server_name: Option<&str>) -> Option<&Arc<Cluster>> {
         server_name
@@ -376,6 +386,26 @@ impl<'a> RouteCompiler<'a> {
                 .request_timeout
                 .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.get()),
         })
+    }
+
+    /// The routes of a shared http listener (`expose.mode: shared`): one per discovered endpoint,
+    /// matching its `service.namespace` exactly (any port in the Host header), every path.
+    pub(super) fn discovered_http(
+        &mut self,
+        endpoints: impl IntoIterator<Item = (String, Arc<Cluster>)>,
+    ) -> HttpRoutes {
+        let routes = endpoints
+            .into_iter()
+            .map(|(host, cluster)| HttpRoute {
+                host: NamePattern::Exact(host),
+                path_prefix: "/".to_owned(),
+                upstream: self.http_upstream(cluster),
+            })
+            .collect();
+        HttpRoutes {
+            routes,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
     }
 
     /// This build's upstream for `cluster`: shared by name within the build, and keeping the

@@ -1,0 +1,288 @@
+//! `expose.hosts_file`: a managed block in a hosts file (e.g. `/etc/hosts`) with one
+//! `IP service.namespace` line per exposed endpoint, so in-cluster names resolve locally.
+//!
+//! Everything outside the block stays byte for byte. The file is rewritten only when the block's
+//! content changes, atomically (a temporary file in the same directory, renamed over it) and with
+//! its mode kept; where the rename cannot work (a bind-mounted `/etc/hosts` in a container:
+//! `EBUSY`, `EXDEV`) the file is rewritten in place. Failures are reported, never fatal.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::Placement;
+
+pub const BEGIN: &str = "# BEGIN bindgate (managed, do not edit)";
+pub const END: &str = "# END bindgate";
+
+/// The block's lines: `(service.namespace, IP)`, sorted by name.
+pub type Entries = BTreeSet<(String, IpAddr)>;
+
+/// The names to publish for `placements`. A wildcard listen address is reached through loopback.
+pub fn entries(placements: &[Placement]) -> Entries {
+    placements
+        .iter()
+        .map(|p| {
+            let ip = match p.address.ip() {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            (p.url.host.clone(), ip)
+        })
+        .collect()
+}
+
+/// `existing` with its block replaced by one for `entries` (appended when there is none, removed
+/// when `entries` is empty); `None` when that is what `existing` already says.
+pub fn render(existing: &[u8], entries: &Entries) -> Result<Option<Vec<u8>>, String> {
+    let mut block = Vec::new();
+    if !entries.is_empty() {
+        block.extend_from_slice(BEGIN.as_bytes());
+        block.push(b'\n');
+        for (name, ip) in entries {
+            block.extend_from_slice(format!("{ip} {name}\n").as_bytes());
+        }
+        block.extend_from_slice(END.as_bytes());
+        block.push(b'\n');
+    }
+    let mut begin = None;
+    let mut end = None;
+    let mut offset = 0;
+    for line in existing.split_inclusive(|b| *b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        match begin {
+            None if text == BEGIN.as_bytes() => begin = Some(offset),
+            Some(_) if text == END.as_bytes() => {
+                end = Some(offset + line.len());
+                break;
+            }
+            _ => {}
+        }
+        offset += line.len();
+    }
+    let mut out = Vec::with_capacity(existing.len() + block.len() + 1);
+    match (begin, end) {
+        (Some(b), Some(e)) => {
+            out.extend_from_slice(&existing[..b]);
+            out.extend_from_slice(&block);
+            out.extend_from_slice(&existing[e..]);
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "it has a `{BEGIN}` line without a matching `{END}` line; fix or remove the block by hand"
+            ));
+        }
+        (None, _) => {
+            out.extend_from_slice(existing);
+            if !block.is_empty() && !existing.is_empty() && !existing.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(&block);
+        }
+    }
+    Ok((out != existing).then_some(out))
+}
+
+/// Keeps one hosts file's block up to date, reporting each distinct failure once.
+#[derive(Debug, Default)]
+pub struct HostsFile {
+    last_error: Option<String>,
+}
+
+impl HostsFile {
+    /// Brings `path`'s block in line with `entries`. Never fails: a problem is a warning (logged
+    /// once until it changes or clears) and serving goes on.
+    pub fn sync(&mut self, path: &Path, entries: &Entries) {
+        match update(path, entries) {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(path = %path.display(), names = entries.len(), "hosts file updated");
+                }
+                if self.last_error.take().is_some() {
+                    tracing::info!(path = %path.display(), "hosts file writable again");
+                }
+            }
+            Err(e) => {
+                if self.last_error.as_ref() != Some(&e) {
+                    tracing::warn!(
+                        "cannot update the hosts file {}: {e}; endpoints are still served, but their names may not resolve",
+                        path.display()
+                    );
+                    self.last_error = Some(e);
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites the file when its block differs; returns whether it wrote.
+pub fn update(path: &Path, entries: &Entries) -> Result<bool, String> {
+    // Write through a symlink (some systems link /etc/hosts elsewhere) rather than replace it.
+    let path = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (existing, mode) = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| e.to_string())?
+                .permissions()
+                .mode();
+            (bytes, mode & 0o7777)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0o644),
+        Err(e) => return Err(format!("reading it: {e}")),
+    };
+    let Some(new) = render(&existing, entries)? else {
+        return Ok(false);
+    };
+    write(&path, &new, mode)?;
+    Ok(true)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.bindgate-{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("writing {}: {e}", tmp.display()));
+    }
+    match std::fs::rename(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EXDEV)) => {
+            let _ = std::fs::remove_file(&tmp);
+            // The file is a mount point (or on another device): rewrite it where it is.
+            let rewrite = (|| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(path)?;
+                f.write_all(bytes)?;
+                f.sync_all()
+            })();
+            rewrite.map_err(|e| format!("rewriting it in place: {e}"))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(format!("replacing it: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(pairs: &[(&str, &str)]) -> Entries {
+        pairs
+            .iter()
+            .map(|(n, ip)| (n.to_string(), ip.parse().unwrap()))
+            .collect()
+    }
+
+    fn render_str(existing: &str, entries: &Entries) -> Option<String> {
+        render(existing.as_bytes(), entries)
+            .unwrap()
+            .map(|b| String::from_utf8(b).unwrap())
+    }
+
+    const BLOCK: &str = "# BEGIN bindgate (managed, do not edit)\n127.77.0.2 a.ns\n127.77.0.1 b.ns\n# END bindgate\n";
+
+    #[test]
+    fn block_is_appended_replaced_and_removed_keeping_the_rest() {
+        let two = e(&[("b.ns", "127.77.0.1"), ("a.ns", "127.77.0.2")]);
+        let user = "127.0.0.1 localhost\n# mine\r\n::1 ip6-localhost";
+        let with = render_str(user, &two).unwrap();
+        assert_eq!(with, format!("{user}\n{BLOCK}"), "sorted by name");
+        assert_eq!(render_str(&with, &two), None, "unchanged: no rewrite");
+
+        // Lines after the block, and a changed block, in the middle of the file.
+        let middle = format!("top\n{BLOCK}bottom\n");
+        let one = e(&[("a.ns", "127.77.0.9")]);
+        assert_eq!(
+            render_str(&middle, &one).unwrap(),
+            "top\n# BEGIN bindgate (managed, do not edit)\n127.77.0.9 a.ns\n# END bindgate\nbottom\n"
+        );
+        assert_eq!(
+            render_str(&middle, &Entries::new()).unwrap(),
+            "top\nbottom\n"
+        );
+        assert_eq!(render_str("", &Entries::new()), None);
+        assert_eq!(render_str("x", &Entries::new()), None);
+        assert_eq!(render_str("", &one).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn an_unterminated_block_is_left_alone() {
+        let text = "a\n# BEGIN bindgate (managed, do not edit)\n1.2.3.4 x.y\n";
+        let err = render(text.as_bytes(), &e(&[("a.ns", "127.0.0.1")])).unwrap_err();
+        assert!(err.contains("without a matching `# END bindgate`"), "{err}");
+    }
+
+    #[test]
+    fn update_writes_atomically_keeping_mode_and_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, "127.0.0.1 localhost\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let two = e(&[("b.ns", "127.77.0.1"), ("a.ns", "127.77.0.2")]);
+        assert!(update(&path, &two).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("127.0.0.1 localhost\n{BLOCK}")
+        );
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        assert!(!update(&path, &two).unwrap(), "same block: not rewritten");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["hosts"], "no temporary file left behind");
+
+        // Through a symlink: the target changes, the link stays a link.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(update(&link, &Entries::new()).unwrap());
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+
+        let missing_dir = dir.path().join("nope/hosts");
+        assert!(update(&missing_dir, &two).is_err());
+    }
+
+    #[test]
+    fn wildcard_addresses_publish_loopback() {
+        let url = crate::snapshot::BoundUrl::parse("tcp://a.ns:1", None).unwrap();
+        let p = [
+            Placement::own(&url, "0.0.0.0:1".parse().unwrap()),
+            Placement::own(&url, "[::]:2".parse().unwrap()),
+        ];
+        assert_eq!(entries(&p), e(&[("a.ns", "127.0.0.1"), ("a.ns", "::1")]));
+    }
+}
