@@ -3,6 +3,9 @@
 //!
 //! - `connect_latency`: N sequential connections, each: connect, write 1 byte, read the echoed
 //!   byte (timed up to here), close. p50/p99 of the new-connection cost.
+//! - `paced_connect_latency`: the same exchange, open loop: connections started at a fixed rate
+//!   whatever the earlier ones are doing, each timed from its scheduled start (so a late start
+//!   counts against the target, and a slow target does not slow the schedule down).
 //! - `short_connections`: `workers` concurrent loops of connect, 32-byte request, 32-byte echo,
 //!   close. Connections per second.
 //! - `http_requests`: `workers` concurrent HTTP/1.1 clients sending `GET /`, either over one
@@ -171,6 +174,51 @@ pub async fn connect_latency(addr: SocketAddr, s: &Settings) -> LatencyResult {
             Err(e) => failures.record(e),
         }
     }
+    latency_result(samples, failures)
+}
+
+/// Open loop: `paced.connections()` connections, the `i`-th started at `start + i / rate`
+/// whether or not the earlier ones are done, each timed from its scheduled start.
+pub async fn paced_connect_latency(addr: SocketAddr, s: &Settings) -> LatencyResult {
+    let rate = f64::from(s.paced.per_second.max(1));
+    let count = s.paced.connections();
+    let limit = s.op_timeout;
+    let start = Instant::now() + Duration::from_millis(10);
+    let mut set = JoinSet::new();
+    for i in 0..count {
+        let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(scheduled).await;
+        set.spawn(async move {
+            bounded(limit, echo_exchange(addr, b"*"))
+                .await
+                .map(|()| scheduled.elapsed())
+        });
+    }
+    let mut samples = Vec::with_capacity(count);
+    let mut failures = Failures::default();
+    // Every task is bounded by `limit`; the outer bound only guards against a task that hangs
+    // outside its operation.
+    let deadline = Instant::now() + limit + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok(Ok(elapsed)))) => samples.push(elapsed),
+            Ok(Some(Ok(Err(e)))) => failures.record(e),
+            Ok(Some(Err(e))) => failures.record(format!("connection task failed: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                let left = set.len();
+                set.abort_all();
+                for _ in 0..left {
+                    failures.record("not finished when the measurement ended");
+                }
+                break;
+            }
+        }
+    }
+    latency_result(samples, failures)
+}
+
+fn latency_result(mut samples: Vec<Duration>, failures: Failures) -> LatencyResult {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mean = if samples.is_empty() {
