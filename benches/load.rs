@@ -5,6 +5,8 @@
 //! cargo bench --bench load                      # the full run (under two minutes)
 //! cargo bench --bench load -- --quick           # tiny counts: seconds, a smoke run
 //! cargo bench --bench load -- --json target/bench-results.json
+//! cargo bench --bench load -- --rtt 20          # 20 ms emulated between gateways and ingress
+//! cargo bench --bench load -- --only connect,paced --targets direct,pool
 //! ```
 //!
 //! Which `bindgate` is measured: `BINDGATE_BIN` when set, else the one cargo builds for this
@@ -24,18 +26,26 @@ mod harness;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--json FILE]";
+const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--json FILE] [--rtt MS] \
+[--only connect,paced,short,http,throughput] [--targets baseline,direct,pool,multiplex]";
 
 struct Args {
     quick: bool,
     json: Option<PathBuf>,
+    rtt: Option<Duration>,
+    only: Option<String>,
+    targets: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         json: None,
+        rtt: None,
+        only: None,
+        targets: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -45,6 +55,22 @@ fn parse_args() -> Result<Args, String> {
                 let path = it.next().ok_or("--json needs a FILE")?;
                 args.json = Some(PathBuf::from(path));
             }
+            "--rtt" => {
+                let ms = it.next().ok_or("--rtt needs a round-trip time in ms")?;
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| format!("--rtt: `{ms}` is not a whole number of milliseconds"))?;
+                if !(1..=10_000).contains(&ms) {
+                    return Err(
+                        "--rtt: from 1 to 10000 ms (timers are ms-granular: 5 or more \
+                                is meaningful)"
+                            .to_owned(),
+                    );
+                }
+                args.rtt = Some(Duration::from_millis(ms));
+            }
+            "--only" => args.only = Some(it.next().ok_or("--only needs a LIST")?),
+            "--targets" => args.targets = Some(it.next().ok_or("--targets needs a LIST")?),
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             "-h" | "--help" => return Err(USAGE.to_owned()),
@@ -69,7 +95,14 @@ fn main() -> ExitCode {
             "CARGO_BIN_EXE_bindgate: cargo bench's build, with dev-dependency features; set BINDGATE_BIN for a release build",
         ),
     };
-    let settings = harness::Settings::new(bin, origin, args.quick);
+    let mut settings = harness::Settings::new(bin, origin, args.quick);
+    if let Some(rtt) = args.rtt {
+        settings = settings.with_rtt(rtt);
+    }
+    if let Err(e) = settings.select(args.only.as_deref(), args.targets.as_deref()) {
+        eprintln!("{e}\n{USAGE}");
+        return ExitCode::FAILURE;
+    }
     // Two workers, like the machine the README's numbers come from: the load generator shares
     // the CPUs with the gateways and the sandbox either way.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -84,8 +117,12 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "bindgate load benchmark ({}), binary {}",
+        "bindgate load benchmark ({}{}), binary {}",
         if args.quick { "quick" } else { "full" },
+        settings
+            .rtt
+            .map(|d| format!(", RTT {} ms via relay", d.as_millis()))
+            .unwrap_or_default(),
         settings.bin.display()
     );
     let report = match runtime.block_on(harness::run(&settings)) {

@@ -7,6 +7,7 @@
 mod harness;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use harness::{Support, Target};
 
@@ -46,5 +47,60 @@ async fn every_supported_mode_produces_numbers() {
     assert_eq!(
         json["targets"].as_array().map(Vec::len),
         Some(Target::ALL.len())
+    );
+}
+
+/// `--quick --rtt 5 --only connect,paced`: every gateway dials the relay, the baseline goes
+/// through its own, and only the asked-for measurements run. The one timing check is a lower
+/// bound the relay itself imposes (every path crosses it at least once), never a speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_mode_measures_what_was_asked_through_the_relay() {
+    let rtt = Duration::from_millis(5);
+    let mut settings = harness::Settings::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
+        "CARGO_BIN_EXE_bindgate, the debug build",
+        true,
+    )
+    .with_rtt(rtt);
+    settings
+        .select(Some("connect,paced"), None)
+        .expect("a valid selection");
+    let report = harness::run(&settings)
+        .await
+        .expect("the load harness runs");
+    println!("{}", report.table());
+
+    let missing = report.missing_numbers();
+    assert!(
+        missing.is_empty(),
+        "no numbers for {missing:?}; failures: {:#?}",
+        report.failures()
+    );
+    for t in report
+        .targets
+        .iter()
+        .filter(|t| t.support == Support::Measured)
+    {
+        let connect = t.connect_latency.as_ref().expect("connect was measured");
+        assert!(
+            connect.p50_ms >= rtt.as_secs_f64() * 1000.0,
+            "{}: a new connection through the relay took {} ms, less than the RTT",
+            t.target.name(),
+            connect.p50_ms
+        );
+        assert!(t.paced_connect_latency.is_some(), "paced was measured");
+        assert!(t.short_connections.is_none(), "short was not asked for");
+        assert!(t.throughput.is_none(), "no throughput with an RTT");
+    }
+    let json = serde_json::to_value(&report).expect("the report serializes");
+    assert_eq!(json["rtt_ms"], 5);
+    assert!(
+        json["targets"][0].get("short_connections").is_none(),
+        "measurements not run are left out of the JSON"
+    );
+    assert!(
+        report
+            .table()
+            .starts_with("RTT 5 ms emulated between gateway and ingress (relay)")
     );
 }

@@ -43,15 +43,17 @@ pub struct GatewayConfig {
 }
 
 /// Writes and validates the config for `transport`, with an http listener when supported.
+/// `ingress` is the address gateways dial: the sandbox's ingress, or a relay in front of it.
 pub async fn prepare(
     bin: &Path,
     dir: &Path,
     sandbox: &SandboxProcess,
+    ingress: SocketAddr,
     transport: &str,
     settings: &Settings,
 ) -> anyhow::Result<Prepared> {
     let path = dir.join(format!("gateway-{transport}.yaml"));
-    let base = config_text(sandbox, transport, None);
+    let base = config_text(sandbox, ingress, transport, None);
     match validate(bin, &path, &base, settings).await? {
         Validation::Ok => {}
         Validation::Unsupported(reason) => return Ok(Prepared::NotSupported(reason)),
@@ -62,7 +64,7 @@ pub async fn prepare(
     let mut rejected = Vec::new();
     let mut outcome = None;
     for routes in HTTP_ROUTES {
-        let text = config_text(sandbox, transport, Some(routes));
+        let text = config_text(sandbox, ingress, transport, Some(routes));
         match validate(bin, &path, &text, settings).await? {
             Validation::Ok => {
                 outcome = Some((Support::Measured, Some(routes)));
@@ -82,7 +84,7 @@ pub async fn prepare(
         );
     };
     // The file on disk is the last one validated: write the one that will run.
-    let text = config_text(sandbox, transport, routes);
+    let text = config_text(sandbox, ingress, transport, routes);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Prepared::Config(GatewayConfig {
         path,
@@ -133,7 +135,12 @@ fn strip_position(line: &str) -> &str {
     }
 }
 
-fn config_text(sandbox: &SandboxProcess, transport: &str, http_routes: Option<&str>) -> String {
+fn config_text(
+    sandbox: &SandboxProcess,
+    ingress: SocketAddr,
+    transport: &str,
+    http_routes: Option<&str>,
+) -> String {
     let http_listener = http_routes
         .map(|routes| {
             format!(
@@ -172,7 +179,6 @@ static_resources:
       endpoint: {WEB_ENDPOINT}
       ingress: sandbox
 ",
-        ingress = sandbox.ingress,
         ca = sandbox.ca.display(),
         cert = sandbox.client_cert.display(),
         key = sandbox.client_key.display(),

@@ -6,7 +6,12 @@
 //! Submodules: `process` (child processes and their readiness lines), `sandbox` (the emulated
 //! ingress and its client certificate), `gateway` (one generated config per transport, checked
 //! with `bindgate validate` first), `workloads` (the measurements), `http1` (a minimal HTTP/1.1
-//! client), `report` (the table and the JSON). It measures and reports; it never asserts speed.
+//! client), `relay` (the latency relay of `--rtt`), `report` (the table and the JSON). It
+//! measures and reports; it never asserts speed.
+//!
+//! With an RTT (`Settings::rtt`), a relay that adds that round-trip time stands in front of the
+//! sandbox's ingress and every gateway dials the relay; the baseline goes through its own relay in
+//! front of the backends (a remote backend over the same path).
 //!
 //! Every loop is bounded twice, by a count and by a deadline, and every socket operation has a
 //! timeout; everything listens on 127.0.0.1 with OS-chosen ports.
@@ -14,6 +19,7 @@
 mod gateway;
 mod http1;
 mod process;
+pub mod relay;
 mod report;
 mod sandbox;
 mod workloads;
@@ -49,6 +55,10 @@ impl Target {
         Target::Multiplex,
     ];
 
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Baseline => "baseline",
@@ -64,6 +74,65 @@ impl Target {
             Target::Baseline => None,
             other => Some(other.name()),
         }
+    }
+}
+
+/// A measurement (a group of columns), as `--only` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measurement {
+    /// Sequential connect latency.
+    Connect,
+    /// Open-loop (paced) connect latency.
+    Paced,
+    /// Short connections per second.
+    Short,
+    /// The four HTTP columns.
+    Http,
+    /// Echo throughput on one connection.
+    Throughput,
+}
+
+impl Measurement {
+    pub const ALL: [Measurement; 5] = [
+        Measurement::Connect,
+        Measurement::Paced,
+        Measurement::Short,
+        Measurement::Http,
+        Measurement::Throughput,
+    ];
+
+    pub fn parse(name: &str) -> Option<Measurement> {
+        Measurement::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Measurement::Connect => "connect",
+            Measurement::Paced => "paced",
+            Measurement::Short => "short",
+            Measurement::Http => "http",
+            Measurement::Throughput => "throughput",
+        }
+    }
+}
+
+/// Why throughput is not measured with an RTT.
+pub const NO_THROUGHPUT_WITH_RTT: &str =
+    "echo MiB/s is not measured with --rtt: the relay delays chunks but does not model bandwidth";
+
+/// An open-loop schedule: connections started at a fixed rate, whatever the completions do.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Paced {
+    pub per_second: u32,
+    #[serde(serialize_with = "report::seconds")]
+    pub duration: Duration,
+}
+
+impl Paced {
+    /// Connections the schedule starts.
+    pub fn connections(&self) -> usize {
+        (self.duration.as_secs_f64() * f64::from(self.per_second)).round() as usize
     }
 }
 
@@ -90,6 +159,8 @@ pub struct Settings {
     pub latency_warmup: usize,
     #[serde(serialize_with = "report::seconds")]
     pub latency_time_limit: Duration,
+    /// The paced (open-loop) connect latency's schedule.
+    pub paced: Paced,
     pub short_connections: Budget,
     /// Each of the four HTTP measurements gets this budget.
     pub http: Budget,
@@ -107,6 +178,14 @@ pub struct Settings {
     /// background after start are measured full, as in steady state.
     #[serde(serialize_with = "report::seconds")]
     pub settle: Duration,
+    /// The round-trip time the relay adds between gateways and the ingress (and between the
+    /// baseline and the backends); `None`: straight over loopback.
+    #[serde(rename = "rtt_ms", serialize_with = "report::millis")]
+    pub rtt: Option<Duration>,
+    /// The measurements to run (`--only`); throughput is skipped with an RTT whatever this says.
+    pub only: Vec<Measurement>,
+    /// The targets to measure (`--targets`).
+    pub targets: Vec<Target>,
 }
 
 impl Settings {
@@ -121,6 +200,55 @@ impl Settings {
         s
     }
 
+    /// Emulates `rtt` between gateways and the ingress. The full run's counts shrink so it stays
+    /// under about three minutes (every connection now costs tens of milliseconds); the quick
+    /// run's are small already. Throughput is skipped: the relay does not model bandwidth.
+    pub fn with_rtt(mut self, rtt: Duration) -> Settings {
+        self.rtt = Some(rtt);
+        if !self.quick {
+            self.latency_connections = 100;
+            self.latency_warmup = 5;
+            self.paced = Paced {
+                per_second: 50,
+                duration: Duration::from_secs(5),
+            };
+            self.short_connections.duration = Duration::from_secs(5);
+            self.http.duration = Duration::from_secs(5);
+        }
+        self
+    }
+
+    /// Restricts the run to the comma-separated measurements (`--only`: connect, paced, short,
+    /// http, throughput) and targets (`--targets`: baseline, direct, pool, multiplex). Call after
+    /// `with_rtt`: throughput asked for with an RTT is an error.
+    pub fn select(&mut self, only: Option<&str>, targets: Option<&str>) -> Result<(), String> {
+        if let Some(list) = only {
+            self.only = parse_list(
+                "--only",
+                list,
+                Measurement::parse,
+                &Measurement::ALL.map(Measurement::name),
+            )?;
+            if self.rtt.is_some() && self.only.contains(&Measurement::Throughput) {
+                return Err(format!("--only throughput: {NO_THROUGHPUT_WITH_RTT}"));
+            }
+        }
+        if let Some(list) = targets {
+            self.targets = parse_list(
+                "--targets",
+                list,
+                Target::parse,
+                &Target::ALL.map(Target::name),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether `m` runs: asked for, and meaningful (no throughput with an RTT).
+    pub fn measures(&self, m: Measurement) -> bool {
+        self.only.contains(&m) && !(m == Measurement::Throughput && self.rtt.is_some())
+    }
+
     /// The numbers the README's table comes from: under two minutes on a 2-core machine.
     fn full(bin: PathBuf) -> Settings {
         Settings {
@@ -131,6 +259,10 @@ impl Settings {
             latency_connections: 1000,
             latency_warmup: 20,
             latency_time_limit: Duration::from_secs(60),
+            paced: Paced {
+                per_second: 200,
+                duration: Duration::from_secs(5),
+            },
             short_connections: Budget {
                 max_ops: 500_000,
                 duration: Duration::from_secs(5),
@@ -144,6 +276,9 @@ impl Settings {
             op_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(30),
             settle: Duration::from_secs(1),
+            rtt: None,
+            only: Measurement::ALL.to_vec(),
+            targets: Target::ALL.to_vec(),
         }
     }
 
@@ -157,6 +292,10 @@ impl Settings {
             latency_connections: 20,
             latency_warmup: 2,
             latency_time_limit: Duration::from_secs(10),
+            paced: Paced {
+                per_second: 50,
+                duration: Duration::from_millis(300),
+            },
             short_connections: Budget {
                 max_ops: 200,
                 duration: Duration::from_millis(300),
@@ -170,11 +309,36 @@ impl Settings {
             op_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(200),
+            rtt: None,
+            only: Measurement::ALL.to_vec(),
+            targets: Target::ALL.to_vec(),
         }
     }
 }
 
 pub const MIB: u64 = 1024 * 1024;
+
+/// A comma-separated list of names, each one of `known`, without repeats, not empty.
+fn parse_list<T: PartialEq>(
+    flag: &str,
+    list: &str,
+    parse: fn(&str) -> Option<T>,
+    known: &[&str],
+) -> Result<Vec<T>, String> {
+    let known = known.join(",");
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let item =
+            parse(name).ok_or_else(|| format!("{flag}: unknown `{name}` (known: {known})"))?;
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{flag} needs at least one of {known}"));
+    }
+    Ok(out)
+}
 
 /// Where one target's traffic goes.
 struct Addresses {
@@ -196,21 +360,50 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         .await
         .context("starting `bindgate sandbox`")?;
 
+    // With an RTT: one relay in front of the ingress, shared by every gateway, and one in front
+    // of the backends for the baseline. Dropped (stopped) at the end of the run.
+    let relays = match settings.rtt {
+        None => None,
+        Some(rtt) => {
+            let ingress = relay::Relay::start(rtt, &[sandbox.ingress])
+                .context("starting the relay in front of the ingress")?;
+            let backends = relay::Relay::start(rtt, &[sandbox.echo, sandbox.http])
+                .context("starting the relay in front of the backends")?;
+            Some((ingress, backends))
+        }
+    };
+    let (ingress, baseline_echo, baseline_http) = match &relays {
+        None => (sandbox.ingress, sandbox.echo, sandbox.http),
+        Some((ingress, backends)) => (ingress.addrs[0], backends.addrs[0], backends.addrs[1]),
+    };
+
     // `reports[i]` is measured through `addresses[i]`; `None` for a target this build lacks.
     let mut reports: Vec<TargetReport> = Vec::new();
     let mut addresses: Vec<Option<Addresses>> = Vec::new();
     let mut gateways = Vec::new();
-    for target in Target::ALL {
+    for target in Target::ALL
+        .into_iter()
+        .filter(|t| settings.targets.contains(t))
+    {
         let Some(transport) = target.transport() else {
             reports.push(TargetReport::new(target, Support::Measured));
             addresses.push(Some(Addresses {
-                echo: sandbox.echo,
-                web_tcp: sandbox.http,
+                echo: baseline_echo,
+                web_tcp: baseline_http,
                 web_http: Err(Support::NotApplicable),
             }));
             continue;
         };
-        match gateway::prepare(&settings.bin, dir.path(), &sandbox, transport, settings).await? {
+        let prepared = gateway::prepare(
+            &settings.bin,
+            dir.path(),
+            &sandbox,
+            ingress,
+            transport,
+            settings,
+        )
+        .await?;
+        match prepared {
             gateway::Prepared::NotSupported(reason) => {
                 eprintln!(
                     "{}: n/a (not supported by this build: {reason})",
@@ -243,19 +436,36 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
 
     // One measurement at a time across every target, so a burst of noise from the rest of the
     // machine lands on neighbouring cells rather than on one target's whole row.
-    for (r, a) in reports.iter_mut().zip(&addresses) {
-        let Some(a) = a else { continue };
-        let m = workloads::connect_latency(a.echo, settings).await;
-        progress(r.target, "connect latency", &m.summary());
-        r.connect_latency = Some(m);
+    if settings.measures(Measurement::Connect) {
+        for (r, a) in reports.iter_mut().zip(&addresses) {
+            let Some(a) = a else { continue };
+            let m = workloads::connect_latency(a.echo, settings).await;
+            progress(r.target, "connect latency", &m.summary());
+            r.connect_latency = Some(m);
+        }
     }
-    for (r, a) in reports.iter_mut().zip(&addresses) {
-        let Some(a) = a else { continue };
-        let m = workloads::short_connections(a.echo, settings).await;
-        progress(r.target, "short connections", &m.summary());
-        r.short_connections = Some(m);
+    if settings.measures(Measurement::Paced) {
+        for (r, a) in reports.iter_mut().zip(&addresses) {
+            let Some(a) = a else { continue };
+            let m = workloads::paced_connect_latency(a.echo, settings).await;
+            progress(r.target, "paced connect latency", &m.summary());
+            r.paced_connect_latency = Some(m);
+        }
     }
-    for keep_alive in [true, false] {
+    if settings.measures(Measurement::Short) {
+        for (r, a) in reports.iter_mut().zip(&addresses) {
+            let Some(a) = a else { continue };
+            let m = workloads::short_connections(a.echo, settings).await;
+            progress(r.target, "short connections", &m.summary());
+            r.short_connections = Some(m);
+        }
+    }
+    let http_rounds: &[bool] = if settings.measures(Measurement::Http) {
+        &[true, false]
+    } else {
+        &[]
+    };
+    for &keep_alive in http_rounds {
         for (r, a) in reports.iter_mut().zip(&addresses) {
             let Some(a) = a else { continue };
             let m = workloads::http_requests(a.web_tcp, keep_alive, settings).await;
@@ -279,16 +489,19 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             *r.http_listener(keep_alive) = Some(m);
         }
     }
-    for (r, a) in reports.iter_mut().zip(&addresses) {
-        let Some(a) = a else { continue };
-        let m = workloads::throughput(a.echo, settings).await;
-        progress(r.target, "throughput", &m.summary());
-        r.throughput = Some(m);
+    if settings.measures(Measurement::Throughput) {
+        for (r, a) in reports.iter_mut().zip(&addresses) {
+            let Some(a) = a else { continue };
+            let m = workloads::throughput(a.echo, settings).await;
+            progress(r.target, "throughput", &m.summary());
+            r.throughput = Some(m);
+        }
     }
 
     for g in gateways {
         g.stop().await;
     }
+    drop(relays);
     sandbox.stop().await;
     Ok(Report::new(settings, version, reports))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use super::workloads::{LatencyResult, RateResult, ThroughputResult};
-use super::{Settings, Target};
+use super::{Measurement, NO_THROUGHPUT_WITH_RTT, Settings, Target};
 
 /// Whether something was measured, and if not, why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -28,12 +28,22 @@ pub struct TargetReport {
     pub support: Support,
     /// Whether the `protocol: http` listener rows were measured.
     pub http_listener: Support,
+    // A measurement that was not run (`--only`, or throughput with `--rtt`) is left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_latency: Option<LatencyResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paced_connect_latency: Option<LatencyResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub short_connections: Option<RateResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_tcp_keep_alive: Option<RateResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_tcp_new_connection: Option<RateResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listener_keep_alive: Option<RateResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listener_new_connection: Option<RateResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput: Option<ThroughputResult>,
 }
 
@@ -48,6 +58,7 @@ impl TargetReport {
             support,
             http_listener,
             connect_latency: None,
+            paced_connect_latency: None,
             short_connections: None,
             http_tcp_keep_alive: None,
             http_tcp_new_connection: None,
@@ -77,6 +88,8 @@ impl TargetReport {
 /// One column of the table: a number per target, and which way is better.
 struct Column {
     header: &'static str,
+    /// The measurement (`--only` name) the column belongs to.
+    measurement: Measurement,
     value: fn(&TargetReport) -> Option<f64>,
     /// Whether this column is an http-listener one (blank for targets without that listener).
     http_listener: bool,
@@ -84,33 +97,42 @@ struct Column {
     decimals: usize,
 }
 
-const COLUMNS: [Column; 8] = [
+const COLUMNS: [Column; 10] = [
     Column {
         header: "connect p50 ms",
-        value: |r| {
-            r.connect_latency
-                .as_ref()
-                .filter(|l| l.samples > 0)
-                .map(|l| l.p50_ms)
-        },
+        measurement: Measurement::Connect,
+        value: |r| latency(&r.connect_latency).map(|l| l.p50_ms),
         http_listener: false,
         lower_is_better: true,
         decimals: 3,
     },
     Column {
         header: "connect p99 ms",
-        value: |r| {
-            r.connect_latency
-                .as_ref()
-                .filter(|l| l.samples > 0)
-                .map(|l| l.p99_ms)
-        },
+        measurement: Measurement::Connect,
+        value: |r| latency(&r.connect_latency).map(|l| l.p99_ms),
+        http_listener: false,
+        lower_is_better: true,
+        decimals: 3,
+    },
+    Column {
+        header: "paced connect p50 ms",
+        measurement: Measurement::Paced,
+        value: |r| latency(&r.paced_connect_latency).map(|l| l.p50_ms),
+        http_listener: false,
+        lower_is_better: true,
+        decimals: 3,
+    },
+    Column {
+        header: "paced connect p99 ms",
+        measurement: Measurement::Paced,
+        value: |r| latency(&r.paced_connect_latency).map(|l| l.p99_ms),
         http_listener: false,
         lower_is_better: true,
         decimals: 3,
     },
     Column {
         header: "short conns/s",
+        measurement: Measurement::Short,
         value: |r| rate(&r.short_connections),
         http_listener: false,
         lower_is_better: false,
@@ -118,6 +140,7 @@ const COLUMNS: [Column; 8] = [
     },
     Column {
         header: "http req/s keep-alive",
+        measurement: Measurement::Http,
         value: |r| rate(&r.http_tcp_keep_alive),
         http_listener: false,
         lower_is_better: false,
@@ -125,6 +148,7 @@ const COLUMNS: [Column; 8] = [
     },
     Column {
         header: "http req/s conn per req",
+        measurement: Measurement::Http,
         value: |r| rate(&r.http_tcp_new_connection),
         http_listener: false,
         lower_is_better: false,
@@ -132,6 +156,7 @@ const COLUMNS: [Column; 8] = [
     },
     Column {
         header: "http-listener req/s keep-alive",
+        measurement: Measurement::Http,
         value: |r| rate(&r.http_listener_keep_alive),
         http_listener: true,
         lower_is_better: false,
@@ -139,6 +164,7 @@ const COLUMNS: [Column; 8] = [
     },
     Column {
         header: "http-listener req/s conn per req",
+        measurement: Measurement::Http,
         value: |r| rate(&r.http_listener_new_connection),
         http_listener: true,
         lower_is_better: false,
@@ -146,6 +172,7 @@ const COLUMNS: [Column; 8] = [
     },
     Column {
         header: "echo MiB/s",
+        measurement: Measurement::Throughput,
         value: |r| {
             r.throughput
                 .as_ref()
@@ -157,6 +184,10 @@ const COLUMNS: [Column; 8] = [
         decimals: 0,
     },
 ];
+
+fn latency(l: &Option<LatencyResult>) -> Option<&LatencyResult> {
+    l.as_ref().filter(|l| l.samples > 0)
+}
 
 fn rate(r: &Option<RateResult>) -> Option<f64> {
     r.as_ref().filter(|r| r.ops > 0).map(|r| r.per_second)
@@ -173,6 +204,10 @@ pub struct Report {
     pub cpus: usize,
     /// `/proc/loadavg` when the report was made: how busy the rest of the machine was.
     pub load_average: Option<String>,
+    /// The round-trip time the relay emulated between gateways and the ingress (and between the
+    /// baseline and the backends); absent when everything went straight over loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u64>,
     pub settings: Settings,
     pub targets: Vec<TargetReport>,
     /// Per target other than `direct`, per column: how many times better than `direct`
@@ -203,6 +238,7 @@ impl Report {
                 target: t.target,
                 columns: COLUMNS
                     .iter()
+                    .filter(|c| settings.measures(c.measurement))
                     .map(|c| Ratio {
                         measurement: c.header,
                         times_better: direct.and_then(|d| ratio(c, d, t)),
@@ -217,14 +253,16 @@ impl Report {
             load_average: std::fs::read_to_string("/proc/loadavg")
                 .ok()
                 .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+            rtt_ms: settings.rtt.map(|d| d.as_millis() as u64),
             settings: settings.clone(),
             targets,
             ratios_vs_direct,
         }
     }
 
-    /// Every measurement that should have numbers and has none, as `target: measurement`.
-    /// Speed is never judged here: zero successful operations is the only failure.
+    /// Every measurement that was asked for and should have numbers and has none, as
+    /// `target: measurement`. Speed is never judged here: zero successful operations is the only
+    /// failure.
     pub fn missing_numbers(&self) -> Vec<String> {
         let mut missing = Vec::new();
         for t in self
@@ -232,7 +270,10 @@ impl Report {
             .iter()
             .filter(|t| t.support == Support::Measured)
         {
-            for c in &COLUMNS {
+            for c in COLUMNS
+                .iter()
+                .filter(|c| self.settings.measures(c.measurement))
+            {
                 if c.http_listener && t.http_listener != Support::Measured {
                     continue;
                 }
@@ -249,11 +290,15 @@ impl Report {
         let mut out = Vec::new();
         for t in &self.targets {
             let name = t.target.name();
-            if let Some(l) = &t.connect_latency {
-                if l.errors > 0 {
+            for (what, l) in [
+                ("connect latency", &t.connect_latency),
+                ("paced connect latency", &t.paced_connect_latency),
+            ] {
+                if let Some(l) = l.as_ref().filter(|l| l.errors > 0) {
                     out.push(format!(
-                        "{name}: connect latency: {} failed, first: {}",
+                        "{name}: {what}: {} of {} failed, first: {}",
                         l.errors,
+                        l.errors + l.samples as u64,
                         l.first_error.as_deref().unwrap_or("?")
                     ));
                 }
@@ -293,6 +338,9 @@ impl Report {
             let mut row = vec![t.target.name().to_owned()];
             match &t.support {
                 Support::Measured => row.extend(COLUMNS.iter().map(|c| {
+                    if !self.settings.measures(c.measurement) {
+                        return "-".to_owned();
+                    }
                     if c.http_listener {
                         match &t.http_listener {
                             Support::NotApplicable => return "-".to_owned(),
@@ -309,7 +357,15 @@ impl Report {
             }
             rows.push(row);
         }
-        let mut out = markdown(&rows);
+        let mut out = String::new();
+        if let Some(rtt) = self.rtt_ms {
+            let _ = writeln!(
+                out,
+                "RTT {rtt} ms emulated between gateway and ingress (relay); the baseline goes \
+                 through its own relay in front of the backends (a remote backend over the same path).\n"
+            );
+        }
+        out.push_str(&markdown(&rows));
 
         let mut ratio_rows = vec![header];
         ratio_rows[0][0] = "vs direct".to_owned();
@@ -322,8 +378,11 @@ impl Report {
                 continue;
             }
             let mut row = vec![r.target.name().to_owned()];
-            row.extend(r.columns.iter().map(|r| {
-                r.times_better
+            row.extend(COLUMNS.iter().map(|c| {
+                r.columns
+                    .iter()
+                    .find(|r| r.measurement == c.header)
+                    .and_then(|r| r.times_better)
                     .map_or("-".to_owned(), |v| format!("{v:.2}x"))
             }));
             ratio_rows.push(row);
@@ -334,23 +393,59 @@ impl Report {
         }
 
         let s = &self.settings;
+        let mut what = Vec::new();
+        if s.measures(Measurement::Connect) {
+            what.push(format!(
+                "connect: {} sequential connections (connect, 1 byte echoed, close)",
+                s.latency_connections
+            ));
+        }
+        if s.measures(Measurement::Paced) {
+            what.push(format!(
+                "paced connect: the same exchange, {} connections started at {}/s for {:.1} s \
+                 whatever the earlier ones do, timed from their scheduled start",
+                s.paced.connections(),
+                s.paced.per_second,
+                s.paced.duration.as_secs_f64()
+            ));
+        }
+        if s.measures(Measurement::Short) {
+            what.push(format!(
+                "short conns: {} workers, 32-byte echo per connection, {:.1} s or {} connections",
+                s.workers,
+                s.short_connections.duration.as_secs_f64(),
+                s.short_connections.max_ops
+            ));
+        }
+        if s.measures(Measurement::Http) {
+            what.push(format!(
+                "http: {} workers, GET / for {:.1} s or {} requests each column",
+                s.workers,
+                s.http.duration.as_secs_f64(),
+                s.http.max_ops
+            ));
+        }
+        if s.measures(Measurement::Throughput) {
+            what.push(format!(
+                "echo: {} MiB on one connection",
+                s.throughput_bytes / super::MIB
+            ));
+        }
         let _ = write!(
             out,
-            "\nconnect: {} sequential connections (connect, 1 byte echoed, close); short conns: {} workers, \
-             32-byte echo per connection, {:.1} s or {} connections; http: {} workers, GET / for {:.1} s or {} \
-             requests each row; echo: {} MiB on one connection.\n\
+            "\n{}.\n\
              `vs direct`: times better than direct (latency: direct / target; rates: target / direct).\n\
-             `-`: no http listener on the baseline (its http rows already go straight to the backend); \
-             `n/a`: this build has no `protocol: http` listener.\n\
-             {} ({}; {}), {} CPUs shared with the load generator and the sandbox; load average at the end: {}.\n",
-            s.latency_connections,
-            s.workers,
-            s.short_connections.duration.as_secs_f64(),
-            s.short_connections.max_ops,
-            s.workers,
-            s.http.duration.as_secs_f64(),
-            s.http.max_ops,
-            s.throughput_bytes / super::MIB,
+             `-` in a column: not measured in this run, or (http-listener columns of the baseline) no \
+             http listener, its http rows already go straight to the backend; \
+             `n/a`: this build has no `protocol: http` listener.\n",
+            what.join("; ")
+        );
+        if s.rtt.is_some() && s.only.contains(&Measurement::Throughput) {
+            let _ = writeln!(out, "{NO_THROUGHPUT_WITH_RTT}.");
+        }
+        let _ = writeln!(
+            out,
+            "{} ({}; {}), {} CPUs shared with the load generator and the sandbox; load average at the end: {}.",
             self.bindgate_version,
             self.bindgate_binary,
             s.bin_origin,
@@ -422,4 +517,12 @@ fn markdown(rows: &[Vec<String>]) -> String {
 /// Durations in the JSON as seconds (a float).
 pub fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// An optional duration in the JSON as milliseconds (a float), or `null`.
+pub fn millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64() * 1000.0),
+        None => s.serialize_none(),
+    }
 }

@@ -3,6 +3,9 @@
 //!
 //! - `connect_latency`: N sequential connections, each: connect, write 1 byte, read the echoed
 //!   byte (timed up to here), close. p50/p99 of the new-connection cost.
+//! - `paced_connect_latency`: the same exchange, open loop: connections started at a fixed rate
+//!   whatever the earlier ones are doing, each timed from its scheduled start (so a late start
+//!   counts against the target, and a slow target does not slow the schedule down).
 //! - `short_connections`: `workers` concurrent loops of connect, 32-byte request, 32-byte echo,
 //!   close. Connections per second.
 //! - `http_requests`: `workers` concurrent HTTP/1.1 clients sending `GET /`, either over one
@@ -36,6 +39,12 @@ pub struct LatencyResult {
     pub max_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Paced only: how late the load generator started connections against the schedule
+    /// (already inside the latencies, which are timed from the schedule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_lag_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_lag_p99_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -61,8 +70,12 @@ pub struct ThroughputResult {
 
 impl LatencyResult {
     pub fn summary(&self) -> String {
+        let lag = match (self.start_lag_p50_ms, self.start_lag_p99_ms) {
+            (Some(p50), Some(p99)) => format!(" (start lag p50 {p50:.3} ms, p99 {p99:.3} ms)"),
+            _ => String::new(),
+        };
         format!(
-            "p50 {:.3} ms, p99 {:.3} ms over {} connections{}",
+            "p50 {:.3} ms, p99 {:.3} ms over {} connections{lag}{}",
             self.p50_ms,
             self.p99_ms,
             self.samples,
@@ -171,6 +184,76 @@ pub async fn connect_latency(addr: SocketAddr, s: &Settings) -> LatencyResult {
             Err(e) => failures.record(e),
         }
     }
+    latency_result(samples, failures)
+}
+
+/// Open loop: `paced.connections()` connections, the `i`-th started at `start + i / rate`
+/// whether or not the earlier ones are done, each timed from its scheduled start.
+///
+/// The schedule is kept by a blocking-pool thread with `std::thread::sleep`, which spawns each
+/// connection onto the runtime when it is due: tokio's timer is millisecond-granular and would
+/// start every connection up to a millisecond late, a lag that, timed from the schedule, would
+/// land on every target's latency. What is left of the lag (the OS's wake-up) is in
+/// `start_lag_*` of the JSON.
+pub async fn paced_connect_latency(addr: SocketAddr, s: &Settings) -> LatencyResult {
+    let rate = f64::from(s.paced.per_second.max(1));
+    let count = s.paced.connections();
+    let limit = s.op_timeout;
+    let runtime = tokio::runtime::Handle::current();
+    let start = Instant::now() + Duration::from_millis(10);
+    let pacer = tokio::task::spawn_blocking(move || {
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+            let wait = scheduled.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            let lag = scheduled.elapsed();
+            tasks.push(runtime.spawn(async move {
+                let done = bounded(limit, echo_exchange(addr, b"*")).await;
+                (done.map(|()| scheduled.elapsed()), lag)
+            }));
+        }
+        tasks
+    });
+    let mut samples = Vec::with_capacity(count);
+    let mut lags = Vec::with_capacity(count);
+    let mut failures = Failures::default();
+    let tasks = match pacer.await {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            failures.record(format!("the pacer failed: {e}"));
+            Vec::new()
+        }
+    };
+    // Every task is bounded by `limit`; the outer bound only guards against a task that hangs
+    // outside its operation.
+    let deadline = Instant::now() + limit + Duration::from_secs(5);
+    for task in tasks {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok((Ok(elapsed), lag))) => {
+                samples.push(elapsed);
+                lags.push(lag);
+            }
+            Ok(Ok((Err(e), _))) => failures.record(e),
+            Ok(Err(e)) => failures.record(format!("connection task failed: {e}")),
+            Err(_) => {
+                abort.abort();
+                failures.record("not finished when the measurement ended");
+            }
+        }
+    }
+    let mut result = latency_result(samples, failures);
+    lags.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    result.start_lag_p50_ms = percentile(&lags, 50.0).map(ms);
+    result.start_lag_p99_ms = percentile(&lags, 99.0).map(ms);
+    result
+}
+
+fn latency_result(mut samples: Vec<Duration>, failures: Failures) -> LatencyResult {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mean = if samples.is_empty() {
@@ -186,6 +269,8 @@ pub async fn connect_latency(addr: SocketAddr, s: &Settings) -> LatencyResult {
         mean_ms: mean,
         max_ms: samples.last().copied().map_or(0.0, ms),
         first_error: failures.first,
+        start_lag_p50_ms: None,
+        start_lag_p99_ms: None,
     }
 }
 
