@@ -37,28 +37,31 @@ pub enum Prepared {
 
 pub struct GatewayConfig {
     path: PathBuf,
-    transport: String,
+    /// The target's name, e.g. `pool+early`.
+    name: String,
     /// Whether the config has the `web_http` listener, or why not.
     http_listener: Support,
 }
 
-/// Writes and validates the config for `transport`, with an http listener when supported.
+/// Writes and validates the config of gateway `name`, whose ingress has `transport` (the value
+/// and any settings lines after it), with an http listener when supported.
 /// `ingress` is the address gateways dial: the sandbox's ingress, or a relay in front of it.
 pub async fn prepare(
     bin: &Path,
     dir: &Path,
     sandbox: &SandboxProcess,
     ingress: SocketAddr,
+    name: &str,
     transport: &str,
     settings: &Settings,
 ) -> anyhow::Result<Prepared> {
-    let path = dir.join(format!("gateway-{transport}.yaml"));
+    let path = dir.join(format!("gateway-{name}.yaml"));
     let base = config_text(sandbox, ingress, transport, None);
     match validate(bin, &path, &base, settings).await? {
         Validation::Ok => {}
         Validation::Unsupported(reason) => return Ok(Prepared::NotSupported(reason)),
         Validation::Invalid(output) => {
-            bail!("the generated config for transport `{transport}` is rejected:\n{output}\n{base}")
+            bail!("the generated config for `{name}` is rejected:\n{output}\n{base}")
         }
     }
     let mut rejected = Vec::new();
@@ -88,7 +91,7 @@ pub async fn prepare(
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Prepared::Config(GatewayConfig {
         path,
-        transport: transport.to_owned(),
+        name: name.to_owned(),
         http_listener,
     }))
 }
@@ -120,7 +123,7 @@ async fn validate(
     let unknown = output
         .lines()
         .map(str::trim)
-        .find(|l| l.contains("unknown variant"));
+        .find(|l| l.contains("unknown variant") || l.contains("unknown field"));
     Ok(match unknown {
         Some(line) => Validation::Unsupported(strip_position(line).to_owned()),
         None => Validation::Invalid(output),
@@ -199,7 +202,7 @@ impl GatewayProcess {
         config: &GatewayConfig,
         settings: &Settings,
     ) -> anyhow::Result<Self> {
-        let name = format!("bindgate {}", config.transport);
+        let name = format!("bindgate {}", config.name);
         let (process, started) = ChildProcess::start(
             bin,
             &["run", "-c", path_arg(&config.path)?],

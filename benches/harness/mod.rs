@@ -45,14 +45,20 @@ pub enum Target {
     Pool,
     /// `transport: multiplex`: one HTTP/2 CONNECT stream per connection over persistent mTLS.
     Multiplex,
+    /// `pool` with `early_data: true`: the client's first bytes follow the `ConnRequest`.
+    PoolEarly,
+    /// `multiplex` with `early_data: true`: the client's first bytes follow the CONNECT.
+    MultiplexEarly,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 6] = [
         Target::Baseline,
         Target::Direct,
         Target::Pool,
         Target::Multiplex,
+        Target::PoolEarly,
+        Target::MultiplexEarly,
     ];
 
     pub fn parse(name: &str) -> Option<Target> {
@@ -65,14 +71,21 @@ impl Target {
             Target::Direct => "direct",
             Target::Pool => "pool",
             Target::Multiplex => "multiplex",
+            Target::PoolEarly => "pool+early",
+            Target::MultiplexEarly => "multiplex+early",
         }
     }
 
-    /// The ingress `transport:` value; `None` for the baseline, which has no proxy.
+    /// The ingress's `transport:` value and the lines after it (YAML, indented for the ingress);
+    /// `None` for the baseline, which has no proxy.
     fn transport(self) -> Option<&'static str> {
         match self {
             Target::Baseline => None,
-            other => Some(other.name()),
+            Target::Direct => Some("direct"),
+            Target::Pool => Some("pool"),
+            Target::Multiplex => Some("multiplex"),
+            Target::PoolEarly => Some("pool\n    early_data: true"),
+            Target::MultiplexEarly => Some("multiplex\n    early_data: true"),
         }
     }
 }
@@ -399,6 +412,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             dir.path(),
             &sandbox,
             ingress,
+            target.name(),
             transport,
             settings,
         )
@@ -415,7 +429,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             gateway::Prepared::Config(config) => {
                 let running = gateway::GatewayProcess::start(&settings.bin, &config, settings)
                     .await
-                    .with_context(|| format!("starting `bindgate run` for {transport}"))?;
+                    .with_context(|| format!("starting `bindgate run` for {}", target.name()))?;
                 let mut report = TargetReport::new(target, Support::Measured);
                 report.http_listener = match &running.web_http {
                     Ok(_) => Support::Measured,

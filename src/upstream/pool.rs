@@ -11,9 +11,10 @@
 //! - A checkout that finds nothing idle dials directly instead of waiting (a burst never queues
 //!   behind the refill), and raises the pool's target (up to `max_idle`); the target decays back
 //!   to `min_idle` when bursts stop.
-//! - One driver task per pool refills in the background with bounded concurrency, backing off
-//!   exponentially with jitter while the ingress fails; it stops when the pool is retired or
-//!   dropped. Refills resume TLS sessions through the shared `ClientConfig`'s session cache.
+//! - One driver task per pool refills in the background with bounded concurrency (half of
+//!   `max_idle`, 4 to 16 handshakes in flight), backing off exponentially with jitter while the
+//!   ingress fails; it stops when the pool is retired or dropped. Refills resume TLS sessions
+//!   through the shared `ClientConfig`'s session cache.
 //! - A pooled connection is handed out only for the client identity it was dialed with.
 //! - If a pooled connection breaks during the upgrade (nothing reached the endpoint yet), the
 //!   open is retried once on a fresh direct dial.
@@ -39,8 +40,12 @@ use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
 use crate::wire::ConnRequest;
 
-/// Refill handshakes in flight at once, per pool.
-const MAX_CONCURRENT_DIALS: usize = 4;
+/// Refill handshakes in flight at once, per pool: half of `max_idle`, within these bounds. A
+/// refill waits on round trips (TCP, TLS) far more than on CPU, so across the internet the refill
+/// rate is about this many per two round trips; a pool that runs dry under load dials directly
+/// and raises its target, and this lets the refills catch up.
+const MIN_CONCURRENT_DIALS: usize = 4;
+const MAX_CONCURRENT_DIALS: usize = 16;
 /// Refill backoff while the ingress fails: from this, doubling, with jitter...
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// ...up to this.
@@ -440,10 +445,15 @@ fn backoff(failures: u32) -> Duration {
     half + Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
 }
 
+/// How many refill handshakes may be in flight at once (see `MAX_CONCURRENT_DIALS`).
+fn concurrent_dials(settings: &PoolSettings) -> usize {
+    (settings.max_idle / 2).clamp(MIN_CONCURRENT_DIALS, MAX_CONCURRENT_DIALS)
+}
+
 /// A refill handshake's result, with the identity it was dialed as.
 type Refill = (Result<IngressTls, UpstreamError>, Option<Arc<CertifiedKey>>);
 
-/// The refill loop: keeps `target` connections idle, at most `MAX_CONCURRENT_DIALS` handshakes
+/// The refill loop: keeps `target` connections idle, at most `concurrent_dials` handshakes
 /// at once, backing off while the ingress fails. Ends when the pool stops.
 async fn drive(shared: Arc<Shared>) {
     let name = shared.dialer.name.clone();
@@ -468,7 +478,7 @@ async fn drive(shared: Arc<Shared>) {
         if resume_at.is_none() {
             let have = shared.parked.load(Ordering::Relaxed) + dials.len();
             let want = shared.target.load(Ordering::Relaxed).saturating_sub(have);
-            let room = MAX_CONCURRENT_DIALS.saturating_sub(dials.len());
+            let room = concurrent_dials(&shared.settings).saturating_sub(dials.len());
             for _ in 0..want.min(room) {
                 let dialer = shared.dialer.clone();
                 dials.spawn(async move {

@@ -471,3 +471,11 @@ async fn rebuilds_share_a_pool_and_an_identity_change_retires_it() {
     let c = transport_for(spec(&ingress, client_tls_with_cert(&ingress, &cert, &key)));
     assert!(!Arc::ptr_eq(pool_of(&a), pool_of(&c)));
 }
+
+#[test]
+fn refill_concurrency_is_half_of_max_idle_within_bounds() {
+    assert_eq!(concurrent_dials(&settings(2, 32)), 16, "the default pool");
+    assert_eq!(concurrent_dials(&settings(2, 12)), 6);
+    assert_eq!(concurrent_dials(&settings(1, 1)), 4, "at least 4");
+    assert_eq!(concurrent_dials(&settings(2, 500)), 16, "at most 16");
+}
