@@ -341,33 +341,6 @@ dynamic_resources:
             ],
         ),
         (
-            "ports in virtual mode",
-            dynamic("      mode: virtual\n      ports: 10000-10999\n"),
-            vec![
-                "line 10".into(),
-                format!("`{path}.ports`"),
-                "`expose.ports` is only used by mode port_range (this is mode virtual)".into(),
-            ],
-        ),
-        (
-            "address in virtual mode",
-            dynamic("      mode: virtual\n      address: 127.0.0.1\n"),
-            vec![
-                "line 10".into(),
-                format!("`{path}.address`"),
-                "not used by mode virtual".into(),
-            ],
-        ),
-        (
-            "cidr in shared mode",
-            dynamic("      mode: shared\n      cidr: 127.77.0.0/16\n"),
-            vec![
-                "line 10".into(),
-                format!("`{path}.cidr`"),
-                "only used by mode virtual (this is mode shared)".into(),
-            ],
-        ),
-        (
             "unknown mode",
             dynamic("      mode: virtul\n"),
             vec![
@@ -403,4 +376,18 @@ dynamic_resources:
     let (code, out, err) = run_to_end(&["validate", "-c", &file], &[]);
     assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
     assert!(!hosts.exists(), "validate must not write the hosts file");
+
+    // Switching DESIGN.md's example to another mode keeps working: fields of the other modes
+    // are ignored, not errors.
+    for mode in ["virtual", "shared"] {
+        let file = write(
+            dir.path(),
+            "switched.yaml",
+            &dynamic(&format!(
+                "      mode: {mode}\n      address: 127.0.0.1\n      ports: 10000-10999\n      cidr: 127.77.0.0/16\n"
+            )),
+        );
+        let (code, out, err) = run_to_end(&["validate", "-c", &file], &[]);
+        assert_eq!((code, out.as_str()), (0, "OK\n"), "{mode}: {err}");
+    }
 }

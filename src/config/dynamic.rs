@@ -39,17 +39,17 @@ pub struct BoundEndpoints {
 pub struct Expose {
     /// How endpoints get local addresses: `port_range`, `virtual` or `shared`.
     pub mode: ExposeMode,
-    /// The local IP listeners bind in modes `port_range` and `shared` (not used by `virtual`).
+    /// The local IP listeners bind in modes `port_range` and `shared` (ignored by `virtual`).
     #[serde(default = "default_expose_address")]
     pub address: String,
-    /// Mode `port_range` only (required there): the inclusive range `first-last` endpoints are
-    /// allocated from.
+    /// Mode `port_range` (required there; ignored by the other modes): the inclusive range
+    /// `first-last` endpoints are allocated from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<String>,
-    /// Mode `virtual` only: the IPv4 or IPv6 network (`127.77.0.0/16` when unset) each
-    /// `service.namespace` gets its own address from (network and broadcast addresses are
-    /// skipped). On Linux all of `127.0.0.0/8` is local without setup; elsewhere add the
-    /// addresses to the loopback interface.
+    /// Mode `virtual` (ignored by the others): the IPv4 or IPv6 network (`127.77.0.0/16` when
+    /// unset) each `service.namespace` gets its own address from (network and broadcast
+    /// addresses are skipped). On Linux all of `127.0.0.0/8` is local without setup; elsewhere
+    /// add the addresses to the loopback interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
     /// A hosts file (e.g. `/etc/hosts`) where bindgate keeps a managed block with one

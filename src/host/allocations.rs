@@ -78,23 +78,6 @@ impl Exposure {
     /// Checks the mode-dependent fields of `expose`. Errors are `(field under expose, message)`.
     pub fn from_config(expose: &Expose) -> Result<Exposure, Vec<(&'static str, String)>> {
         let mut errors = Vec::new();
-        let mode = match expose.mode {
-            ExposeMode::PortRange => "port_range",
-            ExposeMode::Virtual => "virtual",
-            ExposeMode::Shared => "shared",
-        };
-        if expose.mode != ExposeMode::PortRange && expose.ports.is_some() {
-            errors.push((
-                "ports",
-                format!("`expose.ports` is only used by mode port_range (this is mode {mode})"),
-            ));
-        }
-        if expose.mode != ExposeMode::Virtual && expose.cidr.is_some() {
-            errors.push((
-                "cidr",
-                format!("`expose.cidr` is only used by mode virtual (this is mode {mode})"),
-            ));
-        }
         let ip = expose.address.parse::<IpAddr>().map_err(|_| {
             (
                 "address",

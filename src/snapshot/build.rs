@@ -10,8 +10,8 @@ use rustls::pki_types::ServerName;
 use super::routes::{RouteCompiler, RouteTable, SniRoutes};
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
-    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, Expose, ExposeMode, IngressConfig,
-    Limits, LoadedConfig, Protocol, Transport,
+    ClusterConfig, ClusterKind, ConfigError, ConfigErrors, Expose, IngressConfig, Limits,
+    LoadedConfig, Protocol, Transport,
 };
 use crate::host::{Exposure, Placement};
 use crate::identity;
@@ -347,14 +347,6 @@ fn check_expose(c: &mut Checker<'_>, path: &str, expose: &Expose) {
         for (field, message) in errors {
             c.err(format!("{path}.{field}"), message);
         }
-    }
-    // `address` has a default, so only the source tells whether it was written.
-    let address = format!("{path}.address");
-    if expose.mode == ExposeMode::Virtual && c.loaded.source_map.exact(&address).is_some() {
-        c.err(
-            address,
-            "`expose.address` is not used by mode virtual: each endpoint gets an address from `cidr` (pin one with an override's `address`)",
-        );
     }
     for (j, o) in expose.overrides.iter().enumerate() {
         if let Some(a) = &o.address {
