@@ -11,7 +11,8 @@ Examples:
   bindgate validate -c gateway.yaml           check a config (CI-friendly: exit 0 or 1)
   bindgate run -c gateway.yaml                serve it
   bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors
-  bindgate certs -c gateway.yaml show         the ngrok registration and client certificate";
+  bindgate certs -c gateway.yaml show         the ngrok registration and client certificate
+  bindgate status -c gateway.yaml             readiness, listeners, clusters of a running instance";
 
 #[derive(Parser)]
 #[command(name = "bindgate", version, about = "Private access to ngrok Kubernetes-bound endpoints from ordinary hosts", after_help = EXAMPLES)]
@@ -41,6 +42,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Show, renew or remove this host's ngrok registration and client certificate.
     Certs(cli::certs::CertsArgs),
+    /// Ask a running bindgate's admin API for readiness, listeners, clusters and endpoints.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Certs(args) => block_on(threads, cli::certs::run(args)),
+        Command::Status(args) => block_on(threads, cli::status::run(args)),
     }
 }
 

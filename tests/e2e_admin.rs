@@ -167,3 +167,86 @@ async fn non_loopback_admin_is_refused_by_default() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn status_summarizes_a_running_instance_and_exits_by_readiness() {
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = occupied.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |blocked: &str| {
+        format!(
+            "\
+version: 1
+admin: {{ address: 127.0.0.1:0 }}
+static_resources:
+  listeners:
+{blocked}    - name: fine
+      address: 127.0.0.1:0
+      routes: [ {{ cluster: echo }} ]
+  clusters:
+    - name: echo
+      type: static
+      endpoints: [ \"127.0.0.1:9\" ]
+"
+        )
+    };
+    let blocked = format!(
+        "    - name: blocked\n      address: {taken}\n      routes: [ {{ cluster: echo }} ]\n"
+    );
+
+    // Not ready: one listener cannot bind.
+    let path = write(dir.path(), "blocked.yaml", &cfg(&blocked));
+    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = proxy.admin().to_string();
+    let (code, out, err) = common::run_to_end(&["status", "--admin", &admin], &[]);
+    assert_eq!(code, 1, "not ready exits 1: {out}{err}");
+    assert!(
+        out.contains(&format!("bindgate at {admin}: NOT READY")),
+        "{out}"
+    );
+    assert!(out.contains("listener `blocked`"), "the reason: {out}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {out}"))
+            .to_owned()
+    };
+    assert!(line("blocked").contains("failed"), "{out}");
+    assert!(line("blocked").contains(&taken.to_string()), "{out}");
+    assert!(line("fine").contains("active"), "{out}");
+    assert!(line("echo").contains("static"), "{out}");
+    assert!(line("echo").contains("127.0.0.1:9"), "{out}");
+
+    // The same as JSON.
+    let (code, out, _) = common::run_to_end(&["status", "--admin", &admin, "--json"], &[]);
+    assert_eq!(code, 1);
+    let dump: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dump["ready"], false, "{dump}");
+    assert_eq!(dump["listeners"].as_array().unwrap().len(), 2, "{dump}");
+    drop(proxy);
+
+    // Ready: exit 0.
+    let path = write(dir.path(), "fine.yaml", &cfg(""));
+    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = proxy.admin().to_string();
+    let (code, out, err) = common::run_to_end(&["status", "--admin", &admin], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("bindgate at {admin}: ready (config version ")),
+        "{out}"
+    );
+
+    // `-c` with an OS-chosen admin port cannot know where to ask, and says so.
+    let (code, _, err) = common::run_to_end(&["status", "-c", &path], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("pass the bound one with --admin"), "{err}");
+
+    // Nothing listening: a clear error.
+    drop(proxy);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (code, _, err) = common::run_to_end(&["status", "--admin", &nobody], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is bindgate running?"), "{err}");
+}

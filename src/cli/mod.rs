@@ -5,6 +5,7 @@ pub mod demo;
 pub mod run;
 pub mod sandbox;
 pub mod schema;
+pub mod status;
 pub mod validate;
 
 /// SIGINT/SIGTERM handlers, installed when this is created: create it before announcing
