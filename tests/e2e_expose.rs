@@ -284,3 +284,49 @@ async fn shared_mode_routes_one_port_by_host_and_refuses_a_second_tcp_endpoint()
     assert_eq!(row["listener"], shared.as_str());
     assert_eq!(row["state"], "active");
 }
+
+#[tokio::test]
+async fn a_hosts_file_that_cannot_be_written_is_retried_on_later_polls() {
+    let port = free_port();
+    let alpha = format!("tcp://alpha.x:{port}");
+    let sb = start_sandbox_api(
+        SANDBOX_API,
+        &format!("  - {{ url: '{alpha}', target: echo }}\n"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A symlink loop where the file should be: every write fails (even as root), and `validate`
+    // cannot tell (the directory is there).
+    let hosts = dir.path().join("hosts");
+    let other = dir.path().join("hosts.loop");
+    std::os::unix::fs::symlink(&other, &hosts).unwrap();
+    std::os::unix::fs::symlink(&hosts, &other).unwrap();
+    let expose = format!(
+        "      mode: virtual\n      cidr: {}\n      hosts_file: {}\n      overrides: [ {{ host: web.e2e, port: 0 }} ]\n",
+        own_cidr(),
+        hosts.display()
+    );
+    let cfg = config(&sb, &dir.path().join("state"), &expose);
+    let (gw, mut logs) = start(dir.path(), &cfg).await;
+    logs.wait_for(&bound(&alpha)).await;
+    let warning = logs.wait_for("cannot update the hosts file").await;
+    assert!(warning.contains("endpoints are still served"), "{warning}");
+    let a = endpoint_address(gw.admin(), &alpha)
+        .await
+        .expect("alpha exposed");
+    stream_echo(a).await;
+
+    // Fixed by the user: the next poll (every second here) writes it, nothing else changed.
+    std::fs::remove_file(&hosts).unwrap();
+    logs.wait_for("hosts file writable again").await;
+    let written = std::fs::read_to_string(&hosts).unwrap();
+    assert!(
+        written.contains(&format!("{} alpha.x\n", a.ip())),
+        "{written}"
+    );
+    assert_eq!(
+        logs.matching("cannot update the hosts file").len(),
+        1,
+        "warned once while failing"
+    );
+}

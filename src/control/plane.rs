@@ -224,6 +224,8 @@ impl ControlPlane {
                             log_discovery_change(&self.discovered, &set);
                             self.discovered = set;
                             self.rebuild().await;
+                        } else {
+                            self.retry_hosts_file();
                         }
                     }
                     Some(ControlEvent::Fatal(msg)) => return Err(ControlError::Fatal(msg)),
@@ -284,6 +286,7 @@ impl ControlPlane {
         let unchanged = *self.applied.0 == self.loaded.config && self.applied.1 == placements;
         if unchanged && !force {
             tracing::debug!("rebuild produced identical inputs; not swapping");
+            self.retry_hosts_file();
             return true;
         }
         let current = self.gateway.current();
@@ -368,6 +371,18 @@ impl ControlPlane {
         }
         self.place_errors = errors;
         placed
+    }
+
+    /// A hosts-file write that failed is tried again on every later discovery poll and rebuild,
+    /// not only when something changes: fixing the file's permissions takes effect.
+    fn retry_hosts_file(&mut self) {
+        if !self.hosts_file.failing() {
+            return;
+        }
+        if let Some(path) = self.hosts_file_path() {
+            let names = hosts_file::entries(&self.gateway.current().discovered);
+            self.hosts_file.sync(&path, &names);
+        }
     }
 
     /// `expose.hosts_file`, resolved against the config file's directory.

@@ -94,6 +94,11 @@ pub struct HostsFile {
 }
 
 impl HostsFile {
+    /// Whether the last write failed (the control plane retries on every later poll).
+    pub fn failing(&self) -> bool {
+        self.last_error.is_some()
+    }
+
     /// Brings `path`'s block in line with `entries`. Never fails: a problem is a warning (logged
     /// once until it changes or clears) and serving goes on.
     pub fn sync(&mut self, path: &Path, entries: &Entries) {
