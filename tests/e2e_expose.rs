@@ -42,30 +42,7 @@ fn own_cidr() -> String {
 /// A config discovering the sandbox's endpoints and exposing them with `expose` (lines indented
 /// six spaces, newline-terminated).
 fn config(sb: &SandboxProc, state: &Path, expose: &str) -> String {
-    format!(
-        "\
-version: 1
-admin: {{ address: 127.0.0.1:0 }}
-state_dir: {state}
-ngrok:
-  api_url: {api}
-  api_key: k-e2e
-  api_ca: {ca}
-ingresses:
-  - name: ngrok
-    server_name: localhost
-    ca: {ca}
-dynamic_resources:
-  bound_endpoints:
-    ingress: ngrok
-    poll_interval: 1s
-    expose:
-{expose}    listener: {{ drain_timeout: 1s }}
-",
-        state = state.display(),
-        api = sb.api_url(),
-        ca = sb.ca,
-    )
+    sb.discovery_config(state, "k-e2e", expose, "1s", "")
 }
 
 async fn start(dir: &Path, config: &str) -> (Proc, Logs) {

@@ -91,16 +91,9 @@ impl EarlyUpgrade {
                 Poll::Ready(Ok(()))
             }
             Err(e) => {
-                crate::admin::metrics::incr(
-                    &crate::admin::metrics::METRICS.upstream_connect_failures,
-                );
-                tracing::warn!(ingress = %pending.ingress, endpoint = %pending.endpoint, "binding upgrade failed after early data, closing the connection: {e}");
+                let failed = early_failure(&pending.ingress, &pending.endpoint, e);
                 self.answer = Answer::Failed;
-                let kind = match e {
-                    UpstreamError::Refused { .. } => io::ErrorKind::ConnectionRefused,
-                    _ => io::ErrorKind::ConnectionAborted,
-                };
-                Poll::Ready(Err(io::Error::new(kind, e)))
+                Poll::Ready(Err(failed))
             }
         }
     }
@@ -116,6 +109,18 @@ impl EarlyUpgrade {
             Answer::Accepted | Answer::Failed => e,
         }
     }
+}
+
+/// Reports an upgrade (or CONNECT) that failed after the stream was handed over: counted as an
+/// upstream connect failure, logged at warn, and returned as the error the stream fails with.
+pub(crate) fn early_failure(ingress: &str, endpoint: &str, e: UpstreamError) -> io::Error {
+    crate::admin::metrics::incr(&crate::admin::metrics::METRICS.upstream_connect_failures);
+    tracing::warn!(%ingress, %endpoint, "binding upgrade failed after early data, closing the connection: {e}");
+    let kind = match e {
+        UpstreamError::Refused { .. } => io::ErrorKind::ConnectionRefused,
+        _ => io::ErrorKind::ConnectionAborted,
+    };
+    io::Error::new(kind, e)
 }
 
 fn not_accepted() -> io::Error {

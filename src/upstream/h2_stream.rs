@@ -15,6 +15,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::UpstreamError;
+use super::early::early_failure;
 use super::multiplex::{EarlyAnswer, StreamSlot, connect_answer};
 
 /// The largest single write handed to h2 (it copies; larger writes are split by the caller's loop).
@@ -93,7 +94,7 @@ impl H2Stream {
             Recv::Awaiting(answer) => answer,
         };
         let answered = ready!(Pin::new(&mut answer.response).poll(cx));
-        let (kind, e) = match answered.map(connect_answer) {
+        let e = match answered.map(connect_answer) {
             Ok(Ok(body)) => {
                 self.recv = Recv::Open(body);
                 return Poll::Ready(Ok(()));
@@ -102,25 +103,20 @@ impl H2Stream {
                 if let Some(slot) = &self._slot {
                     slot.refused();
                 }
-                let e = UpstreamError::Refused {
+                UpstreamError::Refused {
                     addr: answer.address.to_string(),
                     endpoint: answer.endpoint.clone(),
                     failure: refusal,
-                };
-                (io::ErrorKind::ConnectionRefused, e)
+                }
             }
-            Err(e) => {
-                let e = UpstreamError::Upgrade {
-                    addr: answer.address.to_string(),
-                    reason: format!("the HTTP/2 CONNECT got no answer: {e}"),
-                };
-                (io::ErrorKind::ConnectionAborted, e)
-            }
+            Err(e) => UpstreamError::Upgrade {
+                addr: answer.address.to_string(),
+                reason: format!("the HTTP/2 CONNECT got no answer: {e}"),
+            },
         };
-        crate::admin::metrics::incr(&crate::admin::metrics::METRICS.upstream_connect_failures);
-        tracing::warn!(ingress = %answer.ingress, endpoint = %answer.endpoint, "binding upgrade failed after early data, closing the connection: {e}");
+        let failed = early_failure(&answer.ingress, &answer.endpoint, e);
         self.recv = Recv::Failed;
-        Poll::Ready(Err(io::Error::new(kind, e)))
+        Poll::Ready(Err(failed))
     }
 
     /// A send failed before the answer was read: a refusal ends the stream (often with a reset

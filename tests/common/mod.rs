@@ -338,6 +338,22 @@ impl SandboxProc {
         api_key: &str,
         extra: &str,
     ) -> String {
+        let expose =
+            format!("      mode: port_range\n      address: {ip}\n      ports: \"{ports}\"\n");
+        self.discovery_config(state_dir, api_key, &expose, "20s", extra)
+    }
+
+    /// A bindgate config that registers with this sandbox and exposes discovered endpoints as
+    /// `expose` says (its fields, indented six spaces, newline-terminated); discovered listeners
+    /// drain for `drain_timeout`. `extra` is appended at the top level.
+    pub fn discovery_config(
+        &self,
+        state_dir: &Path,
+        api_key: &str,
+        expose: &str,
+        drain_timeout: &str,
+        extra: &str,
+    ) -> String {
         format!(
             "\
 version: 1
@@ -355,8 +371,8 @@ dynamic_resources:
   bound_endpoints:
     ingress: ngrok
     poll_interval: 1s
-    expose: {{ mode: port_range, address: {ip}, ports: \"{ports}\" }}
-    listener: {{ drain_timeout: 20s }}
+    expose:
+{expose}    listener: {{ drain_timeout: {drain_timeout} }}
 {extra}",
             state = state_dir.display(),
             api = self.api_url(),
