@@ -11,10 +11,10 @@
 //! - A checkout that finds nothing idle dials directly instead of waiting (a burst never queues
 //!   behind the refill), and raises the pool's target (up to `max_idle`); the target decays back
 //!   to `min_idle` when bursts stop.
-//! - One driver task per pool refills in the background with bounded concurrency (half of
-//!   `max_idle`, 4 to 16 handshakes in flight), backing off exponentially with jitter while the
-//!   ingress fails; it stops when the pool is retired or dropped. Refills resume TLS sessions
-//!   through the shared `ClientConfig`'s session cache.
+//! - One driver task per pool refills in the background with bounded concurrency (`max_idle`,
+//!   4 to 32 handshakes in flight), backing off exponentially with jitter while the ingress
+//!   fails; it stops when the pool is retired or dropped. Refills resume TLS sessions through
+//!   the shared `ClientConfig`'s session cache.
 //! - A pooled connection is handed out only for the client identity it was dialed with.
 //! - If a pooled connection breaks during the upgrade (nothing reached the endpoint yet), the
 //!   open is retried once on a fresh direct dial.
@@ -40,12 +40,13 @@ use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
 use crate::wire::ConnRequest;
 
-/// Refill handshakes in flight at once, per pool: half of `max_idle`, within these bounds. A
-/// refill waits on round trips (TCP, TLS) far more than on CPU, so across the internet the refill
-/// rate is about this many per two round trips; a pool that runs dry under load dials directly
-/// and raises its target, and this lets the refills catch up.
+/// Refill handshakes in flight at once, per pool: `max_idle`, within these bounds. A refill
+/// waits on round trips (TCP, TLS) far more than on CPU, so across the internet the refill rate
+/// is about this many per two round trips; a pool that runs dry under load dials directly and
+/// raises its target, and this lets the refills catch up. (With `--rtt 20` and 16 closed-loop
+/// workers, early data: 468 short connections/s at half of `max_idle`, 622/s at `max_idle`.)
 const MIN_CONCURRENT_DIALS: usize = 4;
-const MAX_CONCURRENT_DIALS: usize = 16;
+const MAX_CONCURRENT_DIALS: usize = 32;
 /// Refill backoff while the ingress fails: from this, doubling, with jitter...
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// ...up to this.
@@ -447,7 +448,9 @@ fn backoff(failures: u32) -> Duration {
 
 /// How many refill handshakes may be in flight at once (see `MAX_CONCURRENT_DIALS`).
 fn concurrent_dials(settings: &PoolSettings) -> usize {
-    (settings.max_idle / 2).clamp(MIN_CONCURRENT_DIALS, MAX_CONCURRENT_DIALS)
+    settings
+        .max_idle
+        .clamp(MIN_CONCURRENT_DIALS, MAX_CONCURRENT_DIALS)
 }
 
 /// A refill handshake's result, with the identity it was dialed as.

@@ -473,9 +473,9 @@ async fn rebuilds_share_a_pool_and_an_identity_change_retires_it() {
 }
 
 #[test]
-fn refill_concurrency_is_half_of_max_idle_within_bounds() {
-    assert_eq!(concurrent_dials(&settings(2, 32)), 16, "the default pool");
-    assert_eq!(concurrent_dials(&settings(2, 12)), 6);
+fn refill_concurrency_is_max_idle_within_bounds() {
+    assert_eq!(concurrent_dials(&settings(2, 32)), 32, "the default pool");
+    assert_eq!(concurrent_dials(&settings(2, 12)), 12);
     assert_eq!(concurrent_dials(&settings(1, 1)), 4, "at least 4");
-    assert_eq!(concurrent_dials(&settings(2, 500)), 16, "at most 16");
+    assert_eq!(concurrent_dials(&settings(2, 500)), 32, "at most 32");
 }
