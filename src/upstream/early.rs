@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::UpstreamError;
 use super::dial::{IngressTls, accept_response};
-use crate::wire::{ConnResponse, FrameError};
+use crate::wire::{ConnResponse, FrameError, FrameReader};
 
 /// An upgraded TLS stream whose `ConnResponse` may still be on its way.
 pub struct EarlyUpgrade {
@@ -36,11 +36,7 @@ struct PendingResponse {
     ingress: Arc<str>,
     address: Arc<str>,
     endpoint: String,
-    header: [u8; 2],
-    /// Bytes of the header, then of the body, read so far.
-    got: usize,
-    /// The body, once the header told its length.
-    body: Option<Vec<u8>>,
+    frame: FrameReader,
 }
 
 impl std::fmt::Debug for EarlyUpgrade {
@@ -64,9 +60,7 @@ impl EarlyUpgrade {
                 ingress,
                 address,
                 endpoint,
-                header: [0; 2],
-                got: 0,
-                body: None,
+                frame: FrameReader::default(),
             })),
         }
     }
@@ -84,7 +78,7 @@ impl EarlyUpgrade {
             Answer::Failed => return Poll::Ready(Err(not_accepted())),
             Answer::Awaiting(pending) => pending,
         };
-        let read = ready!(pending.poll_response(&mut self.tls, cx));
+        let read = ready!(pending.frame.poll_frame(&mut self.tls, cx));
         match pending.verdict(read) {
             Ok(()) => {
                 self.answer = Answer::Accepted;
@@ -131,47 +125,6 @@ fn not_accepted() -> io::Error {
 }
 
 impl PendingResponse {
-    /// Reads the `ConnResponse` off `tls`, never past its end.
-    fn poll_response(
-        &mut self,
-        tls: &mut IngressTls,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<ConnResponse, FrameError>> {
-        loop {
-            let (dest, expected) = match &mut self.body {
-                None => (&mut self.header[self.got..], 2),
-                Some(body) => {
-                    let len = body.len();
-                    (&mut body[self.got..], len)
-                }
-            };
-            if !dest.is_empty() {
-                let mut buf = ReadBuf::new(dest);
-                ready!(Pin::new(&mut *tls).poll_read(cx, &mut buf))?;
-                let n = buf.filled().len();
-                if n == 0 {
-                    return Poll::Ready(Err(match (&self.body, self.got) {
-                        (None, 0) => FrameError::Closed,
-                        (_, read) => FrameError::Truncated { read, expected },
-                    }));
-                }
-                self.got += n;
-                if self.got < expected {
-                    continue;
-                }
-            }
-            match &self.body {
-                None => {
-                    self.body = Some(vec![0; usize::from(u16::from_le_bytes(self.header))]);
-                    self.got = 0;
-                }
-                Some(body) => {
-                    return Poll::Ready(crate::wire::decode_body(body));
-                }
-            }
-        }
-    }
-
     /// The response's verdict, as the error the stream fails with when it is a refusal.
     fn verdict(&self, read: Result<ConnResponse, FrameError>) -> Result<(), UpstreamError> {
         let response = read.map_err(|e| UpstreamError::upgrade(&self.address, e))?;

@@ -5,8 +5,11 @@
 //! beyond `AsyncRead`/`AsyncWrite`, and never reads past the end of a frame, so whatever the peer
 //! sends after it stays in the stream for the byte pipe.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Types generated from `proto/binding.proto` (package `agent`).
 #[allow(clippy::all, missing_docs)]
@@ -100,40 +103,68 @@ where
     R: AsyncRead + Unpin,
     M: Message + Default,
 {
-    let mut len = [0u8; 2];
-    let mut got = 0;
-    while got < 2 {
-        let n = r.read(&mut len[got..]).await?;
-        if n == 0 {
-            return Err(if got == 0 {
-                FrameError::Closed
-            } else {
-                FrameError::Truncated {
-                    read: got,
-                    expected: 2,
+    let mut reader = FrameReader::default();
+    std::future::poll_fn(|cx| reader.poll_frame(r, cx)).await
+}
+
+/// One frame read step by step, for a stream that cannot be lent to [`read_frame`] for the
+/// whole read (one written to meanwhile, say). Reads never go past the frame's end.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    header: [u8; 2],
+    /// Bytes of the header, then of the body, read so far.
+    got: usize,
+    /// The body, once the header told its length.
+    body: Option<Vec<u8>>,
+}
+
+impl FrameReader {
+    /// Reads on until the frame is complete; cancel-safe (what was read is kept here).
+    pub fn poll_frame<R, M>(
+        &mut self,
+        r: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<M, FrameError>>
+    where
+        R: AsyncRead + Unpin,
+        M: Message + Default,
+    {
+        loop {
+            let (dest, expected) = match &mut self.body {
+                None => (&mut self.header[self.got..], 2),
+                Some(body) => {
+                    let len = body.len();
+                    (&mut body[self.got..], len)
                 }
-            });
+            };
+            if !dest.is_empty() {
+                let mut buf = ReadBuf::new(dest);
+                ready!(Pin::new(&mut *r).poll_read(cx, &mut buf))?;
+                let n = buf.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(match (&self.body, self.got) {
+                        (None, 0) => FrameError::Closed,
+                        (_, read) => FrameError::Truncated { read, expected },
+                    }));
+                }
+                self.got += n;
+                if self.got < expected {
+                    continue;
+                }
+            }
+            match &self.body {
+                None => {
+                    self.body = Some(vec![0; usize::from(u16::from_le_bytes(self.header))]);
+                    self.got = 0;
+                }
+                Some(body) => return Poll::Ready(decode_body(body)),
+            }
         }
-        got += n;
     }
-    let len = u16::from_le_bytes(len) as usize;
-    let mut body = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        let n = r.read(&mut body[got..]).await?;
-        if n == 0 {
-            return Err(FrameError::Truncated {
-                read: got,
-                expected: len,
-            });
-        }
-        got += n;
-    }
-    decode_body(&body)
 }
 
 /// Decodes a frame's body (the bytes after its length).
-pub fn decode_body<M: Message + Default>(body: &[u8]) -> Result<M, FrameError> {
+fn decode_body<M: Message + Default>(body: &[u8]) -> Result<M, FrameError> {
     M::decode(body).map_err(|source| FrameError::Decode {
         message: type_name::<M>(),
         source,
