@@ -5,22 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-
 use super::dial::IngressDialer;
 use super::transport::{Fingerprint, IngressTransport, TransportSettings, TransportSpec};
 use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
 use crate::wire::ConnRequest;
 
-/// One binding ingress: where it is, the TLS identity and trust used with it, and the transport
-/// (direct dial, warm pool, or HTTP/2 multiplexer) that carries connections to it.
+/// One binding ingress: where it is, how long an open may take, and the transport
+/// (direct dial, warm pool, or HTTP/2 multiplexer, which holds the TLS identity and trust) that
+/// carries connections to it.
 pub struct Ingress {
     pub name: String,
     /// `host:port`.
     pub address: String,
-    pub server_name: ServerName<'static>,
-    pub tls: Arc<rustls::ClientConfig>,
     pub connect_timeout: Duration,
     /// Shared with earlier snapshots' ingresses of the same identity and settings (see
     /// `upstream::transport`), so a reload keeps warm connections.
@@ -33,7 +30,6 @@ impl Ingress {
     /// `trust` fingerprints the roots the dialer's TLS config was built with.
     pub fn new(dialer: IngressDialer, trust: Fingerprint, settings: TransportSettings) -> Ingress {
         let (name, address) = (dialer.name.to_string(), dialer.address.to_string());
-        let (server_name, tls) = (dialer.server_name.clone(), dialer.tls.clone());
         let connect_timeout = dialer.connect_timeout;
         let transport = super::transport_for(TransportSpec {
             dialer,
@@ -43,8 +39,6 @@ impl Ingress {
         Ingress {
             name,
             address,
-            server_name,
-            tls,
             connect_timeout,
             transport,
         }
@@ -56,7 +50,6 @@ impl std::fmt::Debug for Ingress {
         f.debug_struct("Ingress")
             .field("name", &self.name)
             .field("address", &self.address)
-            .field("server_name", &self.server_name)
             .field("transport", &self.transport.kind())
             .finish_non_exhaustive()
     }
