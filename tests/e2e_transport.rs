@@ -141,6 +141,42 @@ async fn direct_carries_echo_and_http() {
     assert_eq!(transport_of(&proxy, "echo").await["kind"], "direct");
 }
 
+/// `direct` resumes TLS sessions by default: after the first (full) handshake, each dial resumes
+/// with a ticket the previous connection received. `session_resumption: false` makes every dial
+/// a full handshake, as ngrok's operator forwarder does. Counted in `/metrics` and `/clusters`.
+#[tokio::test]
+async fn direct_resumes_tls_sessions_unless_told_not_to() {
+    let mut sb = start_sandbox_with("", "").await;
+    let _sandbox_logs = sb.proc.logs();
+    let cases = [
+        ("resumed.yaml", "", (1, 3)),
+        ("full.yaml", "    session_resumption: false\n", (4, 0)),
+    ];
+    for (file, resumption, (want_full, want_resumed)) in cases {
+        let transport = format!("    transport: direct\n{resumption}");
+        let cfg = binding_config(&ingress_with(&sb, &transport), &[ECHO], "");
+        let proxy = start_proxy(&cfg, sb.dir.path(), file).await;
+        for seed in 0..4 {
+            let data = pattern(1000, seed);
+            assert!(echo_once(proxy.listener("echo"), &data).await == data);
+        }
+        let metrics = admin_text(proxy.admin(), "/metrics").await;
+        let count = |session: &str| {
+            let labels = format!(r#"ingress="sandbox",session="{session}""#);
+            metric_value(&metrics, "bindgate_ingress_tls_handshakes_total", &labels)
+        };
+        assert_eq!(
+            (count("full"), count("resumed")),
+            (want_full, want_resumed),
+            "{file}: {metrics}"
+        );
+        let t = transport_of(&proxy, "echo").await;
+        assert_eq!(t["tls_handshakes"]["full"], want_full, "{t}");
+        assert_eq!(t["tls_handshakes"]["resumed"], want_resumed, "{t}");
+        proxy.terminate().await;
+    }
+}
+
 #[tokio::test]
 async fn pool_carries_echo_and_http() {
     let mut sb = start_sandbox_with("", "").await;

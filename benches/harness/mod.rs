@@ -39,8 +39,11 @@ pub use report::{Report, Support, TargetReport};
 pub enum Target {
     /// Straight to the sandbox's backend: no proxy, no TLS. The ceiling.
     Baseline,
-    /// `transport: direct`: TCP + TLS + upgrade per connection (what ngrok's forwarder does).
+    /// `transport: direct` with `session_resumption: false`: TCP + a full mTLS handshake +
+    /// upgrade per connection, which is what ngrok's operator forwarder and ngrokd do.
     Direct,
+    /// `transport: direct` as bindgate configures it by default: TLS sessions are resumed.
+    DirectResumed,
     /// `transport: pool`: warm TLS connections, one upgrade per connection.
     Pool,
     /// `transport: multiplex`: one HTTP/2 CONNECT stream per connection over persistent mTLS.
@@ -52,9 +55,10 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 7] = [
         Target::Baseline,
         Target::Direct,
+        Target::DirectResumed,
         Target::Pool,
         Target::Multiplex,
         Target::PoolEarly,
@@ -69,6 +73,7 @@ impl Target {
         match self {
             Target::Baseline => "baseline",
             Target::Direct => "direct",
+            Target::DirectResumed => "direct+resume",
             Target::Pool => "pool",
             Target::Multiplex => "multiplex",
             Target::PoolEarly => "pool+early",
@@ -81,7 +86,8 @@ impl Target {
     fn transport(self) -> Option<&'static str> {
         match self {
             Target::Baseline => None,
-            Target::Direct => Some("direct"),
+            Target::Direct => Some("direct\n    session_resumption: false"),
+            Target::DirectResumed => Some("direct"),
             Target::Pool => Some("pool"),
             Target::Multiplex => Some("multiplex"),
             Target::PoolEarly => Some("pool\n    early_data: true"),

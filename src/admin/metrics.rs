@@ -88,6 +88,14 @@ fn by(label: &'static str, rows: &[(&'static str, u64)]) -> Vec<Sample> {
     rows.iter().map(|(l, v)| (vec![(label, *l)], *v)).collect()
 }
 
+/// `(full, resumed)` TLS handshakes of an ingress's transport.
+const HANDSHAKES: TransportMetric<(u64, u64)> = TransportMetric {
+    name: "bindgate_ingress_tls_handshakes_total",
+    kind: "counter",
+    help: "Completed TLS handshakes with the ingress: full, or a resumed session.",
+    samples: |&(full, resumed)| by("session", &[("full", full), ("resumed", resumed)]),
+};
+
 const POOL_METRICS: [TransportMetric<PoolStats>; 5] = [
     TransportMetric {
         name: "bindgate_pool_idle_connections",
@@ -221,7 +229,9 @@ fn render_transports(snapshot: &Snapshot, out: &mut String) {
     }
     let mut pools = Vec::new();
     let mut muxes = Vec::new();
+    let mut handshakes = Vec::new();
     for (name, transport) in ingresses {
+        handshakes.push((name, transport.dialer().handshakes.get()));
         match transport {
             IngressTransport::Direct(_) => {}
             IngressTransport::Pool(p) => pools.push((name, p.stats())),
@@ -233,6 +243,7 @@ fn render_transports(snapshot: &Snapshot, out: &mut String) {
             }
         }
     }
+    family(out, &HANDSHAKES, &handshakes);
     for m in &POOL_METRICS {
         family(out, m, &pools);
     }

@@ -53,6 +53,12 @@ pub struct IngressConfig {
     /// upgrade is then reported after the fact (the client is closed) instead of being retried.
     #[serde(default)]
     pub early_data: bool,
+    /// Resume TLS sessions (TLS 1.3 PSK, TLS 1.2 tickets) on new connections to the ingress
+    /// (default true): the handshake then skips both certificate checks. Set false for a full
+    /// handshake on every connection, as ngrok's operator forwarder and ngrokd do (HAProxy's
+    /// `no-ssl-reuse`, Envoy's `max_session_keys: 0`).
+    #[serde(default = "yes")]
+    pub session_resumption: bool,
 }
 
 /// Transport to the ingress.

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::NamedGroup;
 use rustls::client::{
-    ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption,
-    Tls12ClientSessionValue, Tls13ClientSessionValue,
+    ClientSessionStore, ResolvesClientCert, Resumption, Tls12ClientSessionValue,
+    Tls13ClientSessionValue,
 };
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use super::certificate::{self, CertInfo};
 use super::registration::{Credentials, IdentityError};
+use super::session_store::TicketStore;
 use crate::secret::Secret;
 
 pub struct ClientIdentity {
@@ -93,29 +94,23 @@ impl ClientIdentity {
             .with_client_cert_resolver(self.clone());
         config.resumption = Resumption::store(Arc::new(IdentitySessionStore {
             generation: self.subscribe(),
-            inner: ArcSwap::from_pointee((
-                0,
-                Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)),
-            )),
+            inner: ArcSwap::from_pointee((0, Arc::new(TicketStore::new()))),
         }));
         Ok(config)
     }
 }
 
-/// Sessions remembered per config (rustls's default size).
-const SESSION_CACHE_SIZE: usize = 256;
-
-/// rustls's in-memory session cache, replaced by an empty one whenever the identity's
+/// A [`TicketStore`], replaced by an empty one whenever the identity's
 /// generation changes. (A handshake begun with the old certificate that completes after the
 /// swap can still store its ticket; that session carries the old, still valid, certificate.)
 #[derive(Debug)]
 struct IdentitySessionStore {
     generation: watch::Receiver<u64>,
-    inner: ArcSwap<(u64, Arc<ClientSessionMemoryCache>)>,
+    inner: ArcSwap<(u64, Arc<TicketStore>)>,
 }
 
 impl IdentitySessionStore {
-    fn cache(&self) -> Arc<ClientSessionMemoryCache> {
+    fn cache(&self) -> Arc<TicketStore> {
         let now = *self.generation.borrow();
         let current = self.inner.load();
         if current.0 == now {
@@ -126,10 +121,7 @@ impl IdentitySessionStore {
             if cur.0 == now {
                 cur.clone()
             } else {
-                Arc::new((
-                    now,
-                    Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)),
-                ))
+                Arc::new((now, Arc::new(TicketStore::new())))
             }
         });
         drop(replaced);

@@ -8,6 +8,7 @@ pub mod client_identity;
 pub mod pem;
 pub mod registration;
 pub mod renewal;
+pub mod session_store;
 pub mod store;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::config::{
 };
 use crate::host::{Exposure, Placement};
 use crate::identity;
+use crate::identity::session_store::TicketStore;
 use crate::proxy::limits::Admission;
 use crate::upstream::{
     BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
@@ -531,22 +532,35 @@ fn build_ingress(
                 return None;
             }
         };
+    let with_tickets = |mut tls: rustls::ClientConfig| {
+        tls.resumption = rustls::client::Resumption::store(Arc::new(TicketStore::new()));
+        tls
+    };
     let tls = match auth {
-        ClientAuth::Files(chain, key) => builder.with_client_auth_cert(chain, key),
-        // Its session cache is reset on certificate renewal (a resumed session would present the
-        // old certificate).
+        ClientAuth::Files(chain, key) => {
+            builder.with_client_auth_cert(chain, key).map(with_tickets)
+        }
+        // Its ticket store is emptied on certificate renewal (a resumed session would present
+        // the old certificate).
         ClientAuth::Registered(identity) => identity.client_config(roots),
-        ClientAuth::NotYetRegistered => Ok(builder.with_no_client_auth()),
+        ClientAuth::NotYetRegistered => Ok(with_tickets(builder.with_no_client_auth())),
     };
     match tls {
-        Ok(tls) => Some(Ingress::new(
+        Ok(mut tls) => Some(Ingress::new(
             IngressDialer {
                 name: Arc::from(ing.name.as_str()),
                 address: Arc::from(address.as_str()),
                 server_name,
-                tls: Arc::new(tls),
+                tls: Arc::new({
+                    if !ing.session_resumption {
+                        tls.resumption = rustls::client::Resumption::disabled();
+                    }
+                    tls
+                }),
                 connect_timeout: ing.connect_timeout.get(),
                 early_data: ing.early_data,
+                session_resumption: ing.session_resumption,
+                handshakes: Default::default(),
             },
             trust,
             settings,

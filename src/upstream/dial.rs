@@ -6,6 +6,7 @@
 //! persistent connections. This module owns no state.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -35,6 +36,37 @@ pub struct IngressDialer {
     /// Hand the stream over right after the `ConnRequest` is written; its first read waits for
     /// the `ConnResponse` (see `config::IngressConfig::early_data`).
     pub early_data: bool,
+    /// Whether `tls` resumes sessions (`config::IngressConfig::session_resumption`).
+    pub session_resumption: bool,
+    /// Completed TLS handshakes, shared by every clone (a transport and its fallback pool).
+    pub handshakes: Arc<HandshakeCounts>,
+}
+
+/// Completed TLS handshakes with an ingress: full, or resumed sessions (Envoy's
+/// `ssl.handshake` and `ssl.session_reused`).
+#[derive(Debug, Default)]
+pub struct HandshakeCounts {
+    full: AtomicU64,
+    resumed: AtomicU64,
+}
+
+impl HandshakeCounts {
+    fn record(&self, tls: &IngressTls) {
+        let counter = if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            &self.resumed
+        } else {
+            &self.full
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(full, resumed)`.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.full.load(Ordering::Relaxed),
+            self.resumed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl std::fmt::Debug for IngressDialer {
@@ -69,10 +101,12 @@ impl IngressDialer {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        TlsConnector::from(self.tls.clone())
+        let tls = TlsConnector::from(self.tls.clone())
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| UpstreamError::tls(addr, &e))
+            .map_err(|e| UpstreamError::tls(addr, &e))?;
+        self.handshakes.record(&tls);
+        Ok(tls)
     }
 
     /// The `direct` transport: a fresh connection and its upgrade.

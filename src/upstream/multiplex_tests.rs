@@ -36,6 +36,8 @@ impl Fixture {
             tls,
             connect_timeout: Duration::from_secs(5),
             early_data: false,
+            session_resumption: true,
+            handshakes: Default::default(),
         };
         Fixture {
             sandbox,

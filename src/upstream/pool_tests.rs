@@ -110,6 +110,8 @@ impl TestIngress {
             tls,
             connect_timeout: Duration::from_secs(5),
             early_data: false,
+            session_resumption: true,
+            handshakes: Default::default(),
         }
     }
 
@@ -397,6 +399,8 @@ async fn refills_back_off_while_the_ingress_is_down() {
         tls,
         connect_timeout: Duration::from_secs(5),
         early_data: false,
+        session_resumption: true,
+        handshakes: Default::default(),
     };
     let pool = WarmPool::new(dialer, settings(1, 1));
     pool.start();

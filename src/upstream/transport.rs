@@ -71,6 +71,15 @@ impl IngressTransport {
         }
     }
 
+    /// How this transport dials the ingress.
+    pub fn dialer(&self) -> &IngressDialer {
+        match self {
+            IngressTransport::Direct(d) => &d.dialer,
+            IngressTransport::Pool(p) => p.dialer(),
+            IngressTransport::Multiplex(m) => m.dialer(),
+        }
+    }
+
     /// `direct`, `pool` or `multiplex`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -82,11 +91,14 @@ impl IngressTransport {
 
     /// State and counters for the admin `/clusters` view.
     pub fn describe(&self) -> serde_json::Value {
-        match self {
+        let mut described = match self {
             IngressTransport::Direct(_) => serde_json::json!({ "kind": "direct" }),
             IngressTransport::Pool(p) => p.describe(),
             IngressTransport::Multiplex(m) => m.describe(),
-        }
+        };
+        let (full, resumed) = self.dialer().handshakes.get();
+        described["tls_handshakes"] = serde_json::json!({ "full": full, "resumed": resumed });
+        described
     }
 
     /// Makes this the transport serving ingress `name`: starts its background work (warming)
@@ -231,6 +243,7 @@ pub struct IngressKey {
     pub trust: Fingerprint,
     pub connect_timeout: Duration,
     pub early_data: bool,
+    pub session_resumption: bool,
     pub settings: TransportSettings,
 }
 
@@ -244,6 +257,7 @@ impl IngressKey {
             trust: spec.trust,
             connect_timeout: d.connect_timeout,
             early_data: d.early_data,
+            session_resumption: d.session_resumption,
             settings: spec.settings.clone(),
         }
     }
