@@ -173,6 +173,11 @@ async fn direct_resumes_tls_sessions_unless_told_not_to() {
         let t = transport_of(&proxy, "echo").await;
         assert_eq!(t["tls_handshakes"]["full"], want_full, "{t}");
         assert_eq!(t["tls_handshakes"]["resumed"], want_resumed, "{t}");
+        let admin = proxy.admin().to_string();
+        let (code, out, err) = common::run_to_end(&["status", "--admin", &admin], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        let row = format!("direct; TLS handshakes: {want_full} full, {want_resumed} resumed");
+        assert!(out.contains(&row), "{row} in {out}");
         proxy.terminate().await;
     }
 }

@@ -207,8 +207,20 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
     out
 }
 
-/// A cluster's transport in a few words: kind and its main counters.
+/// A cluster's transport in a few words: kind, its main counters, and TLS handshakes.
 fn transport(t: &Value) -> String {
+    let mut s = transport_kind(t);
+    let tls = &t["tls_handshakes"];
+    if tls.is_object() {
+        s.push_str(&format!(
+            "; TLS handshakes: {} full, {} resumed",
+            tls["full"], tls["resumed"]
+        ));
+    }
+    s
+}
+
+fn transport_kind(t: &Value) -> String {
     let stats = &t["stats"];
     match t["kind"].as_str() {
         Some("pool") => format!(
