@@ -182,6 +182,36 @@ async fn direct_resumes_tls_sessions_unless_told_not_to() {
     }
 }
 
+/// An ingress named by host name is looked up once, not per connection (the answer is reused for
+/// 30 s); an IP address is never looked up.
+#[tokio::test]
+async fn the_ingress_host_name_is_looked_up_once_for_many_connections() {
+    let mut sb = start_sandbox_with("", "").await;
+    let _sandbox_logs = sb.proc.logs();
+    let by_name = format!("localhost:{}", sb.ingress.port());
+    let cases = [("by-name.yaml", by_name.as_str(), 1), ("by-ip.yaml", "", 0)];
+    for (file, address, want_lookups) in cases {
+        let mut ingress = ingress_with(&sb, "    transport: direct\n");
+        if !address.is_empty() {
+            ingress = ingress.replace(&sb.ingress.to_string(), address);
+        }
+        let cfg = binding_config(&ingress, &[ECHO], "");
+        let proxy = start_proxy(&cfg, sb.dir.path(), file).await;
+        for seed in 0..5 {
+            let data = pattern(1000, seed);
+            assert!(echo_once(proxy.listener("echo"), &data).await == data);
+        }
+        let metrics = admin_text(proxy.admin(), "/metrics").await;
+        let lookups = metric_value(
+            &metrics,
+            "bindgate_ingress_dns_lookups_total",
+            r#"ingress="sandbox""#,
+        );
+        assert_eq!(lookups, want_lookups, "{file}: {metrics}");
+        proxy.terminate().await;
+    }
+}
+
 #[tokio::test]
 async fn pool_carries_echo_and_http() {
     let mut sb = start_sandbox_with("", "").await;

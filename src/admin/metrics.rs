@@ -96,6 +96,13 @@ const HANDSHAKES: TransportMetric<(u64, u64)> = TransportMetric {
     samples: |&(full, resumed)| by("session", &[("full", full), ("resumed", resumed)]),
 };
 
+const DNS_LOOKUPS: TransportMetric<u64> = TransportMetric {
+    name: "bindgate_ingress_dns_lookups_total",
+    kind: "counter",
+    help: "Lookups of the ingress's host name (answers are reused for 30s; none for an IP address).",
+    samples: |&n| one(n),
+};
+
 const POOL_METRICS: [TransportMetric<PoolStats>; 5] = [
     TransportMetric {
         name: "bindgate_pool_idle_connections",
@@ -230,8 +237,10 @@ fn render_transports(snapshot: &Snapshot, out: &mut String) {
     let mut pools = Vec::new();
     let mut muxes = Vec::new();
     let mut handshakes = Vec::new();
+    let mut lookups = Vec::new();
     for (name, transport) in ingresses {
         handshakes.push((name, transport.dialer().handshakes.get()));
+        lookups.push((name, transport.dialer().resolver.lookups()));
         match transport {
             IngressTransport::Direct(_) => {}
             IngressTransport::Pool(p) => pools.push((name, p.stats())),
@@ -244,6 +253,7 @@ fn render_transports(snapshot: &Snapshot, out: &mut String) {
         }
     }
     family(out, &HANDSHAKES, &handshakes);
+    family(out, &DNS_LOOKUPS, &lookups);
     for m in &POOL_METRICS {
         family(out, m, &pools);
     }

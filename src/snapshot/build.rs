@@ -17,6 +17,7 @@ use crate::host::{Exposure, Placement};
 use crate::identity;
 use crate::identity::session_store::TicketStore;
 use crate::proxy::limits::Admission;
+use crate::upstream::resolve::IngressResolver;
 use crate::upstream::{
     BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
 };
@@ -561,6 +562,7 @@ fn build_ingress(
                 early_data: ing.early_data,
                 session_resumption: ing.session_resumption,
                 handshakes: Default::default(),
+                resolver: Arc::new(IngressResolver::new(Arc::from(address.as_str()))),
             },
             trust,
             settings,

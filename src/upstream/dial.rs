@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::early::EarlyUpgrade;
+use super::resolve::IngressResolver;
 use super::{UpstreamError, UpstreamStream};
 use crate::snapshot::BoundUrl;
 use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
@@ -40,6 +41,8 @@ pub struct IngressDialer {
     pub session_resumption: bool,
     /// Completed TLS handshakes, shared by every clone (a transport and its fallback pool).
     pub handshakes: Arc<HandshakeCounts>,
+    /// `address` resolved, shared by every clone.
+    pub resolver: Arc<IngressResolver>,
 }
 
 /// Completed TLS handshakes with an ingress: full, or resumed sessions (Envoy's
@@ -94,12 +97,28 @@ impl IngressDialer {
 
     async fn handshake_unbounded(&self) -> Result<IngressTls, UpstreamError> {
         let addr = &*self.address;
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+        let connect_error = |source| UpstreamError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let mut last_error = None;
+        let mut connected = None;
+        for ip in self.resolver.addrs().await.map_err(connect_error)? {
+            match TcpStream::connect(ip).await {
+                Ok(tcp) => {
+                    connected = Some(tcp);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let Some(tcp) = connected else {
+            // Every address failed: the next dial looks the name up again.
+            self.resolver.forget();
+            let source = last_error
+                .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"));
+            return Err(connect_error(source));
+        };
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(self.tls.clone())
             .connect(self.server_name.clone(), tcp)

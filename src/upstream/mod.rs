@@ -11,6 +11,7 @@ pub mod early;
 pub mod h2_stream;
 pub mod multiplex;
 pub mod pool;
+pub mod resolve;
 pub mod retry;
 pub mod static_cluster;
 pub mod stream;

@@ -38,6 +38,9 @@ impl Fixture {
             early_data: false,
             session_resumption: true,
             handshakes: Default::default(),
+            resolver: Arc::new(crate::upstream::resolve::IngressResolver::new(Arc::from(
+                sandbox.ingress_addr().to_string().as_str(),
+            ))),
         };
         Fixture {
             sandbox,

@@ -112,6 +112,9 @@ impl TestIngress {
             early_data: false,
             session_resumption: true,
             handshakes: Default::default(),
+            resolver: Arc::new(crate::upstream::resolve::IngressResolver::new(Arc::from(
+                self.addr.to_string().as_str(),
+            ))),
         }
     }
 
@@ -401,6 +404,9 @@ async fn refills_back_off_while_the_ingress_is_down() {
         early_data: false,
         session_resumption: true,
         handshakes: Default::default(),
+        resolver: Arc::new(crate::upstream::resolve::IngressResolver::new(Arc::from(
+            addr.to_string().as_str(),
+        ))),
     };
     let pool = WarmPool::new(dialer, settings(1, 1));
     pool.start();
