@@ -303,8 +303,10 @@ version: 1
 {ingress}static_resources:
   listeners:
     - {{ name: web, address: 127.0.0.1:0, protocol: http, routes: [ {{ cluster: web }} ] }}
+    - {{ name: gone, address: 127.0.0.1:0, protocol: http, routes: [ {{ cluster: gone }} ] }}
   clusters:
     - {{ name: web, type: binding_upstream, endpoint: http://web.e2e, ingress: sandbox }}
+    - {{ name: gone, type: binding_upstream, endpoint: http://gone.e2e, ingress: sandbox }}
 ",
         ingress = sb.ingress_yaml()
     );
@@ -318,6 +320,13 @@ version: 1
             format!("hello from the bindgate sandbox\nGET /{i} HTTP/1.1\nhost: web.e2e\n")
         );
     }
+    // An endpoint the ingress does not serve: 503, with ngrok's code.
+    let (status, body) = get(proxy.listener("gone"), "gone.e2e", "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("bindgate: cluster `gone` is unavailable: [ERR_NGROK_3200]"),
+        "{body}"
+    );
     // Every mTLS dial + binding upgrade logs one line; 20 client connections need about one.
     let (_, log) = proxy.terminate().await;
     let upgrades = log.matches("binding upgrade done").count();

@@ -30,9 +30,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::http_pool::{self, HttpPool};
+use super::http_pool::{self, HttpConnectError, HttpPool};
 use super::splice::{SpliceError, splice};
 use crate::snapshot::{HttpUpstream, ListenerSpec, RouteTable, normalize_host};
+use crate::upstream::UpstreamError;
 
 /// How many times a request found its pooled connection closed by the upstream before being
 /// written, and was sent again on another one (the request is returned intact by hyper).
@@ -211,7 +212,7 @@ async fn forward(
     loop {
         let checkout = match upstream.pool.checkout(cluster, fresh).await {
             Ok(c) => c,
-            Err(e) => return ctx.bad_gateway(&cluster.name, &e),
+            Err(e) => return ctx.no_connection(&cluster.name, &e),
         };
         let mut sender = checkout.sender;
         let sent = response_within(sender.try_send_request(req), &mut body_sent, timeout).await;
@@ -267,7 +268,7 @@ async fn forward_upgrade(
     // A dedicated connection: once upgraded it is no longer HTTP and never returns to a pool.
     let mut sender = match http_pool::open(cluster, true).await {
         Ok(s) => s,
-        Err(e) => return ctx.bad_gateway(&cluster.name, &e),
+        Err(e) => return ctx.no_connection(&cluster.name, &e),
     };
     let sent = response_within(sender.send_request(req), &mut body_sent, timeout).await;
     let mut resp = match sent {
@@ -325,6 +326,23 @@ impl Upgrade {
 }
 
 impl Ctx {
+    /// No upstream connection: 503 when the upstream is not there to be reached (the ingress
+    /// refused the bound endpoint, e.g. `ERR_NGROK_3200` while it is offline, or the cluster
+    /// has no endpoints), as Envoy and HAProxy answer when no upstream is available; 502 when
+    /// reaching it failed.
+    fn no_connection(&self, cluster: &str, e: &HttpConnectError) -> Response<ProxyBody> {
+        let reason = match e {
+            HttpConnectError::Upstream(UpstreamError::Refused { failure, .. }) => failure.as_str(),
+            HttpConnectError::Upstream(UpstreamError::NoEndpoints) => "no endpoints",
+            _ => return self.bad_gateway(cluster, e),
+        };
+        tracing::warn!(listener = %self.listener.name, %cluster, peer = %self.peer, "upstream unavailable, answering 503: {}", chain(e));
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("bindgate: cluster `{cluster}` is unavailable: {reason}\n"),
+        )
+    }
+
     fn bad_gateway(&self, cluster: &str, e: &dyn std::error::Error) -> Response<ProxyBody> {
         tracing::warn!(listener = %self.listener.name, %cluster, peer = %self.peer, "upstream failed, answering 502: {}", chain(e));
         local(
