@@ -19,7 +19,13 @@ use tokio::time::Instant;
 /// How long a lookup's answer is used before the next dial looks again.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
-#[derive(Debug)]
+/// Looks a `host:port` up: the system resolver, or a scripted one in tests.
+type Lookup = Box<
+    dyn Fn(Arc<str>) -> futures_util::future::BoxFuture<'static, io::Result<Vec<SocketAddr>>>
+        + Send
+        + Sync,
+>;
+
 pub struct IngressResolver {
     /// `host:port` as configured.
     address: Arc<str>,
@@ -27,6 +33,16 @@ pub struct IngressResolver {
     literal: Option<SocketAddr>,
     cached: ArcSwapOption<Resolved>,
     lookups: AtomicU64,
+    lookup: Lookup,
+}
+
+impl std::fmt::Debug for IngressResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressResolver")
+            .field("address", &self.address)
+            .field("cached", &self.cached)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -37,11 +53,25 @@ struct Resolved {
 
 impl IngressResolver {
     pub fn new(address: Arc<str>) -> IngressResolver {
+        IngressResolver::with_lookup(
+            address,
+            Box::new(|address| {
+                Box::pin(async move {
+                    tokio::net::lookup_host(&*address)
+                        .await
+                        .map(|addrs| addrs.collect())
+                })
+            }),
+        )
+    }
+
+    fn with_lookup(address: Arc<str>, lookup: Lookup) -> IngressResolver {
         IngressResolver {
             literal: address.parse().ok(),
             address,
             cached: ArcSwapOption::empty(),
             lookups: AtomicU64::new(0),
+            lookup,
         }
     }
 
@@ -63,9 +93,7 @@ impl IngressResolver {
             return Ok(c.addrs.clone());
         }
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        let looked_up = tokio::net::lookup_host(&*self.address)
-            .await
-            .map(|addrs| addrs.collect::<Vec<_>>());
+        let looked_up = (self.lookup)(self.address.clone()).await;
         match looked_up {
             Ok(addrs) if !addrs.is_empty() => {
                 self.cached.store(Some(Arc::new(Resolved {
@@ -118,6 +146,50 @@ mod tests {
         r.forget();
         r.addrs().await.unwrap();
         assert_eq!(r.lookups(), 3, "a forgotten answer is looked up again");
+    }
+
+    /// A resolver whose answers are scripted: each lookup takes the next one (`None`: the
+    /// lookup fails).
+    fn scripted(answers: Vec<Option<Vec<SocketAddr>>>) -> IngressResolver {
+        let next = AtomicU64::new(0);
+        IngressResolver::with_lookup(
+            Arc::from("ingress.test:443"),
+            Box::new(move |_| {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let answer = answers.get(i).expect("an unscripted lookup").clone();
+                Box::pin(
+                    async move { answer.ok_or_else(|| io::Error::other("resolver unreachable")) },
+                )
+            }),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_refresh_keeps_the_last_answer_and_a_first_failure_is_an_error() {
+        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
+        let r = scripted(vec![
+            None,
+            Some(vec![a]),
+            None,
+            Some(vec![]),
+            Some(vec![b, a]),
+        ]);
+        assert!(r.addrs().await.is_err(), "nothing to fall back on yet");
+        assert_eq!(r.addrs().await.unwrap(), vec![a]);
+        tokio::time::advance(REFRESH).await;
+        assert_eq!(
+            r.addrs().await.unwrap(),
+            vec![a],
+            "a failed refresh keeps the answer"
+        );
+        assert_eq!(r.addrs().await.unwrap(), vec![a], "so does an empty one");
+        assert_eq!(
+            r.addrs().await.unwrap(),
+            vec![b, a],
+            "in the resolver's order"
+        );
+        assert_eq!(r.lookups(), 5);
     }
 
     #[tokio::test]
