@@ -17,7 +17,6 @@ use crate::host::{Exposure, Placement};
 use crate::identity;
 use crate::identity::session_store::TicketStore;
 use crate::proxy::limits::Admission;
-use crate::upstream::resolve::IngressResolver;
 use crate::upstream::{
     BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
 };
@@ -547,23 +546,16 @@ fn build_ingress(
         ClientAuth::NotYetRegistered => Ok(with_tickets(builder.with_no_client_auth())),
     };
     match tls {
-        Ok(mut tls) => Some(Ingress::new(
-            IngressDialer {
-                name: Arc::from(ing.name.as_str()),
-                address: Arc::from(address.as_str()),
+        Ok(tls) => Some(Ingress::new(
+            IngressDialer::new(
+                &ing.name,
+                &address,
                 server_name,
-                tls: Arc::new({
-                    if !ing.session_resumption {
-                        tls.resumption = rustls::client::Resumption::disabled();
-                    }
-                    tls
-                }),
-                connect_timeout: ing.connect_timeout.get(),
-                early_data: ing.early_data,
-                session_resumption: ing.session_resumption,
-                handshakes: Default::default(),
-                resolver: Arc::new(IngressResolver::new(Arc::from(address.as_str()))),
-            },
+                Arc::new(tls),
+                ing.connect_timeout.get(),
+                ing.session_resumption,
+            )
+            .with_early_data(ing.early_data),
             trust,
             settings,
         )),

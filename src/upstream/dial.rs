@@ -83,6 +83,38 @@ impl std::fmt::Debug for IngressDialer {
 }
 
 impl IngressDialer {
+    /// A dialer for `address` (`host:port`), presenting `tls`; `session_resumption: false`
+    /// turns resumption off in it. Early data is off (see [`IngressDialer::with_early_data`]).
+    pub fn new(
+        name: &str,
+        address: &str,
+        server_name: ServerName<'static>,
+        mut tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        session_resumption: bool,
+    ) -> IngressDialer {
+        if !session_resumption {
+            Arc::make_mut(&mut tls).resumption = rustls::client::Resumption::disabled();
+        }
+        let address: Arc<str> = Arc::from(address);
+        IngressDialer {
+            name: Arc::from(name),
+            resolver: Arc::new(IngressResolver::new(address.clone())),
+            address,
+            server_name,
+            tls,
+            connect_timeout,
+            early_data: false,
+            session_resumption,
+            handshakes: Arc::default(),
+        }
+    }
+
+    pub fn with_early_data(mut self, early_data: bool) -> IngressDialer {
+        self.early_data = early_data;
+        self
+    }
+
     /// TCP connect and TLS handshake, bounded by `connect_timeout`. With TLS 1.3 a rejected
     /// client certificate is not seen here but on the first read.
     pub async fn handshake(&self) -> Result<IngressTls, UpstreamError> {

@@ -29,19 +29,14 @@ impl Fixture {
         let identity = Arc::new(ClientIdentity::new(&cert, &Secret::new(key)).unwrap());
         let roots = crate::identity::load_trust_roots(Some(&sandbox.ca_pem_path()), false).unwrap();
         let tls = Arc::new(identity.client_config(roots).unwrap());
-        let dialer = IngressDialer {
-            name: Arc::from("sandbox"),
-            address: Arc::from(sandbox.ingress_addr().to_string().as_str()),
-            server_name: ServerName::try_from("localhost").unwrap(),
+        let dialer = IngressDialer::new(
+            "sandbox",
+            sandbox.ingress_addr().to_string().as_str(),
+            ServerName::try_from("localhost").unwrap(),
             tls,
-            connect_timeout: Duration::from_secs(5),
-            early_data: false,
-            session_resumption: true,
-            handshakes: Default::default(),
-            resolver: Arc::new(crate::upstream::resolve::IngressResolver::new(Arc::from(
-                sandbox.ingress_addr().to_string().as_str(),
-            ))),
-        };
+            Duration::from_secs(5),
+            true,
+        );
         Fixture {
             sandbox,
             _dir: dir,

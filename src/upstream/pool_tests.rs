@@ -103,19 +103,14 @@ impl TestIngress {
     }
 
     fn dialer(&self, tls: Arc<rustls::ClientConfig>) -> IngressDialer {
-        IngressDialer {
-            name: Arc::from("test"),
-            address: Arc::from(self.addr.to_string().as_str()),
-            server_name: ServerName::try_from("localhost").unwrap(),
+        IngressDialer::new(
+            "test",
+            self.addr.to_string().as_str(),
+            ServerName::try_from("localhost").unwrap(),
             tls,
-            connect_timeout: Duration::from_secs(5),
-            early_data: false,
-            session_resumption: true,
-            handshakes: Default::default(),
-            resolver: Arc::new(crate::upstream::resolve::IngressResolver::new(Arc::from(
-                self.addr.to_string().as_str(),
-            ))),
-        }
+            Duration::from_secs(5),
+            true,
+        )
     }
 
     async fn next(&mut self) -> Seen {
@@ -395,19 +390,14 @@ async fn refills_back_off_while_the_ingress_is_down() {
             .with_root_certificates(RootCertStore::empty())
             .with_no_client_auth(),
     );
-    let dialer = IngressDialer {
-        name: Arc::from("down"),
-        address: Arc::from(addr.to_string().as_str()),
-        server_name: ServerName::try_from("localhost").unwrap(),
+    let dialer = IngressDialer::new(
+        "down",
+        addr.to_string().as_str(),
+        ServerName::try_from("localhost").unwrap(),
         tls,
-        connect_timeout: Duration::from_secs(5),
-        early_data: false,
-        session_resumption: true,
-        handshakes: Default::default(),
-        resolver: Arc::new(crate::upstream::resolve::IngressResolver::new(Arc::from(
-            addr.to_string().as_str(),
-        ))),
-    };
+        Duration::from_secs(5),
+        true,
+    );
     let pool = WarmPool::new(dialer, settings(1, 1));
     pool.start();
     pool.wait_until(|s| s.dial_failures == 1).await;
