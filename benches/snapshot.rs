@@ -25,6 +25,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bindgate::config::{self, LoadedConfig};
 use bindgate::host::Placement;
+use bindgate::retained::Retained;
 use bindgate::snapshot::{self, BoundUrl, BuildInput, Snapshot};
 use criterion::{Criterion, criterion_group};
 
@@ -125,11 +126,12 @@ impl Fixture {
         }
     }
 
-    fn build(&self, previous: Option<&Snapshot>, version: u64) -> Snapshot {
+    /// `retained`: the state store of the control plane (shared by rebuilds), or a fresh one.
+    fn build(&self, retained: &Retained, version: u64) -> Snapshot {
         snapshot::build_with(BuildInput {
             loaded: &self.loaded,
             discovered: &self.discovered,
-            previous,
+            retained,
             registered: None,
             version,
         })
@@ -140,7 +142,7 @@ impl Fixture {
 /// Rebuilds against the snapshot in force and publishes the result, as the control loop does.
 fn build_and_swap(fixture: &Fixture, current: &ArcSwap<Snapshot>) {
     let previous = current.load_full();
-    let next = fixture.build(Some(&previous), previous.version + 1);
+    let next = fixture.build(&Retained::new(), previous.version + 1);
     drop(previous);
     current.store(Arc::new(next));
 }
@@ -150,7 +152,7 @@ fn build_and_swap(fixture: &Fixture, current: &ArcSwap<Snapshot>) {
 fn report_build_and_swap() {
     use std::time::Instant;
     let fixture = Fixture::new();
-    let current = ArcSwap::from_pointee(fixture.build(None, 1));
+    let current = ArcSwap::from_pointee(fixture.build(&Retained::new(), 1));
     assert_eq!(current.load().listeners.len(), ENDPOINTS + 1);
     let mut rounds: Vec<Duration> = (0..10)
         .map(|_| {
@@ -186,13 +188,14 @@ fn build(c: &mut Criterion) {
     // One build takes milliseconds: fewer, longer samples keep a run to seconds.
     g.sample_size(20);
     g.bench_function("build_with/10000_endpoints", |b| {
-        b.iter(|| fixture.build(None, 1))
+        b.iter(|| fixture.build(&Retained::new(), 1))
     });
-    let previous = fixture.build(None, 1);
+    let retained = Retained::new();
+    let _previous = fixture.build(&retained, 1);
     g.bench_function("rebuild_with_previous/10000_endpoints", |b| {
-        b.iter(|| fixture.build(Some(&previous), 2))
+        b.iter(|| fixture.build(&retained, 2))
     });
-    let current = ArcSwap::from_pointee(fixture.build(None, 1));
+    let current = ArcSwap::from_pointee(fixture.build(&Retained::new(), 1));
     g.bench_function("build_and_swap/10000_endpoints", |b| {
         b.iter(|| build_and_swap(&fixture, &current))
     });
@@ -201,7 +204,7 @@ fn build(c: &mut Criterion) {
 
 fn lookup(c: &mut Criterion) {
     let fixture = Fixture::new();
-    let snap = fixture.build(None, 1);
+    let snap = fixture.build(&Retained::new(), 1);
     let discovered = format!("tcp://svc-{}.bench:7000", ENDPOINTS / 2);
     assert!(snap.listener(&discovered).is_some());
     let mut g = c.benchmark_group("snapshot/listener_lookup");

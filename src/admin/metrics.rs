@@ -230,7 +230,7 @@ fn escape(value: &str) -> String {
 fn render_transports(snapshot: &Snapshot, out: &mut String) {
     let mut ingresses: BTreeMap<&str, &IngressTransport> = BTreeMap::new();
     for cluster in snapshot.clusters.values() {
-        if let ClusterTarget::Binding(b) = &cluster.target {
+        if let ClusterTarget::Binding(b) = &*cluster.target {
             ingresses.insert(&b.ingress.name, &b.ingress.transport);
         }
     }

@@ -31,6 +31,9 @@ pub struct ClusterConfig {
     /// Retries of failed connects and upgrades, before any byte went upstream.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// A cap on open upstream connections, and fail-fast after consecutive connect failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::filters::connect::CircuitBreakerConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -40,7 +43,7 @@ pub enum ClusterKind {
     BindingUpstream,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Total tries per connection, the first included (1 = no retry).

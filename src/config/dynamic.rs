@@ -98,6 +98,9 @@ pub struct ExposeOverride {
 pub struct DiscoveredListener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Network filters of every discovered listener, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<crate::filters::network::NetworkFilterConfig>,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
     #[serde(default = "default_drain_timeout")]
@@ -108,6 +111,7 @@ impl Default for DiscoveredListener {
     fn default() -> Self {
         DiscoveredListener {
             limits: None,
+            filters: Vec::new(),
             idle_timeout: default_idle_timeout(),
             drain_timeout: default_drain_timeout(),
         }

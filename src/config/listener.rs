@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
+use crate::filters::http::HttpFilterConfig;
+use crate::filters::network::NetworkFilterConfig;
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,9 +21,13 @@ pub struct ListenerConfig {
     /// and `path_prefix`, first match wins. tls: matched per connection by `sni` (exact names
     /// first, then the longest `*.suffix`, then the route without `match`).
     pub routes: Vec<RouteConfig>,
-    /// Admission limits, checked at accept.
+    /// Admission limits, checked at accept: shorthand for a `connection_limit` and a
+    /// `local_rate_limit` filter placed before `filters`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Network filters, in order: run once per accepted connection, before any upstream work.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<NetworkFilterConfig>,
     /// A connection with no bytes moving either way for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
@@ -30,7 +36,7 @@ pub struct ListenerConfig {
     pub drain_timeout: HumanDuration,
     /// http listeners: how long an upstream may take to send its response headers, counted from
     /// the end of the request (its last body byte forwarded); past it the client gets `504`
-    /// (default 60s).
+    /// (default 60s). Shorthand for a `timeout` http filter on every route that has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<HumanDuration>,
 }
@@ -52,11 +58,17 @@ pub enum Protocol {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// A name for logs and access logs (default `routes[i]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// What a connection or request must match (absent for tcp listeners).
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
     pub route_match: Option<RouteMatch>,
     /// The cluster traffic goes to.
     pub cluster: String,
+    /// http listeners: http filters, in order, run per request before it is forwarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpFilterConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

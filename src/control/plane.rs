@@ -18,6 +18,7 @@ use super::{ControlEvent, Gateway, discovery, registration::Registration};
 use crate::admin::metrics::{METRICS, incr};
 use crate::config::{self, Config, LoadedConfig};
 use crate::host::{Allocations, Exposure, HostsFile, Placement, hosts_file, place};
+use crate::retained::Retained;
 use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
 
 /// What the admin API shows about the control loop.
@@ -35,6 +36,8 @@ pub type StatusView = Arc<ArcSwap<ControlStatus>>;
 
 pub struct ControlPlane {
     gateway: Gateway,
+    /// State that outlives snapshots, handed to every build (see `crate::retained`).
+    retained: Retained,
     /// The config file; `None` for an embedded config (the demo), which is never reloaded.
     path: Option<PathBuf>,
     applied_notify: Arc<Notify>,
@@ -90,10 +93,11 @@ impl ControlPlane {
         };
         let allocations = Allocations::load(store);
         let registered = registration.as_ref().map(Registration::for_build);
+        let retained = Retained::new();
         let first = snapshot::build_with(BuildInput {
             loaded: &loaded,
             discovered: &[],
-            previous: None,
+            retained: &retained,
             registered: registered.as_ref(),
             version: 1,
         })
@@ -108,12 +112,14 @@ impl ControlPlane {
             .store(1, std::sync::atomic::Ordering::Relaxed);
         incr(&METRICS.config_applied);
         let gateway = Gateway::start(first, status.clone()).await?;
+        retained.commit();
         let (events_tx, events) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
         let poll = discovery_interval(&loaded.config).unwrap_or(Duration::from_secs(10));
         let (poll_interval, poll_rx) = watch::channel(poll);
         let mut plane = ControlPlane {
             gateway,
+            retained,
             path,
             applied_notify: Arc::new(Notify::new()),
             last_text: text,
@@ -294,7 +300,7 @@ impl ControlPlane {
         let built = snapshot::build_with(BuildInput {
             loaded: &self.loaded,
             discovered: &placements,
-            previous: Some(&current),
+            retained: &self.retained,
             registered: self.registered.as_ref(),
             version,
         });
@@ -302,6 +308,7 @@ impl ControlPlane {
             Ok(next) => {
                 let names = hosts_file::entries(&next.discovered);
                 self.gateway.apply(next).await;
+                self.retained.commit();
                 self.allocations.save();
                 if let Some(path) = self.hosts_file_path() {
                     self.hosts_file.sync(&path, &names);

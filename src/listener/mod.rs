@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tower::ServiceExt;
+
 use crate::config::Protocol;
-use crate::proxy;
+use crate::filters::network::{ClientIo, Conn, Outcome};
 use crate::snapshot::{ListenerSpec, Snapshot};
 
 /// What the admin `/listeners` view shows for one listener.
@@ -48,6 +50,9 @@ struct Running {
     address: SocketAddr,
     protocol: Protocol,
     bound: SocketAddr,
+    /// The `drain_timeout` of the listener's latest spec: what a removal drains for (the new
+    /// snapshot no longer has the listener).
+    drain_timeout: Duration,
     stop_accepting: CancellationToken,
     force_close: CancellationToken,
     connections: TaskTracker,
@@ -122,10 +127,9 @@ impl ListenerManager {
             })
             .map(|(name, _)| name.clone())
             .collect();
-        let old = self.snapshot_of_drains();
         for name in stale {
             if let Some(mut r) = self.running.remove(&name) {
-                let drain = old.get(&name).copied().unwrap_or(Duration::from_secs(30));
+                let drain = r.drain_timeout;
                 tracing::info!(listener = %name, address = %r.bound, "listener removed from the configuration");
                 self.mark_draining(&name, r.address, r.bound);
                 // Stop accepting and wait until the socket is closed, so that a replacement on
@@ -150,7 +154,8 @@ impl ListenerManager {
             .retain(|name, _| wanted.contains_key(name.as_str()));
         let mut bound = Vec::new();
         for spec in &snap.listeners {
-            if self.running.contains_key(&spec.name) {
+            if let Some(r) = self.running.get_mut(&spec.name) {
+                r.drain_timeout = spec.drain_timeout;
                 continue;
             }
             match self.start(spec).await {
@@ -174,15 +179,6 @@ impl ListenerManager {
         for (name, address, protocol) in bound {
             tracing::info!(listener = %name, %address, ?protocol, "listener bound");
         }
-    }
-
-    fn snapshot_of_drains(&self) -> BTreeMap<String, Duration> {
-        self.snapshot
-            .load()
-            .listeners
-            .iter()
-            .map(|l| (l.name.clone(), l.drain_timeout))
-            .collect()
     }
 
     fn mark_draining(&self, name: &str, address: SocketAddr, bound: SocketAddr) {
@@ -245,6 +241,7 @@ impl ListenerManager {
             address: spec.address,
             protocol: spec.protocol,
             bound,
+            drain_timeout: spec.drain_timeout,
             stop_accepting: CancellationToken::new(),
             force_close: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -264,12 +261,8 @@ impl ListenerManager {
     /// Stops every listener, drains them in parallel (each up to its `drain_timeout`), and
     /// returns once all connections are closed.
     pub async fn shutdown(&mut self) {
-        let drains = self.snapshot_of_drains();
         for (name, r) in std::mem::take(&mut self.running) {
-            let drain = drains
-                .get(&name)
-                .copied()
-                .unwrap_or(Duration::from_secs(30));
+            let drain = r.drain_timeout;
             self.drains.spawn(r.drain(name, drain));
         }
         self.drains.close();
@@ -299,6 +292,7 @@ async fn accept_loop(
     force_close: CancellationToken,
     connections: TaskTracker,
 ) {
+    let listener_name: Arc<str> = Arc::from(name.as_str());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -317,25 +311,19 @@ async fn accept_loop(
         let Some(spec) = snap.listener(&name).cloned() else {
             continue;
         };
-        let permit = match spec.admission.admit() {
-            Ok(p) => p,
-            Err(why) => {
-                crate::admin::metrics::incr(&crate::admin::metrics::METRICS.connections_refused);
-                tracing::debug!(listener = %name, %peer, "connection refused: {why}");
-                continue;
-            }
+        let conn = Conn {
+            io: ClientIo::new(socket),
+            peer,
+            listener: listener_name.clone(),
+            protocol: spec.protocol,
+            draining: stop.clone(),
+            force_close: force_close.clone(),
         };
-        let active = crate::admin::metrics::ActiveConnection::open();
-        let force_close = force_close.clone();
-        let draining = stop.clone();
         connections.spawn(async move {
-            let _held = (permit, snap, active);
-            match spec.protocol {
-                Protocol::Tcp => proxy::tcp::serve(spec, socket, peer, force_close).await,
-                Protocol::Http => {
-                    proxy::http::serve(spec, socket, peer, draining, force_close).await
-                }
-                Protocol::Tls => proxy::tls::serve(spec, socket, peer, force_close).await,
+            let _held = snap;
+            let Ok(done) = spec.network.clone().oneshot(conn).await;
+            if let Outcome::Rejected { .. } = done.outcome {
+                crate::admin::metrics::incr(&crate::admin::metrics::METRICS.connections_refused);
             }
         });
     }

@@ -10,67 +10,65 @@
 //! on `101`, the two upgraded streams are spliced until both sides are done or idle.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{
-    CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
 
-use super::http_pool::{self, HttpConnectError, HttpPool};
+use super::Pipeline;
 use super::splice::{SpliceError, splice};
-use crate::snapshot::{HttpUpstream, ListenerSpec, RouteTable, normalize_host};
+use crate::filters::http::{HttpService, LocalAnswer, RequestInfo, answer};
+use crate::filters::network::{Conn, ConnOutcome, Outcome};
+use crate::http_body::{ProxyBody, RequestBody};
+use crate::snapshot::{HttpUpstream, RouteTable, normalize_host};
 use crate::upstream::UpstreamError;
+use crate::upstream::http_pool::{self, HttpConnectError, HttpPool};
 
 /// How many times a request found its pooled connection closed by the upstream before being
 /// written, and was sent again on another one (the request is returned intact by hyper).
 const STALE_RETRIES: usize = 2;
 
 /// Serves one admitted connection until the client is done, it idles out, the listener drains
-/// (`draining`: finish the request in flight, then close), or `force_close` fires.
-pub async fn serve(
-    listener: Arc<ListenerSpec>,
-    client: TcpStream,
-    peer: SocketAddr,
-    draining: CancellationToken,
-    force_close: CancellationToken,
-) {
-    let _ = client.set_nodelay(true);
+/// (finish the request in flight, then close), or the drain ends.
+pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
+    let Conn {
+        io,
+        peer,
+        draining,
+        force_close,
+        ..
+    } = conn;
+    let _ = io.tcp().set_nodelay(true);
     let (upgrades_tx, mut upgrades_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
-        listener: listener.clone(),
+        pipeline: p.clone(),
         peer,
         upgrades: upgrades_tx,
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+        async move { Ok::<_, Infallible>(route(ctx, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         // Covers both the wait for a new request on a kept-alive connection and a slow head.
-        .header_read_timeout(listener.idle_timeout)
+        .header_read_timeout(p.idle_timeout)
         .keep_alive(true)
         // A client may shut its write side after the request and still wait for the answer.
         .half_close(true)
         .preserve_header_case(true)
         .auto_date_header(false);
     let conn = builder
-        .serve_connection(TokioIo::new(client), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let mut shutting_down = false;
@@ -84,71 +82,123 @@ pub async fn serve(
             _ = force_close.cancelled() => break None,
         }
     };
+    let name = &p.listener;
     match ended {
         None => {
-            tracing::debug!(listener = %listener.name, %peer, "closed at the end of the drain");
-            return;
+            tracing::debug!(listener = %name, %peer, "closed at the end of the drain");
+            return ConnOutcome::new(None, Outcome::Drained);
         }
-        Some(Ok(())) => tracing::debug!(listener = %listener.name, %peer, "connection done"),
+        Some(Ok(())) => tracing::debug!(listener = %name, %peer, "connection done"),
         Some(Err(e)) => {
-            tracing::debug!(listener = %listener.name, %peer, "connection ended: {}", chain(&e))
+            tracing::debug!(listener = %name, %peer, "connection ended: {}", chain(&e))
         }
     }
     // The connection was handed over to an upgraded protocol: splice it to the upstream's.
     while let Ok(upgrade) = upgrades_rx.try_recv() {
         tokio::select! {
-            _ = upgrade.run(&listener, peer) => {}
+            _ = upgrade.run(&p, peer) => {}
             _ = force_close.cancelled() => {
-                tracing::debug!(listener = %listener.name, %peer, "closed at the end of the drain");
+                tracing::debug!(listener = %name, %peer, "closed at the end of the drain");
+                return ConnOutcome::new(None, Outcome::Drained);
             }
         }
     }
+    ConnOutcome::new(None, Outcome::Ok)
 }
 
-/// What every request of one client connection shares.
+/// What every request of one client connection shares (in each request's extensions, for the
+/// forwarder at the end of the route's stack).
 struct Ctx {
-    listener: Arc<ListenerSpec>,
+    pipeline: Arc<Pipeline>,
     peer: SocketAddr,
     upgrades: mpsc::UnboundedSender<Upgrade>,
 }
 
-async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<ProxyBody> {
-    let name = &ctx.listener.name;
-    let RouteTable::Http(table) = &ctx.listener.routes else {
-        return local(
+/// The router: picks the route, then runs the route's http filters around the forwarder.
+async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let p = ctx.pipeline.clone();
+    let resp = route_inner(&ctx, req).await;
+    if let Some(why) = resp.extensions().get::<LocalAnswer>() {
+        metrics::counter!(
+            "bindgate_http_local_responses_total",
+            "listener" => p.listener.to_string(),
+            "status" => resp.status().as_str().to_owned()
+        )
+        .increment(1);
+        tracing::debug!(listener = %p.listener, peer = %ctx.peer, status = resp.status().as_u16(), why = why.0, "answered by bindgate");
+    }
+    resp
+}
+
+async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let p = &ctx.pipeline;
+    let name = &p.listener;
+    let RouteTable::Http(table) = &*p.routes else {
+        return answer(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "not an http listener".into(),
+            "bad_request",
+            "not an http listener",
         );
     };
     if req.method() == Method::CONNECT {
-        return local(
+        return answer(
             StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
             format!("bindgate: listener `{name}` does not serve CONNECT\n"),
         );
     }
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
-        return local(
+        return answer(
             StatusCode::BAD_REQUEST,
-            "bindgate: more than one Host header\n".into(),
+            "bad_request",
+            "bindgate: more than one Host header\n",
         );
     }
     let host = request_host(&req);
-    let Some(upstream) = table.find(host.as_deref(), req.uri().path()) else {
+    let Some(route) = table.find(host.as_deref(), req.uri().path()) else {
         tracing::debug!(listener = %name, peer = %ctx.peer, host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
-        return local(
+        return answer(
             StatusCode::NOT_FOUND,
+            "no_route",
             format!("bindgate: no route on listener `{name}` for this host and path\n"),
         );
     };
-    if is_upgrade(&req) {
-        forward_upgrade(ctx, upstream, table.request_timeout, req).await
-    } else {
-        forward(ctx, upstream, table.request_timeout, req).await
-    }
+    let mut req = req.map(RequestBody::incoming);
+    req.body_mut().idle_timeout(p.idle_timeout);
+    req.extensions_mut().insert(RequestInfo {
+        peer: ctx.peer,
+        listener: p.listener.clone(),
+        route: route.name.clone(),
+        cluster: Arc::from(route.upstream.cluster.name.as_str()),
+    });
+    req.extensions_mut().insert(ctx.clone());
+    let Ok(resp) = route.service.clone().oneshot(req).await;
+    resp
+}
+
+/// The leaf of a route's http stack: forwards the request to the route's cluster.
+pub fn forwarder(upstream: HttpUpstream, idle_timeout: Duration) -> HttpService {
+    HttpService::new(tower::service_fn(move |req: Request<RequestBody>| {
+        let upstream = upstream.clone();
+        async move {
+            let Some(ctx) = req.extensions().get::<Arc<Ctx>>().cloned() else {
+                return Ok::<_, Infallible>(answer(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad_request",
+                    "bindgate: request outside a connection\n",
+                ));
+            };
+            Ok(if is_upgrade(&req) {
+                forward_upgrade(&ctx, &upstream, idle_timeout, req).await
+            } else {
+                forward(&ctx, &upstream, idle_timeout, req).await
+            })
+        }
+    }))
 }
 
 /// The host the request is for: the target's authority (absolute form), else the Host header.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(authority) = req.uri().authority() {
         return Some(normalize_host(authority.host()));
     }
@@ -158,7 +208,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .map(normalize_host)
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
@@ -192,7 +242,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1.
+/// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1, bindgate's
+/// own extensions dropped.
 fn prepare_request(req: &mut Request<RequestBody>) {
     strip_hop_by_hop(req.headers_mut());
     *req.version_mut() = Version::HTTP_11;
@@ -201,11 +252,11 @@ fn prepare_request(req: &mut Request<RequestBody>) {
 async fn forward(
     ctx: &Ctx,
     upstream: &HttpUpstream,
-    timeout: Duration,
-    req: Request<Incoming>,
+    idle_timeout: Duration,
+    mut req: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     let cluster = &upstream.cluster;
-    let (mut req, mut body_sent) = RequestBody::wrap(req);
+    let body = req.body().state();
     prepare_request(&mut req);
     let mut fresh = false;
     let mut stale = 0;
@@ -215,50 +266,40 @@ async fn forward(
             Err(e) => return ctx.no_connection(&cluster.name, &e),
         };
         let mut sender = checkout.sender;
-        let sent = response_within(sender.try_send_request(req), &mut body_sent, timeout).await;
-        match sent {
-            Some(Ok(resp)) => {
-                return upstream_response(resp, Some((sender, upstream.pool.clone())));
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                let pool = upstream.pool.clone();
+                return upstream_response(resp, Some((sender, pool)), idle_timeout);
             }
-            Some(Err(mut e)) => match e.take_message() {
+            Err(mut e) => match e.take_message() {
                 Some(back) if checkout.reused && stale < STALE_RETRIES => {
-                    tracing::debug!(listener = %ctx.listener.name, cluster = %cluster.name, "pooled connection was closed by the upstream; sending on another");
+                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, "pooled connection was closed by the upstream; sending on another");
                     req = back;
                     stale += 1;
                     fresh = stale == STALE_RETRIES;
                 }
+                _ if body.too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "rejected:max_request_body",
+                        "bindgate: the request body is too large\n",
+                    );
+                }
                 _ => return ctx.bad_gateway(&cluster.name, &e.into_error()),
             },
-            None => return ctx.gateway_timeout(&cluster.name, timeout),
         }
     }
-}
-
-/// Waits for `response`, allowing it `timeout` from the moment the request body has been
-/// forwarded whole (a long upload is not a slow upstream). `None`: timed out.
-async fn response_within<F: Future>(
-    response: F,
-    body_sent: &mut BodySent,
-    timeout: Duration,
-) -> Option<F::Output> {
-    tokio::pin!(response);
-    tokio::select! {
-        r = &mut response => return Some(r),
-        _ = body_sent.wait() => {}
-    }
-    tokio::time::timeout(timeout, response).await.ok()
 }
 
 async fn forward_upgrade(
     ctx: &Ctx,
     upstream: &HttpUpstream,
-    timeout: Duration,
-    mut req: Request<Incoming>,
+    idle_timeout: Duration,
+    mut req: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     let cluster = &upstream.cluster;
     let downstream = hyper::upgrade::on(&mut req);
     let protocols: Vec<HeaderValue> = req.headers().get_all(UPGRADE).iter().cloned().collect();
-    let (mut req, mut body_sent) = RequestBody::wrap(req);
     prepare_request(&mut req);
     for p in protocols {
         req.headers_mut().append(UPGRADE, p);
@@ -270,14 +311,12 @@ async fn forward_upgrade(
         Ok(s) => s,
         Err(e) => return ctx.no_connection(&cluster.name, &e),
     };
-    let sent = response_within(sender.send_request(req), &mut body_sent, timeout).await;
-    let mut resp = match sent {
-        Some(Ok(resp)) => resp,
-        Some(Err(e)) => return ctx.bad_gateway(&cluster.name, &e),
-        None => return ctx.gateway_timeout(&cluster.name, timeout),
+    let mut resp = match sender.send_request(req).await {
+        Ok(resp) => resp,
+        Err(e) => return ctx.bad_gateway(&cluster.name, &e),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return upstream_response(resp, None);
+        return upstream_response(resp, None, idle_timeout);
     }
     let upgrade = Upgrade {
         downstream,
@@ -288,7 +327,7 @@ async fn forward_upgrade(
     // The connection's task runs it once the 101 has been written (see `serve`).
     let _ = ctx.upgrades.send(upgrade);
     // Passed as is: its `Connection` and `Upgrade` fields are what this hop agreed on.
-    resp.map(|body| ProxyBody::upstream(body, None))
+    resp.map(|body| ProxyBody::upstream(body, None, None))
 }
 
 /// An upgraded request waiting for both of its sides to be handed over.
@@ -301,25 +340,25 @@ struct Upgrade {
 }
 
 impl Upgrade {
-    async fn run(self, listener: &ListenerSpec, peer: SocketAddr) {
+    async fn run(self, p: &Pipeline, peer: SocketAddr) {
         let (down, up) = tokio::join!(self.downstream, self.upstream);
         let (down, up) = match (down, up) {
             (Ok(d), Ok(u)) => (d, u),
             (Err(e), _) | (_, Err(e)) => {
-                tracing::debug!(listener = %listener.name, cluster = %self.cluster, %peer, "upgrade abandoned: {}", chain(&e));
+                tracing::debug!(listener = %p.listener, cluster = %self.cluster, %peer, "upgrade abandoned: {}", chain(&e));
                 return;
             }
         };
-        match splice(TokioIo::new(down), TokioIo::new(up), listener.idle_timeout).await {
+        match splice(TokioIo::new(down), TokioIo::new(up), p.idle_timeout).await {
             Ok(stats) => tracing::debug!(
-                listener = %listener.name, cluster = %self.cluster, %peer,
+                listener = %p.listener, cluster = %self.cluster, %peer,
                 sent = stats.downstream_to_upstream, received = stats.upstream_to_downstream, "upgraded connection done"
             ),
             Err(SpliceError::Idle(d)) => {
-                tracing::debug!(listener = %listener.name, %peer, "upgraded connection closed after {d:?} idle")
+                tracing::debug!(listener = %p.listener, %peer, "upgraded connection closed after {d:?} idle")
             }
             Err(SpliceError::Io(e)) => {
-                tracing::debug!(listener = %listener.name, cluster = %self.cluster, %peer, "upgraded connection ended: {e}")
+                tracing::debug!(listener = %p.listener, cluster = %self.cluster, %peer, "upgraded connection ended: {e}")
             }
         }
     }
@@ -327,35 +366,42 @@ impl Upgrade {
 
 impl Ctx {
     /// No upstream connection: 503 when the upstream is not there to be reached (the ingress
-    /// refused the bound endpoint, e.g. `ERR_NGROK_3200` while it is offline, or the cluster
-    /// has no endpoints), as Envoy and HAProxy answer when no upstream is available; 502 when
-    /// reaching it failed.
+    /// refused the bound endpoint, e.g. `ERR_NGROK_3200` while it is offline, the cluster has
+    /// no endpoints, or its circuit breaker is open), as Envoy and HAProxy answer when no
+    /// upstream is available; 502 when reaching it failed; 504 when the connect timed out.
     fn no_connection(&self, cluster: &str, e: &HttpConnectError) -> Response<ProxyBody> {
         let reason = match e {
-            HttpConnectError::Upstream(UpstreamError::Refused { failure, .. }) => failure.as_str(),
-            HttpConnectError::Upstream(UpstreamError::NoEndpoints) => "no endpoints",
+            HttpConnectError::Upstream(UpstreamError::Refused { failure, .. }) => failure.clone(),
+            HttpConnectError::Upstream(UpstreamError::NoEndpoints) => "no endpoints".to_owned(),
+            HttpConnectError::Upstream(UpstreamError::CircuitOpen { reason, .. }) => {
+                (*reason).to_owned()
+            }
+            HttpConnectError::Upstream(UpstreamError::Timeout { after, .. }) => {
+                tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream connect timed out, answering 504: {}", chain(e));
+                return answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "bindgate: cluster `{cluster}` could not be reached within {after:?}\n"
+                    ),
+                );
+            }
             _ => return self.bad_gateway(cluster, e),
         };
-        tracing::warn!(listener = %self.listener.name, %cluster, peer = %self.peer, "upstream unavailable, answering 503: {}", chain(e));
-        local(
+        tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream unavailable, answering 503: {}", chain(e));
+        answer(
             StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
             format!("bindgate: cluster `{cluster}` is unavailable: {reason}\n"),
         )
     }
 
     fn bad_gateway(&self, cluster: &str, e: &dyn std::error::Error) -> Response<ProxyBody> {
-        tracing::warn!(listener = %self.listener.name, %cluster, peer = %self.peer, "upstream failed, answering 502: {}", chain(e));
-        local(
+        tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream failed, answering 502: {}", chain(e));
+        answer(
             StatusCode::BAD_GATEWAY,
+            "upstream_error",
             format!("bindgate: cluster `{cluster}` is unreachable or failed\n"),
-        )
-    }
-
-    fn gateway_timeout(&self, cluster: &str, after: Duration) -> Response<ProxyBody> {
-        tracing::warn!(listener = %self.listener.name, %cluster, peer = %self.peer, "no response within {after:?}, answering 504");
-        local(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("bindgate: cluster `{cluster}` did not answer within {after:?}\n"),
         )
     }
 }
@@ -378,173 +424,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 fn upstream_response(
     resp: Response<Incoming>,
     back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
+    idle_timeout: Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ProxyBody::upstream(body, back_to))
-}
-
-/// A response bindgate writes itself.
-fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from(text))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// The client's request body on its way upstream; tells when it has been read whole.
-pub struct RequestBody {
-    body: Incoming,
-    sent: Option<oneshot::Sender<()>>,
-}
-
-/// The other end of [`RequestBody`]'s signal.
-struct BodySent {
-    rx: oneshot::Receiver<()>,
-    done: bool,
-}
-
-impl RequestBody {
-    fn wrap(req: Request<Incoming>) -> (Request<RequestBody>, BodySent) {
-        let (tx, rx) = oneshot::channel();
-        let done = req.body().is_end_stream();
-        let req = req.map(|body| RequestBody {
-            body,
-            sent: Some(tx),
-        });
-        (req, BodySent { rx, done })
-    }
-
-    fn signal(&mut self) {
-        if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl BodySent {
-    /// Returns once the body was read whole, failed, or was dropped (cancel-safe).
-    async fn wait(&mut self) {
-        if !self.done {
-            let _ = (&mut self.rx).await;
-            self.done = true;
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) if !this.body.is_end_stream() => {}
-            Poll::Ready(_) => this.signal(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A response body: the upstream's (streamed), or one bindgate wrote.
-pub enum ProxyBody {
-    Upstream(UpstreamBody),
-    Local(Option<Bytes>),
-}
-
-/// An upstream response body that hands its connection back to the pool once read to the end.
-pub struct UpstreamBody {
-    body: Incoming,
-    ended: bool,
-    back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
-}
-
-impl ProxyBody {
-    fn upstream(
-        body: Incoming,
-        back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
-    ) -> Self {
-        ProxyBody::Upstream(UpstreamBody {
-            body,
-            ended: false,
-            back_to,
-        })
-    }
-}
-
-impl UpstreamBody {
-    fn finish(&mut self) {
-        self.ended = true;
-        if let Some((sender, pool)) = self.back_to.take() {
-            pool.give_back(sender);
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    /// Dropped after the whole body was read (hyper stops polling a body of known length once
-    /// it is complete): the connection can serve again. Dropped earlier: it is not reusable,
-    /// and dropping its sender closes it.
-    fn drop(&mut self) {
-        if self.ended || self.body.is_end_stream() {
-            self.finish();
-        }
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            ProxyBody::Upstream(u) => {
-                let polled = Pin::new(&mut u.body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => u.finish(),
-                    Poll::Ready(Some(Ok(_))) if u.body.is_end_stream() => u.finish(),
-                    Poll::Ready(Some(Err(_))) => u.back_to = None,
-                    _ => {}
-                }
-                polled
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Local(text) => text.is_none(),
-            ProxyBody::Upstream(u) => u.ended || u.body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Local(Some(text)) => SizeHint::with_exact(text.len() as u64),
-            ProxyBody::Local(None) => SizeHint::with_exact(0),
-            ProxyBody::Upstream(u) => u.body.size_hint(),
-        }
-    }
+    let give_back = back_to.map(|(sender, pool)| -> crate::http_body::GiveBack {
+        Box::new(move || pool.give_back(sender))
+    });
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, give_back, Some(idle_timeout)),
+    )
 }
 
 #[cfg(test)]

@@ -1,11 +1,44 @@
-//! Per-connection pipelines: admission, routing, upstream connect, splice.
-//! tcp: one fixed cluster; tls: routed by the ClientHello's SNI, passed through; http: routed
-//! per request, over pooled upstream HTTP/1.1 connections.
+//! Per-connection pipelines, the leaves of each listener's network filter stack: tcp (one fixed
+//! cluster, splice), tls (routed by the ClientHello's SNI, passed through), http (routed per
+//! request, each route's http filters around forwarding over pooled upstream connections).
 
 pub mod http;
-pub mod http_pool;
-pub mod limits;
 pub mod sni;
 pub mod splice;
 pub mod tcp;
 pub mod tls;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Protocol;
+use crate::filters::network::{Conn, ConnService};
+use crate::snapshot::RouteTable;
+
+/// What a listener's pipeline needs, fixed for a snapshot.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub listener: Arc<str>,
+    pub protocol: Protocol,
+    pub routes: Arc<RouteTable>,
+    /// tcp, tls and upgraded connections: closed when no byte moved for this long. http: the
+    /// wait for a request head, and the idle limit of request and response bodies.
+    pub idle_timeout: Duration,
+}
+
+/// The leaf of a listener's network stack: the protocol's pipeline.
+pub fn pipeline(p: Arc<Pipeline>) -> ConnService {
+    ConnService::new(tower::service_fn(move |conn: Conn| {
+        let p = p.clone();
+        async move {
+            // Counted here, past the filters: only admitted connections.
+            let _active = crate::admin::metrics::ActiveConnection::open();
+            Ok::<_, Infallible>(match p.protocol {
+                Protocol::Tcp => tcp::serve(&p, conn).await,
+                Protocol::Tls => tls::serve(&p, conn).await,
+                Protocol::Http => http::serve(p.clone(), conn).await,
+            })
+        }
+    }))
+}

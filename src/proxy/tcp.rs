@@ -1,53 +1,57 @@
 //! The tcp pipeline: one accepted connection → its listener's cluster → splice.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
+use super::Pipeline;
 use super::splice::{SpliceError, splice};
-use crate::snapshot::{ListenerSpec, RouteTable};
+use crate::filters::network::{Conn, ConnOutcome, Outcome};
+use crate::snapshot::RouteTable;
 
-/// Serves one admitted connection until it ends, fails, idles out, or `force_close` fires.
-pub async fn serve(
-    listener: Arc<ListenerSpec>,
-    client: TcpStream,
-    peer: SocketAddr,
-    force_close: CancellationToken,
-) {
-    let _ = client.set_nodelay(true);
-    let RouteTable::Tcp(cluster) = &listener.routes else {
-        return;
+/// Serves one admitted connection until it ends, fails, idles out, or the drain ends.
+pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
+    let Conn {
+        io,
+        peer,
+        force_close,
+        ..
+    } = conn;
+    let _ = io.tcp().set_nodelay(true);
+    let RouteTable::Tcp(cluster) = &*p.routes else {
+        return ConnOutcome::new(None, Outcome::NoRoute);
     };
+    let name: Arc<str> = Arc::from(cluster.name.as_str());
     let work = async {
         let upstream = match cluster.connect().await {
             Ok(u) => u,
             Err(e) => {
-                crate::admin::metrics::incr(
-                    &crate::admin::metrics::METRICS.upstream_connect_failures,
-                );
-                tracing::warn!(listener = %listener.name, cluster = %cluster.name, %peer, "upstream unreachable, closing client: {e}");
-                return;
+                tracing::warn!(listener = %p.listener, cluster = %cluster.name, %peer, "upstream unreachable, closing client: {e}");
+                return Outcome::UpstreamError;
             }
         };
-        match splice(client, upstream, listener.idle_timeout).await {
-            Ok(stats) => tracing::debug!(
-                listener = %listener.name, cluster = %cluster.name, %peer,
-                sent = stats.downstream_to_upstream, received = stats.upstream_to_downstream, "connection done"
-            ),
+        match splice(io, upstream, p.idle_timeout).await {
+            Ok(stats) => {
+                tracing::debug!(
+                    listener = %p.listener, cluster = %cluster.name, %peer,
+                    sent = stats.downstream_to_upstream, received = stats.upstream_to_downstream, "connection done"
+                );
+                Outcome::Ok
+            }
             Err(SpliceError::Idle(d)) => {
-                tracing::debug!(listener = %listener.name, %peer, "closed after {d:?} idle")
+                tracing::debug!(listener = %p.listener, %peer, "closed after {d:?} idle");
+                Outcome::Timeout
             }
             Err(SpliceError::Io(e)) => {
-                tracing::debug!(listener = %listener.name, cluster = %cluster.name, %peer, "connection ended: {e}")
+                tracing::debug!(listener = %p.listener, cluster = %cluster.name, %peer, "connection ended: {e}");
+                Outcome::Ok
             }
         }
     };
-    tokio::select! {
-        _ = work => {}
+    let outcome = tokio::select! {
+        o = work => o,
         _ = force_close.cancelled() => {
-            tracing::debug!(listener = %listener.name, %peer, "closed at the end of the drain");
+            tracing::debug!(listener = %p.listener, %peer, "closed at the end of the drain");
+            Outcome::Drained
         }
-    }
+    };
+    ConnOutcome::new(Some(name), outcome)
 }

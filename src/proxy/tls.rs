@@ -2,76 +2,84 @@
 //! cluster, replay the bytes read, then splice. TLS is never terminated here: the client's
 //! handshake is with the upstream, which presents its own certificate.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
+use super::Pipeline;
 use super::sni::read_client_hello;
 use super::splice::{SpliceError, splice};
-use crate::snapshot::{ListenerSpec, RouteTable};
+use crate::filters::network::{Conn, ConnOutcome, Outcome};
+use crate::snapshot::RouteTable;
 
 /// How long a client has to send its whole ClientHello.
-pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CLIENT_HELLO_TIMEOUT: Duration = crate::filters::timeouts::CLIENT_HELLO;
 
-/// Serves one admitted connection until it ends, fails, idles out, or `force_close` fires.
-pub async fn serve(
-    listener: Arc<ListenerSpec>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    force_close: CancellationToken,
-) {
-    let _ = client.set_nodelay(true);
-    let RouteTable::Tls(routes) = &listener.routes else {
-        return;
+/// Serves one admitted connection until it ends, fails, idles out, or the drain ends.
+pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
+    let Conn {
+        mut io,
+        peer,
+        force_close,
+        ..
+    } = conn;
+    let _ = io.tcp().set_nodelay(true);
+    let RouteTable::Tls(routes) = &*p.routes else {
+        return ConnOutcome::new(None, Outcome::NoRoute);
     };
-    let name = &listener.name;
+    let name = &p.listener;
+    let mut routed: Option<Arc<str>> = None;
     let work = async {
-        let (hello, server_name) = match read_client_hello(&mut client, CLIENT_HELLO_TIMEOUT).await
-        {
+        let (hello, server_name) = match read_client_hello(&mut io, CLIENT_HELLO_TIMEOUT).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(listener = %name, %peer, "closing: {e}");
-                return;
+                return Outcome::ClientError;
             }
         };
         let sni = server_name.as_deref().unwrap_or("");
         let Some(cluster) = routes.find(server_name.as_deref()) else {
             tracing::debug!(listener = %name, %peer, sni, "closing: no route for this server name and no default route");
-            return;
+            return Outcome::NoRoute;
         };
+        routed = Some(Arc::from(cluster.name.as_str()));
         let mut upstream = match cluster.connect().await {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(listener = %name, cluster = %cluster.name, %peer, sni, "upstream unreachable, closing client: {e}");
-                return;
+                return Outcome::UpstreamError;
             }
         };
         if let Err(e) = upstream.write_all(&hello).await {
             tracing::debug!(listener = %name, cluster = %cluster.name, %peer, "closing: replaying the ClientHello upstream: {e}");
-            return;
+            return Outcome::UpstreamError;
         }
-        match splice(client, upstream, listener.idle_timeout).await {
-            Ok(stats) => tracing::debug!(
-                listener = %name, cluster = %cluster.name, %peer, sni,
-                sent = stats.downstream_to_upstream + hello.len() as u64,
-                received = stats.upstream_to_downstream, "connection done"
-            ),
+        match splice(io, upstream, p.idle_timeout).await {
+            Ok(stats) => {
+                tracing::debug!(
+                    listener = %name, cluster = %cluster.name, %peer, sni,
+                    sent = stats.downstream_to_upstream + hello.len() as u64,
+                    received = stats.upstream_to_downstream, "connection done"
+                );
+                Outcome::Ok
+            }
             Err(SpliceError::Idle(d)) => {
-                tracing::debug!(listener = %name, %peer, "closed after {d:?} idle")
+                tracing::debug!(listener = %name, %peer, "closed after {d:?} idle");
+                Outcome::Timeout
             }
             Err(SpliceError::Io(e)) => {
-                tracing::debug!(listener = %name, cluster = %cluster.name, %peer, "connection ended: {e}")
+                tracing::debug!(listener = %name, cluster = %cluster.name, %peer, "connection ended: {e}");
+                Outcome::Ok
             }
         }
     };
-    tokio::select! {
-        _ = work => {}
+    let outcome = tokio::select! {
+        o = work => o,
         _ = force_close.cancelled() => {
             tracing::debug!(listener = %name, %peer, "closed at the end of the drain");
+            Outcome::Drained
         }
-    }
+    };
+    ConnOutcome::new(routed, outcome)
 }

@@ -11,15 +11,17 @@ use super::routes::{RouteCompiler, RouteTable, SniRoutes};
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
     ClusterConfig, ClusterKind, ConfigError, ConfigErrors, Expose, IngressConfig, Limits,
-    LoadedConfig, Protocol, Transport,
+    LoadedConfig, Protocol, RetryConfig, Transport,
 };
+use crate::filters::CheckCtx;
+use crate::filters::connect::{self, CircuitBreakerConfig, ConnectStack};
+use crate::filters::network::{self, ConnectionLimit, NetworkFilterConfig, NetworkRateLimit};
 use crate::host::{Exposure, Placement};
 use crate::identity;
 use crate::identity::session_store::TicketStore;
-use crate::proxy::limits::Admission;
-use crate::upstream::{
-    BindingTarget, Cluster, ClusterTarget, Ingress, RetryPolicy, StaticEndpoints,
-};
+use crate::proxy::Pipeline;
+use crate::retained::Retained;
+use crate::upstream::{BindingTarget, Cluster, ClusterTarget, Ingress, StaticEndpoints};
 use crate::upstream::{
     Fingerprint, IngressDialer, MultiplexSettings, PoolSettings, TransportSettings,
 };
@@ -41,8 +43,9 @@ pub struct BuildInput<'a> {
     pub loaded: &'a LoadedConfig,
     /// Discovered endpoints, already placed on local addresses.
     pub discovered: &'a [Placement],
-    /// The snapshot in force, whose stateful parts (admission state) carry over by key.
-    pub previous: Option<&'a Snapshot>,
+    /// State that outlives snapshots (connection counts, buckets, budgets, breakers, pools),
+    /// owned by the control plane; `validate` passes a throwaway one.
+    pub retained: &'a Retained,
     /// The identity from ngrok registration, for ingresses without `client_cert`.
     pub registered: Option<&'a RegisteredIdentity>,
     pub version: u64,
@@ -68,7 +71,7 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
     build_with(BuildInput {
         loaded,
         discovered: &[],
-        previous: None,
+        retained: &Retained::new(),
         registered: None,
         version,
     })
@@ -81,10 +84,11 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     let BuildInput {
         loaded,
         discovered,
-        previous,
+        retained,
         registered,
         version,
     } = input;
+    let base_dir = loaded.base_dir.as_path();
     let cfg = &loaded.config;
     let mut c = Checker {
         loaded,
@@ -140,14 +144,14 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             );
             continue;
         }
-        if let Some(built) = build_cluster(&mut c, &path, cl, &ingresses) {
+        if let Some(built) = build_cluster(&mut c, &path, cl, &ingresses, retained) {
             clusters.insert(cl.name.clone(), Arc::new(built));
         }
     }
 
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
-    let mut route_compiler = RouteCompiler::new(&clusters, &cluster_names, previous);
+    let mut route_compiler = RouteCompiler::new(&clusters, &cluster_names, retained, base_dir);
     let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
     for (i, l) in cfg.static_resources.listeners.iter().enumerate() {
         let path = format!("static_resources.listeners[{i}]");
@@ -202,18 +206,23 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                 c.err(format!("{path}.limits.burst"), "must be at least 1");
             }
         }
-        if let (Some(address), Some(routes)) = (address, routes) {
-            listeners.push(Arc::new(ListenerSpec {
-                name: l.name.clone(),
-                address,
-                protocol: l.protocol,
-                routes,
-                admission: carried_admission(previous, &l.name, l.limits.as_ref()),
-                limits: l.limits.clone(),
-                idle_timeout: l.idle_timeout.get(),
-                drain_timeout: l.drain_timeout.get(),
-                discovered: false,
-            }));
+        let filters_ok = check_network_filters(&mut c, &path, l.protocol, &l.filters, base_dir);
+        if let (Some(address), Some(routes), true) = (address, routes, filters_ok) {
+            listeners.push(listener_spec(
+                ListenerParts {
+                    name: &l.name,
+                    address,
+                    protocol: l.protocol,
+                    routes,
+                    limits: l.limits.as_ref(),
+                    filters: &l.filters,
+                    idle_timeout: l.idle_timeout.get(),
+                    drain_timeout: l.drain_timeout.get(),
+                    discovered: false,
+                },
+                retained,
+                base_dir,
+            ));
         }
     }
 
@@ -239,8 +248,15 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         if let Some(ingress) = ingresses.get(d.ingress.as_str()).cloned() {
             // A compiler of its own: discovered routes name only discovered clusters.
             let (none, no_names) = (BTreeMap::new(), HashSet::new());
-            let mut routes = RouteCompiler::new(&none, &no_names, previous);
-            let retry = crate::config::RetryConfig::default();
+            let mut routes = RouteCompiler::new(&none, &no_names, retained, base_dir);
+            let retry = RetryConfig::default();
+            check_network_filters(
+                &mut c,
+                "dynamic_resources.bound_endpoints.listener",
+                Protocol::Tcp,
+                &d.listener.filters,
+                base_dir,
+            );
             // Placements sharing a listener are adjacent after grouping by listener name.
             let mut groups: BTreeMap<&str, Vec<&Placement>> = BTreeMap::new();
             for p in discovered {
@@ -269,14 +285,16 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                         tracing::warn!(endpoint = %cluster_name, "discovered endpoint skipped: a static listener or cluster has the same name");
                         continue;
                     }
-                    let cluster = Arc::new(Cluster {
-                        name: cluster_name.clone(),
-                        target: ClusterTarget::Binding(BindingTarget {
+                    let cluster = Arc::new(cluster_with_stack(
+                        &cluster_name,
+                        ClusterTarget::Binding(BindingTarget {
                             url: p.url.clone(),
                             ingress: ingress.clone(),
                         }),
-                        retry: RetryPolicy::new(&retry),
-                    });
+                        &retry,
+                        None,
+                        retained,
+                    ));
                     clusters.insert(cluster_name, cluster.clone());
                     members_clusters.push((p, cluster));
                 }
@@ -290,6 +308,8 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                     },
                     Protocol::Http => RouteTable::Http(
                         routes.discovered_http(
+                            name,
+                            d.listener.idle_timeout.get(),
                             members_clusters
                                 .iter()
                                 .map(|(p, c)| (p.url.host.clone(), c.clone())),
@@ -302,17 +322,21 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                     )),
                 };
                 exposed.extend(members_clusters.iter().map(|(p, _)| (*p).clone()));
-                listeners.push(Arc::new(ListenerSpec {
-                    admission: carried_admission(previous, name, d.listener.limits.as_ref()),
-                    name: name.to_owned(),
-                    address: first.address,
-                    protocol: first.protocol,
-                    routes: table,
-                    limits: d.listener.limits.clone(),
-                    idle_timeout: d.listener.idle_timeout.get(),
-                    drain_timeout: d.listener.drain_timeout.get(),
-                    discovered: true,
-                }));
+                listeners.push(listener_spec(
+                    ListenerParts {
+                        name,
+                        address: first.address,
+                        protocol: first.protocol,
+                        routes: table,
+                        limits: d.listener.limits.as_ref(),
+                        filters: &d.listener.filters,
+                        idle_timeout: d.listener.idle_timeout.get(),
+                        drain_timeout: d.listener.drain_timeout.get(),
+                        discovered: true,
+                    },
+                    retained,
+                    base_dir,
+                ));
             }
         }
     }
@@ -376,20 +400,136 @@ fn check_expose(c: &mut Checker<'_>, path: &str, expose: &Expose) {
     }
 }
 
-/// The previous listener's admission state when its limits are unchanged, else a fresh one.
-fn carried_admission(
-    previous: Option<&Snapshot>,
-    name: &str,
-    limits: Option<&Limits>,
-) -> Arc<Admission> {
-    previous
-        .and_then(|p| p.listener(name))
-        .filter(|l| l.limits.as_ref() == limits)
-        .map(|l| l.admission.clone())
-        .unwrap_or_else(|| Arc::new(Admission::new(limits)))
+/// Reports every problem of a listener's network filters; false when there was one.
+fn check_network_filters(
+    c: &mut Checker<'_>,
+    path: &str,
+    protocol: Protocol,
+    filters: &[NetworkFilterConfig],
+    base_dir: &std::path::Path,
+) -> bool {
+    let before = c.errors.len();
+    let ctx = CheckCtx { protocol, base_dir };
+    for (i, f) in filters.iter().enumerate() {
+        for (field, message) in f.filter().check(&ctx) {
+            let at = format!("{path}.filters[{i}].{}", f.name());
+            c.err(
+                if field.is_empty() {
+                    at
+                } else {
+                    format!("{at}.{field}")
+                },
+                message,
+            );
+        }
+    }
+    c.errors.len() == before
 }
 
-/// `host:port`, with `:443` appended when the port is missing.
+/// The network filters a listener runs: the shorthand `limits` (a `connection_limit`, then a
+/// `local_rate_limit`), then `filters`.
+pub fn effective_network_filters(
+    limits: Option<&Limits>,
+    filters: &[NetworkFilterConfig],
+) -> Vec<NetworkFilterConfig> {
+    let mut all = Vec::with_capacity(filters.len() + 2);
+    if let Some(l) = limits {
+        if let Some(max) = l.max_connections {
+            all.push(NetworkFilterConfig::connection_limit(ConnectionLimit {
+                max_connections: max,
+            }));
+        }
+        if let Some(rate) = l.connections_per_second {
+            all.push(NetworkFilterConfig::local_rate_limit(NetworkRateLimit {
+                connections_per_second: rate,
+                burst: l.burst,
+                per_source_ip: false,
+            }));
+        }
+    }
+    all.extend(filters.iter().cloned());
+    all
+}
+
+struct ListenerParts<'a> {
+    name: &'a str,
+    address: SocketAddr,
+    protocol: Protocol,
+    routes: RouteTable,
+    limits: Option<&'a Limits>,
+    filters: &'a [NetworkFilterConfig],
+    idle_timeout: Duration,
+    drain_timeout: Duration,
+    discovered: bool,
+}
+
+/// A listener with its network stack: its filters around its protocol pipeline.
+fn listener_spec(
+    parts: ListenerParts<'_>,
+    retained: &Retained,
+    base_dir: &std::path::Path,
+) -> Arc<ListenerSpec> {
+    let routes = Arc::new(parts.routes);
+    let filters = effective_network_filters(parts.limits, parts.filters);
+    let leaf = crate::proxy::pipeline(Arc::new(Pipeline {
+        listener: Arc::from(parts.name),
+        protocol: parts.protocol,
+        routes: routes.clone(),
+        idle_timeout: parts.idle_timeout,
+    }));
+    let network = network::build_chain(
+        &filters,
+        leaf,
+        parts.name,
+        parts.protocol,
+        retained,
+        base_dir,
+    );
+    Arc::new(ListenerSpec {
+        name: parts.name.to_owned(),
+        address: parts.address,
+        protocol: parts.protocol,
+        routes,
+        filters,
+        network,
+        discovered: parts.discovered,
+        idle_timeout: parts.idle_timeout,
+        drain_timeout: parts.drain_timeout,
+    })
+}
+
+/// A cluster with its connect stack around its transport.
+fn cluster_with_stack(
+    name: &str,
+    target: ClusterTarget,
+    retry: &RetryConfig,
+    circuit_breaker: Option<&CircuitBreakerConfig>,
+    retained: &Retained,
+) -> Cluster {
+    let (timeout, timeout_addr) = match &target {
+        ClusterTarget::Static(s) => (s.connect_timeout, s.addresses.join(",")),
+        ClusterTarget::Binding(b) => (b.ingress.connect_timeout, b.ingress.address.clone()),
+    };
+    let target = Arc::new(target);
+    let (stack, breaker) = connect::build(
+        ConnectStack {
+            cluster: name,
+            retry,
+            circuit_breaker,
+            timeout,
+            timeout_addr,
+        },
+        Cluster::transport(target.clone()),
+        retained,
+    );
+    Cluster::new(
+        name.to_owned(),
+        target,
+        stack,
+        breaker.map(|b| b as Arc<dyn crate::upstream::ConnectView>),
+    )
+}
+
 fn ingress_address(address: &str) -> Result<(String, String), String> {
     let (host, port) = match address.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(':') && !h.is_empty() => (h, p),
@@ -655,6 +795,7 @@ fn build_cluster(
     path: &str,
     cl: &ClusterConfig,
     ingresses: &HashMap<&str, Arc<Ingress>>,
+    retained: &Retained,
 ) -> Option<Cluster> {
     let errors_before = c.errors.len();
     let r = &cl.retry;
@@ -678,6 +819,11 @@ fn build_cluster(
                 r.max_backoff, r.base_backoff
             ),
         );
+    }
+    if let Some(cb) = &cl.circuit_breaker {
+        for (field, message) in cb.check() {
+            c.err(format!("{path}.circuit_breaker.{field}"), message);
+        }
     }
     let not_for = |c: &mut Checker<'_>, field: &str, present: bool, kind: &str| {
         if present {
@@ -711,7 +857,9 @@ fn build_cluster(
             }
             let timeout = cl
                 .connect_timeout
-                .map_or(Duration::from_secs(5), |d| d.get());
+                .map_or(crate::filters::timeouts::DEFAULT_STATIC_CONNECT, |d| {
+                    d.get()
+                });
             ClusterTarget::Static(StaticEndpoints::new(endpoints, timeout))
         }
         ClusterKind::BindingUpstream => {
@@ -759,11 +907,13 @@ fn build_cluster(
     if c.errors.len() != errors_before {
         return None;
     }
-    Some(Cluster {
-        name: cl.name.clone(),
+    Some(cluster_with_stack(
+        &cl.name,
         target,
-        retry: RetryPolicy::new(&cl.retry),
-    })
+        &cl.retry,
+        cl.circuit_breaker.as_ref(),
+        retained,
+    ))
 }
 
 #[cfg(test)]
@@ -781,7 +931,7 @@ dynamic_resources:
     expose: { mode: shared }
 ";
 
-    fn build_discovered(urls: &[&str], previous: Option<&Snapshot>) -> Snapshot {
+    fn build_discovered(urls: &[&str], retained: &Retained) -> Snapshot {
         let loaded = crate::config::parse(SHARED, "t.yaml", "/".into(), |_| None).unwrap();
         let d = loaded.config.dynamic_resources.as_ref().unwrap();
         let expose = &d.bound_endpoints.as_ref().unwrap().expose;
@@ -800,7 +950,7 @@ dynamic_resources:
         build_with(BuildInput {
             loaded: &loaded,
             discovered: &placed,
-            previous,
+            retained,
             registered: None,
             version: 2,
         })
@@ -817,7 +967,7 @@ dynamic_resources:
                 "tls://db.prod:443",
                 "tcp://orders.default:5432",
             ],
-            None,
+            &Retained::new(),
         );
         let names: Vec<(&str, Protocol)> = snap
             .listeners
@@ -832,11 +982,14 @@ dynamic_resources:
                 ("tls@127.0.0.1:443", Protocol::Tls),
             ]
         );
-        let Some(RouteTable::Http(http)) = snap.listener("http@127.0.0.1:8080").map(|l| &l.routes)
+        let Some(RouteTable::Http(http)) = snap.listener("http@127.0.0.1:8080").map(|l| &*l.routes)
         else {
             panic!("not http");
         };
-        let hit = |host| http.find(Some(host), "/x").map(|u| u.cluster.name.clone());
+        let hit = |host| {
+            http.find(Some(host), "/x")
+                .map(|r| r.upstream.cluster.name.clone())
+        };
         assert_eq!(
             hit("shop.default").as_deref(),
             Some("http://shop.default:8080")
@@ -846,7 +999,7 @@ dynamic_resources:
             Some("http://cart.default:8080")
         );
         assert_eq!(hit("other.default"), None);
-        let Some(RouteTable::Tls(tls)) = snap.listener("tls@127.0.0.1:443").map(|l| &l.routes)
+        let Some(RouteTable::Tls(tls)) = snap.listener("tls@127.0.0.1:443").map(|l| &*l.routes)
         else {
             panic!("not tls");
         };
@@ -863,13 +1016,19 @@ dynamic_resources:
 
         // One endpoint alone already has the http listener; a second one joins it, keeping the
         // first one's upstream pool.
-        let one = build_discovered(&["http://shop.default:8080"], None);
+        let retained = Retained::new();
+        let one = build_discovered(&["http://shop.default:8080"], &retained);
         let two = build_discovered(
             &["http://shop.default:8080", "http://cart.default:8080"],
-            Some(&one),
+            &retained,
         );
-        let pool = |s: &Snapshot| match &s.listener("http@127.0.0.1:8080").unwrap().routes {
-            RouteTable::Http(h) => h.find(Some("shop.default"), "/").unwrap().pool.clone(),
+        let pool = |s: &Snapshot| match &*s.listener("http@127.0.0.1:8080").unwrap().routes {
+            RouteTable::Http(h) => h
+                .find(Some("shop.default"), "/")
+                .unwrap()
+                .upstream
+                .pool
+                .clone(),
             _ => panic!("not http"),
         };
         assert!(Arc::ptr_eq(&pool(&one), &pool(&two)));

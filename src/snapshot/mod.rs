@@ -19,9 +19,9 @@ pub use routes::{
     SniRoutes, normalize_host,
 };
 
-use crate::config::{Config, Limits, Protocol};
+use crate::config::{Config, Protocol};
+use crate::filters::network::{ConnService, NetworkFilterConfig};
 use crate::host::Placement;
-use crate::proxy::limits::Admission;
 use crate::upstream::{Cluster, ClusterTarget};
 
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl Snapshot {
     pub fn activate_transports(&self) {
         let mut done = std::collections::HashSet::new();
         for cluster in self.clusters.values() {
-            if let ClusterTarget::Binding(b) = &cluster.target {
+            if let ClusterTarget::Binding(b) = &*cluster.target {
                 if done.insert(Arc::as_ptr(&b.ingress)) {
                     b.ingress.transport.activate(&b.ingress.name);
                 }
@@ -68,19 +68,30 @@ impl Snapshot {
     }
 }
 
-#[derive(Debug)]
 pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: Protocol,
     /// The compiled routes; the variant matches `protocol` (discovery builds `RouteTable::Tcp`).
-    pub routes: RouteTable,
-    pub limits: Option<Limits>,
-    /// Shared with the previous snapshot's listener of the same name when its limits are unchanged,
-    /// so open-connection counts and rate state survive a reload.
-    pub admission: Arc<Admission>,
+    pub routes: Arc<RouteTable>,
+    /// The network filters in force, the shorthand `limits` included, in order (for views).
+    pub filters: Vec<NetworkFilterConfig>,
+    /// The network filters around the protocol pipeline: called once per accepted connection.
+    pub network: ConnService,
     /// Whether this listener came from discovery rather than the config file.
     pub discovered: bool,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for ListenerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSpec")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("protocol", &self.protocol)
+            .field("routes", &self.routes)
+            .field("filters", &self.filters)
+            .finish_non_exhaustive()
+    }
 }

@@ -9,14 +9,15 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Snapshot;
 use super::build::Checker;
 use crate::config::{ListenerConfig, Protocol, RouteConfig};
-use crate::proxy::http_pool::HttpPool;
+use crate::filters::CheckCtx;
+use crate::filters::http::{HttpFilterConfig, HttpService, build_chain};
+use crate::retained::{Retained, StateKey};
 use crate::upstream::Cluster;
+use crate::upstream::http_pool::HttpPool;
 
-/// How long an http listener waits for response headers when `request_timeout` is not set.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub use crate::filters::timeouts::DEFAULT_REQUEST_TIMEOUT;
 
 /// A listener's compiled routes; the variant is the listener's protocol.
 #[derive(Debug)]
@@ -168,28 +169,45 @@ pub struct HttpUpstream {
     pub pool: Arc<HttpPool>,
 }
 
-#[derive(Debug)]
 pub struct HttpRoute {
+    /// `name`, else `routes[i]`.
+    pub name: Arc<str>,
     pub host: NamePattern,
     pub path_prefix: String,
     pub upstream: HttpUpstream,
+    /// The route's http filters, in force (the shorthand `request_timeout` included), for views.
+    pub filters: Vec<HttpFilterConfig>,
+    /// The filters around the forwarder: called once per request.
+    pub service: HttpService,
+}
+
+impl std::fmt::Debug for HttpRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRoute")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("path_prefix", &self.path_prefix)
+            .field("upstream", &self.upstream)
+            .field("filters", &self.filters)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An http listener's routes, in order: the first whose host and path prefix match wins.
 #[derive(Debug)]
 pub struct HttpRoutes {
     pub routes: Vec<HttpRoute>,
-    /// From the end of a forwarded request until its response headers arrive; past it, `504`.
+    /// From the end of a forwarded request until its response headers arrive; past it, `504`
+    /// (routes without a `timeout` filter).
     pub request_timeout: Duration,
 }
 
 impl HttpRoutes {
     /// `host`: normalized (see [`normalize_host`]); `None` when the request carries none.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&HttpUpstream> {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&HttpRoute> {
         self.routes
             .iter()
             .find(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))
-            .map(|r| &r.upstream)
     }
 }
 
@@ -238,7 +256,8 @@ pub(super) struct RouteCompiler<'a> {
     clusters: &'a BTreeMap<String, Arc<Cluster>>,
     /// Names declared in the file, including clusters that failed to build (already reported).
     declared: &'a HashSet<&'a str>,
-    previous: Option<&'a Snapshot>,
+    retained: &'a Retained,
+    base_dir: &'a std::path::Path,
     http_upstreams: HashMap<String, HttpUpstream>,
 }
 
@@ -246,12 +265,14 @@ impl<'a> RouteCompiler<'a> {
     pub(super) fn new(
         clusters: &'a BTreeMap<String, Arc<Cluster>>,
         declared: &'a HashSet<&'a str>,
-        previous: Option<&'a Snapshot>,
+        retained: &'a Retained,
+        base_dir: &'a std::path::Path,
     ) -> Self {
         RouteCompiler {
             clusters,
             declared,
-            previous,
+            retained,
+            base_dir,
             http_upstreams: HashMap::new(),
         }
     }
@@ -330,6 +351,9 @@ impl<'a> RouteCompiler<'a> {
                 c.err(format!("{path}.request_timeout"), "must be more than 0s");
             }
         }
+        let request_timeout = l
+            .request_timeout
+            .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.get());
         let mut routes = Vec::new();
         // (route index, host, path prefix) of every earlier route that compiled.
         let mut compiled: Vec<(usize, NamePattern, String)> = Vec::new();
@@ -372,19 +396,25 @@ impl<'a> RouteCompiler<'a> {
                 );
             }
             compiled.push((j, host.clone(), prefix.clone()));
-            if let Some(cluster) = cluster {
-                routes.push(HttpRoute {
+            let filters_ok = self.check_filters(c, &rpath, r);
+            if let (Some(cluster), true) = (cluster, filters_ok) {
+                let name: Arc<str> =
+                    Arc::from(r.name.clone().unwrap_or_else(|| format!("routes[{j}]")));
+                routes.push(self.http_route(
+                    &l.name,
+                    name,
                     host,
-                    path_prefix: prefix,
-                    upstream: self.http_upstream(cluster),
-                });
+                    prefix,
+                    cluster,
+                    &r.filters,
+                    request_timeout,
+                    l.idle_timeout.get(),
+                ));
             }
         }
         Some(HttpRoutes {
             routes,
-            request_timeout: l
-                .request_timeout
-                .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.get()),
+            request_timeout,
         })
     }
 
@@ -392,14 +422,24 @@ impl<'a> RouteCompiler<'a> {
     /// matching its `service.namespace` exactly (any port in the Host header), every path.
     pub(super) fn discovered_http(
         &mut self,
+        listener: &str,
+        idle_timeout: Duration,
         endpoints: impl IntoIterator<Item = (String, Arc<Cluster>)>,
     ) -> HttpRoutes {
         let routes = endpoints
             .into_iter()
-            .map(|(host, cluster)| HttpRoute {
-                host: NamePattern::Exact(host),
-                path_prefix: "/".to_owned(),
-                upstream: self.http_upstream(cluster),
+            .map(|(host, cluster)| {
+                let name: Arc<str> = Arc::from(host.as_str());
+                self.http_route(
+                    listener,
+                    name,
+                    NamePattern::Exact(host),
+                    "/".to_owned(),
+                    cluster,
+                    &[],
+                    DEFAULT_REQUEST_TIMEOUT,
+                    idle_timeout,
+                )
             })
             .collect();
         HttpRoutes {
@@ -408,29 +448,89 @@ impl<'a> RouteCompiler<'a> {
         }
     }
 
+    /// Reports every problem of a route's http filters; false when there was one.
+    fn check_filters(&self, c: &mut Checker<'_>, rpath: &str, r: &RouteConfig) -> bool {
+        let before = c.errors.len();
+        let ctx = CheckCtx {
+            protocol: Protocol::Http,
+            base_dir: self.base_dir,
+        };
+        for (i, f) in r.filters.iter().enumerate() {
+            for (field, message) in f.filter().check(&ctx) {
+                let at = format!("{rpath}.filters[{i}].{}", f.name());
+                c.err(
+                    if field.is_empty() {
+                        at
+                    } else {
+                        format!("{at}.{field}")
+                    },
+                    message,
+                );
+            }
+        }
+        c.errors.len() == before
+    }
+
+    /// A compiled route: its filters (and the default timeout) around the forwarder.
+    #[allow(clippy::too_many_arguments)]
+    fn http_route(
+        &mut self,
+        listener: &str,
+        name: Arc<str>,
+        host: NamePattern,
+        path_prefix: String,
+        cluster: Arc<Cluster>,
+        filters: &[HttpFilterConfig],
+        request_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> HttpRoute {
+        let upstream = self.http_upstream(cluster);
+        let leaf = crate::proxy::http::forwarder(upstream.clone(), idle_timeout);
+        let owner = format!("{listener}/{name}");
+        let service = build_chain(
+            filters,
+            leaf,
+            request_timeout,
+            &owner,
+            self.retained,
+            self.base_dir,
+        );
+        let mut effective = filters.to_vec();
+        if !effective
+            .iter()
+            .any(|f| matches!(f, HttpFilterConfig::timeout(_)))
+        {
+            effective.push(HttpFilterConfig::timeout(
+                crate::filters::http::RequestTimeout {
+                    request: crate::config::HumanDuration(request_timeout),
+                },
+            ));
+        }
+        HttpRoute {
+            name,
+            host,
+            path_prefix,
+            upstream,
+            filters: effective,
+            service,
+        }
+    }
+
     /// This build's upstream for `cluster`: shared by name within the build, and keeping the
-    /// previous snapshot's pool when that cluster still describes the same upstream.
+    /// pool of the snapshot in force when that cluster still points at the same upstream.
     fn http_upstream(&mut self, cluster: Arc<Cluster>) -> HttpUpstream {
         if let Some(u) = self.http_upstreams.get(&cluster.name) {
             return u.clone();
         }
-        let carried = self.previous.and_then(|p| {
-            p.listeners.iter().find_map(|l| match &l.routes {
-                RouteTable::Http(h) => h
-                    .routes
-                    .iter()
-                    .map(|r| &r.upstream)
-                    .find(|u| {
-                        u.cluster.name == cluster.name && u.cluster.describe() == cluster.describe()
-                    })
-                    .map(|u| u.pool.clone()),
-                _ => None,
-            })
-        });
-        let upstream = HttpUpstream {
-            pool: carried.unwrap_or_default(),
-            cluster,
-        };
+        let pool = self.retained.get_or_insert(
+            StateKey::new(
+                "cluster/http_pool",
+                cluster.name.as_str(),
+                &cluster.identity(),
+            ),
+            HttpPool::default,
+        );
+        let upstream = HttpUpstream { pool, cluster };
         self.http_upstreams
             .insert(upstream.cluster.name.clone(), upstream.clone());
         upstream
@@ -577,25 +677,31 @@ mod tests {
     }
 
     fn cluster(name: &str) -> Arc<Cluster> {
-        use crate::upstream::{ClusterTarget, RetryPolicy, StaticEndpoints};
-        Arc::new(Cluster {
-            name: name.into(),
-            target: ClusterTarget::Static(StaticEndpoints::new(
-                vec!["127.0.0.1:9".into()],
-                Duration::from_secs(1),
-            )),
-            retry: RetryPolicy::new(&crate::config::RetryConfig::default()),
-        })
+        use crate::upstream::{ClusterTarget, StaticEndpoints};
+        let target = Arc::new(ClusterTarget::Static(StaticEndpoints::new(
+            vec!["127.0.0.1:9".into()],
+            Duration::from_secs(1),
+        )));
+        Arc::new(Cluster::new(
+            name.into(),
+            target.clone(),
+            Cluster::transport(target),
+            None,
+        ))
     }
 
     fn route(host: NamePattern, prefix: &str, name: &str) -> HttpRoute {
+        let upstream = HttpUpstream {
+            cluster: cluster(name),
+            pool: Arc::default(),
+        };
         HttpRoute {
+            name: Arc::from(name),
             host,
             path_prefix: prefix.into(),
-            upstream: HttpUpstream {
-                cluster: cluster(name),
-                pool: Arc::default(),
-            },
+            service: crate::proxy::http::forwarder(upstream.clone(), Duration::from_secs(1)),
+            upstream,
+            filters: Vec::new(),
         }
     }
 
@@ -611,7 +717,9 @@ mod tests {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         };
         let hit = |host: Option<&str>, path: &str| {
-            table.find(host, path).map(|u| u.cluster.name.as_str())
+            table
+                .find(host, path)
+                .map(|r| r.upstream.cluster.name.as_str())
         };
         assert_eq!(hit(Some("shop.default"), "/api/v1"), Some("api"));
         assert_eq!(hit(Some("shop.default"), "/apis"), Some("api"));
@@ -643,7 +751,7 @@ mod tests {
 
     // Through the real build path: config text → snapshot.
 
-    fn build_text(text: &str) -> Result<Snapshot, Vec<(String, String)>> {
+    fn build_text(text: &str) -> Result<crate::snapshot::Snapshot, Vec<(String, String)>> {
         let loaded = crate::config::parse(text, "t.yaml", "/".into(), |_| None).map_err(|e| {
             e.errors
                 .into_iter()
@@ -808,8 +916,8 @@ mod tests {
         - { cluster: b }
 ";
 
-    fn http_table(snap: &Snapshot, listener: &str) -> &'static str {
-        match snap.listener(listener).map(|l| &l.routes) {
+    fn http_table(snap: &crate::snapshot::Snapshot, listener: &str) -> &'static str {
+        match snap.listener(listener).map(|l| &*l.routes) {
             Some(RouteTable::Http(_)) => "http",
             Some(RouteTable::Tls(_)) => "tls",
             Some(RouteTable::Tcp(_)) => "tcp",
@@ -818,13 +926,13 @@ mod tests {
     }
 
     fn upstream<'s>(
-        snap: &'s Snapshot,
+        snap: &'s crate::snapshot::Snapshot,
         listener: &str,
         host: &str,
         path: &str,
     ) -> &'s HttpUpstream {
-        match snap.listener(listener).map(|l| &l.routes) {
-            Some(RouteTable::Http(h)) => h.find(Some(host), path).unwrap(),
+        match snap.listener(listener).map(|l| &*l.routes) {
+            Some(RouteTable::Http(h)) => &h.find(Some(host), path).unwrap().upstream,
             _ => panic!("{listener} is not http"),
         }
     }
@@ -832,7 +940,16 @@ mod tests {
     #[test]
     fn http_listeners_share_one_pool_per_cluster_and_keep_it_across_builds() {
         let text = config(TWO_HTTP_LISTENERS);
-        let first = build_text(&text).unwrap();
+        let retained = Retained::new();
+        let loaded = crate::config::parse(&text, "t.yaml", "/".into(), |_| None).unwrap();
+        let first = super::super::build_with(super::super::BuildInput {
+            loaded: &loaded,
+            discovered: &[],
+            retained: &retained,
+            registered: None,
+            version: 1,
+        })
+        .unwrap();
         assert_eq!(http_table(&first, "one"), "http");
         assert_eq!(http_table(&first, "sni"), "tls");
         let one_a = upstream(&first, "one", "a.test", "/");
@@ -852,15 +969,15 @@ mod tests {
         assert_eq!(names("one"), ["a", "b"]);
         assert_eq!(names("two"), ["a"]);
         assert_eq!(names("sni"), ["a", "b"]);
-        match &first.listener("one").unwrap().routes {
+        match &*first.listener("one").unwrap().routes {
             RouteTable::Http(h) => assert_eq!(h.request_timeout, Duration::from_secs(3)),
             _ => unreachable!(),
         }
-        match &first.listener("two").unwrap().routes {
+        match &*first.listener("two").unwrap().routes {
             RouteTable::Http(h) => assert_eq!(h.request_timeout, DEFAULT_REQUEST_TIMEOUT),
             _ => unreachable!(),
         }
-        match &first.listener("sni").unwrap().routes {
+        match &*first.listener("sni").unwrap().routes {
             RouteTable::Tls(t) => {
                 assert_eq!(t.find(Some("x.test")).unwrap().name, "a");
                 assert_eq!(t.find(Some("test")).unwrap().name, "b");
@@ -876,7 +993,7 @@ mod tests {
         let second = super::super::build_with(super::super::BuildInput {
             loaded: &loaded,
             discovered: &[],
-            previous: Some(&first),
+            retained: &retained,
             registered: None,
             version: 2,
         })

@@ -63,23 +63,15 @@ pub struct BindingTarget {
 }
 
 impl BindingTarget {
-    /// Opens an upgraded stream to the endpoint through the ingress's transport; the whole of it
-    /// (a dial, a pooled connection's upgrade, or a CONNECT stream) is bounded by the ingress's
-    /// `connect_timeout`.
+    /// Opens an upgraded stream to the endpoint through the ingress's transport. The connect
+    /// stack's timeout layer bounds the whole of it (a dial, a pooled connection's upgrade, or
+    /// a CONNECT stream) by the ingress's `connect_timeout`.
     pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
-        let ingress = &self.ingress;
         let request = ConnRequest {
             host: self.url.host.clone(),
             port: i64::from(self.url.port),
             pod_identity: None,
         };
-        let open = ingress.transport.open(&self.url, &request);
-        match tokio::time::timeout(ingress.connect_timeout, open).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout {
-                addr: ingress.address.clone(),
-                after: ingress.connect_timeout,
-            }),
-        }
+        self.ingress.transport.open(&self.url, &request).await
     }
 }

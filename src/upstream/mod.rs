@@ -9,14 +9,15 @@ pub mod binding;
 pub mod dial;
 pub mod early;
 pub mod h2_stream;
+pub mod http_pool;
 pub mod multiplex;
 pub mod pool;
 pub mod resolve;
-pub mod retry;
 pub mod static_cluster;
 pub mod stream;
 pub mod transport;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use binding::{BindingTarget, Ingress};
@@ -24,9 +25,8 @@ pub use dial::IngressDialer;
 pub use h2_stream::H2Stream;
 pub use multiplex::{MultiplexSettings, MultiplexStats, Multiplexer};
 pub use pool::{PoolSettings, PoolStats, WarmPool};
-pub use retry::RetryPolicy;
 pub use static_cluster::StaticEndpoints;
-pub use stream::UpstreamStream;
+pub use stream::{UpstreamConn, UpstreamStream};
 pub use transport::{
     Fingerprint, IngressKey, IngressTransport, TransportSettings, TransportSpec, transport_for,
 };
@@ -56,6 +56,11 @@ pub enum UpstreamError {
     },
     #[error("the cluster has no endpoints")]
     NoEndpoints,
+    #[error("cluster `{cluster}`: {reason}")]
+    CircuitOpen {
+        cluster: String,
+        reason: &'static str,
+    },
 }
 
 impl UpstreamError {
@@ -96,6 +101,10 @@ impl UpstreamError {
                 failure: failure.clone(),
             },
             UpstreamError::NoEndpoints => UpstreamError::NoEndpoints,
+            UpstreamError::CircuitOpen { cluster, reason } => UpstreamError::CircuitOpen {
+                cluster: cluster.clone(),
+                reason,
+            },
         }
     }
 
@@ -145,42 +154,87 @@ pub enum ClusterTarget {
     Binding(BindingTarget),
 }
 
+/// What a cluster's connect stack is asked for: one upstream connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectRequest;
+
+/// A cluster's connect stack (see `filters::connect`): retry, circuit breaker and connect
+/// timeout around its transport.
+pub type ConnectService =
+    tower::util::BoxCloneSyncService<ConnectRequest, UpstreamConn, UpstreamError>;
+
+/// Something of the connect stack that `/clusters` shows (the circuit breaker).
+pub trait ConnectView: Send + Sync {
+    fn describe(&self) -> serde_json::Value;
+}
+
 /// A cluster as the data path sees it.
-#[derive(Debug)]
 pub struct Cluster {
     pub name: String,
-    pub target: ClusterTarget,
-    pub retry: RetryPolicy,
+    pub target: Arc<ClusterTarget>,
+    connect: ConnectService,
+    view: Option<Arc<dyn ConnectView>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cluster {
-    /// Connects, retrying failures (nothing has been sent upstream yet) within the policy.
-    pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
-        self.retry.record_request();
-        let mut retry = 0;
-        loop {
-            let attempt = match &self.target {
-                ClusterTarget::Static(s) => s.connect().await,
-                ClusterTarget::Binding(b) => b.connect().await,
-            };
-            match attempt {
-                Ok(stream) => return Ok(stream),
-                Err(e) => {
-                    retry += 1;
-                    if !self.retry.allow_retry(retry) {
-                        return Err(e);
-                    }
-                    let wait = self.retry.backoff(retry);
-                    tracing::debug!(cluster = %self.name, retry, ?wait, "upstream connect failed, retrying: {e}");
-                    tokio::time::sleep(wait).await;
+    /// A cluster whose connects go through `connect` (built around [`Cluster::transport`]).
+    pub fn new(
+        name: String,
+        target: Arc<ClusterTarget>,
+        connect: ConnectService,
+        view: Option<Arc<dyn ConnectView>>,
+    ) -> Self {
+        Cluster {
+            name,
+            target,
+            connect,
+            view,
+        }
+    }
+
+    /// The leaf of a connect stack: one attempt through the cluster's transport.
+    pub fn transport(target: Arc<ClusterTarget>) -> ConnectService {
+        ConnectService::new(tower::service_fn(move |_: ConnectRequest| {
+            let target = target.clone();
+            async move {
+                match &*target {
+                    ClusterTarget::Static(s) => s.connect().await,
+                    ClusterTarget::Binding(b) => b.connect().await,
                 }
+                .map(UpstreamConn::new)
+            }
+        }))
+    }
+
+    /// One upstream connection, through the connect stack. Nothing has been sent upstream when
+    /// it returns.
+    pub async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+        use tower::ServiceExt;
+        self.connect.clone().oneshot(ConnectRequest).await
+    }
+
+    /// What the cluster points at, to key state carried across builds (its http pool).
+    pub fn identity(&self) -> String {
+        match &*self.target {
+            ClusterTarget::Static(s) => format!("static:{}", s.addresses.join(",")),
+            ClusterTarget::Binding(b) => {
+                format!("binding:{}@{}={}", b.url, b.ingress.name, b.ingress.address)
             }
         }
     }
 
     /// A one-line description for the admin `/clusters` view.
     pub fn describe(&self) -> serde_json::Value {
-        match &self.target {
+        let mut v = match &*self.target {
             ClusterTarget::Static(s) => serde_json::json!({
                 "name": self.name, "type": "static", "endpoints": s.addresses,
             }),
@@ -189,6 +243,10 @@ impl Cluster {
                 "ingress": b.ingress.name, "ingress_address": b.ingress.address,
                 "transport": b.ingress.transport.describe(),
             }),
+        };
+        if let (Some(view), Some(obj)) = (&self.view, v.as_object_mut()) {
+            obj.insert("circuit_breaker".into(), view.describe());
         }
+        v
     }
 }

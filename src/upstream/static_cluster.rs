@@ -29,18 +29,15 @@ impl StaticEndpoints {
         let Some(addr) = self.addresses.get(i) else {
             return Err(UpstreamError::NoEndpoints);
         };
-        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr.as_str())).await {
-            Ok(Ok(tcp)) => {
+        // Bounded by the connect stack's timeout layer (`connect_timeout`).
+        match TcpStream::connect(addr.as_str()).await {
+            Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 Ok(UpstreamStream::Tcp(tcp))
             }
-            Ok(Err(source)) => Err(UpstreamError::Connect {
+            Err(source) => Err(UpstreamError::Connect {
                 addr: addr.clone(),
                 source,
-            }),
-            Err(_) => Err(UpstreamError::Timeout {
-                addr: addr.clone(),
-                after: self.connect_timeout,
             }),
         }
     }

@@ -86,3 +86,65 @@ impl AsyncWrite for UpstreamStream {
         delegate!(self, s => s.poll_shutdown(cx))
     }
 }
+
+/// An upstream connection as a cluster hands it out: the stream, and what must be held while
+/// it is open (the circuit breaker's connection slot).
+pub struct UpstreamConn {
+    stream: UpstreamStream,
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl UpstreamConn {
+    pub fn new(stream: UpstreamStream) -> Self {
+        UpstreamConn {
+            stream,
+            _held: None,
+        }
+    }
+
+    /// Holds `permit` until the connection is dropped.
+    pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self._held = Some(permit);
+        self
+    }
+
+    pub fn stream_mut(&mut self) -> &mut UpstreamStream {
+        &mut self.stream
+    }
+}
+
+impl AsyncRead for UpstreamConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

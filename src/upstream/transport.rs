@@ -411,7 +411,7 @@ static_resources:
     }
 
     fn transport(s: &Snapshot) -> IngressTransport {
-        match &s.clusters["c"].target {
+        match &*s.clusters["c"].target {
             ClusterTarget::Binding(b) => b.ingress.transport.clone(),
             ClusterTarget::Static(_) => panic!("not a binding cluster"),
         }

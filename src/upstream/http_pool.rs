@@ -20,8 +20,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::http::RequestBody;
-use crate::upstream::{Cluster, UpstreamError};
+use super::{Cluster, UpstreamError};
+use crate::http_body::RequestBody;
 
 /// Idle connections kept per cluster; more are closed when they come back.
 pub const MAX_IDLE: usize = 32;

@@ -1,0 +1,244 @@
+//! Where `access_log` filters write: JSON lines, to a file (opened for append on the first line,
+//! created 0640) or to stdout (`-`), from a thread of their own. Filters writing the same path
+//! share one writer, so lines never interleave. A failed write is counted and reported once at warn, then at debug, and
+//! never fails the connection or request it describes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Lines queued for the writer thread; past this, lines are dropped (and counted) rather than
+/// holding up traffic behind a slow or full disk.
+const QUEUE: usize = 8192;
+
+#[derive(Clone, Debug)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+/// An access log: lines go to a writer thread of its own, so a slow disk never stalls the
+/// runtime.
+#[derive(Debug)]
+pub struct AccessLogWriter {
+    target: Target,
+    /// Started on the first line (a `validate` build never starts it).
+    queue: OnceLock<SyncSender<String>>,
+    failures: Arc<AtomicU64>,
+}
+
+impl AccessLogWriter {
+    /// `Target::File` paths are already resolved against the config's directory.
+    pub fn new(target: Target) -> Self {
+        AccessLogWriter {
+            target,
+            queue: OnceLock::new(),
+            failures: Arc::default(),
+        }
+    }
+
+    /// Queues one JSON object as a line.
+    pub fn write(&self, record: &serde_json::Value) {
+        let mut line = record.to_string();
+        line.push('\n');
+        let queue = self.queue.get_or_init(|| self.start());
+        match queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                report(&self.failures, &self.target, "queue full, line dropped")
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                report(&self.failures, &self.target, "writer stopped")
+            }
+        }
+    }
+
+    fn start(&self) -> SyncSender<String> {
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let target = self.target.clone();
+        let failures = self.failures.clone();
+        let spawned = std::thread::Builder::new()
+            .name("bindgate-access-log".into())
+            .spawn(move || {
+                let mut file: Option<std::fs::File> = None;
+                while let Ok(line) = rx.recv() {
+                    let r = match &target {
+                        Target::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                        Target::File(path) => append(&mut file, path, line.as_bytes()),
+                    };
+                    if let Err(e) = r {
+                        report(&failures, &target, &e.to_string());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            report(
+                &self.failures,
+                &self.target,
+                &format!("cannot start the writer: {e}"),
+            );
+        }
+        tx
+    }
+
+    /// Lines that could not be written (failed or dropped).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every queued line has been handed to the OS (tests).
+    #[cfg(test)]
+    pub fn flush_for_test(&self, expected_lines: usize) {
+        if let Target::File(p) = &self.target {
+            for _ in 0..500 {
+                let n = std::fs::read_to_string(p)
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0);
+                if n >= expected_lines || self.failures() > 0 {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn report(failures: &AtomicU64, target: &Target, why: &str) {
+    let n = failures.fetch_add(1, Ordering::Relaxed);
+    if n == 0 {
+        tracing::warn!(
+            ?target,
+            "access log: {why} (further failures are logged at debug)"
+        );
+    } else {
+        tracing::debug!(?target, "access log: {why}");
+    }
+}
+
+/// Appends one line, opening the file (0640, created if missing) when needed.
+fn append(file: &mut Option<std::fs::File>, path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    if file.is_none() {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+        *file = Some(options.open(path)?);
+    }
+    let Some(f) = file.as_mut() else {
+        return Ok(());
+    };
+    // One write per line: with O_APPEND, lines from several writers stay whole.
+    let r = f.write_all(bytes);
+    if r.is_err() {
+        *file = None; // reopen next time (the file may have been rotated away)
+    }
+    r
+}
+
+/// Now, in RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The config of both `access_log` filters.
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// File to append JSON lines to (relative to the config file's directory), or `-` for
+    /// stdout.
+    pub path: String,
+}
+
+impl AccessLogConfig {
+    pub fn target(&self, base_dir: &std::path::Path) -> Target {
+        if self.path == "-" {
+            Target::Stdout
+        } else {
+            let p = std::path::Path::new(&self.path);
+            Target::File(if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base_dir.join(p)
+            })
+        }
+    }
+
+    /// The path's directory must exist (the file itself is created on the first line).
+    pub fn check(&self, base_dir: &std::path::Path) -> Vec<super::FilterIssue> {
+        match self.target(base_dir) {
+            Target::Stdout => Vec::new(),
+            Target::File(p) if p.is_dir() => {
+                vec![("path".into(), format!("`{}` is a directory", p.display()))]
+            }
+            Target::File(p) if !p.parent().is_some_and(|d| d.is_dir()) => vec![(
+                "path".into(),
+                format!("`{}`: its directory does not exist", p.display()),
+            )],
+            Target::File(_) => Vec::new(),
+        }
+    }
+
+    /// The shared writer for this path.
+    pub fn writer(&self, ctx: &super::BuildCtx<'_>) -> std::sync::Arc<AccessLogWriter> {
+        let target = self.target(ctx.base_dir);
+        let key = match &target {
+            Target::Stdout => "-".to_owned(),
+            Target::File(p) => p.display().to_string(),
+        };
+        ctx.retained.get_or_insert(
+            crate::retained::StateKey::new("access_log/writer", key, &()),
+            || AccessLogWriter::new(target),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_appended_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let w = AccessLogWriter::new(Target::File(path.clone()));
+        w.write(&serde_json::json!({"a": 1}));
+        w.write(&serde_json::json!({"b": "x\ny"}));
+        w.flush_for_test(2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({"a": 1}),
+                serde_json::json!({"b": "x\ny"})
+            ]
+        );
+        assert_eq!(w.failures(), 0);
+    }
+
+    #[test]
+    fn an_unwritable_path_is_counted_not_fatal() {
+        let w = AccessLogWriter::new(Target::File("/nonexistent-dir/x/access.log".into()));
+        w.write(&serde_json::json!({}));
+        w.write(&serde_json::json!({}));
+        for _ in 0..500 {
+            if w.failures() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(w.failures(), 2);
+    }
+}
