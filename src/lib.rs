@@ -4,6 +4,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod bound_url;
 pub mod cli;
 pub mod config;
 pub mod control;

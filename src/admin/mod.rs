@@ -156,6 +156,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             json(&serde_json::json!({
                 "version_info": snap.version.to_string(),
                 "config": &*snap.config,
+                "chains": snap.chains(),
                 "control": &**state.control.load(),
             }))
         }

@@ -184,12 +184,13 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
             text(&c["type"]),
             target,
             transport(&c["transport"]),
+            breaker(&c["circuit_breaker"]),
         ]
     });
     table(
         &mut out,
         "clusters",
-        &["NAME", "TYPE", "UPSTREAM", "TRANSPORT"],
+        &["NAME", "TYPE", "UPSTREAM", "TRANSPORT", "BREAKER"],
         clusters,
     );
 
@@ -205,6 +206,26 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
         );
     }
     out
+}
+
+/// A cluster's circuit breaker in a few words: its state and connections (`-`: none).
+fn breaker(b: &Value) -> String {
+    if !b.is_object() {
+        return "-".into();
+    }
+    let mut s = format!(
+        "{}, {}/{} connections",
+        text(&b["state"]),
+        b["open_connections"],
+        b["max_connections"]
+    );
+    if b["consecutive_failures"].as_u64().unwrap_or(0) > 0 {
+        s.push_str(&format!(
+            ", {} failures in a row",
+            b["consecutive_failures"]
+        ));
+    }
+    s
 }
 
 /// A cluster's transport in a few words: kind, its main counters, and TLS handshakes.

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ControlEvent;
 use crate::admin::metrics::{METRICS, incr};
+use crate::bound_url::BoundUrl;
 use crate::ngrok_api::{ApiClient, ApiError, Endpoint};
-use crate::snapshot::BoundUrl;
 
 /// Canonical bound endpoints from one API answer, plus a line for each one skipped.
 pub fn normalize(endpoints: &[Endpoint]) -> (BTreeSet<BoundUrl>, BTreeSet<String>) {

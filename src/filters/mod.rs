@@ -86,11 +86,48 @@ macro_rules! registry {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+        #[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
         #[serde(deny_unknown_fields)]
         #[allow(non_camel_case_types)]
         pub enum $Enum {
             $( $(#[$vmeta])* $name($ty), )*
+        }
+
+        /// A one-key map, `name: config`, in YAML and JSON alike.
+        impl<'de> serde::Deserialize<'de> for $Enum {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct OneKeyMap;
+                impl<'de> serde::de::Visitor<'de> for OneKeyMap {
+                    type Value = $Enum;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a one-key map: the filter's name, then its config")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<$Enum, A::Error> {
+                        use serde::de::Error;
+                        const NAMES: &[&str] = &[$( stringify!($name) ),*];
+                        let Some(key) = map.next_key::<String>()? else {
+                            return Err(A::Error::custom(format!(
+                                "an empty map; name one filter: {}",
+                                NAMES.join(", ")
+                            )));
+                        };
+                        let filter = match key.as_str() {
+                            $( stringify!($name) => $Enum::$name(map.next_value()?), )*
+                            other => return Err(A::Error::unknown_variant(other, NAMES)),
+                        };
+                        if let Some(extra) = map.next_key::<String>()? {
+                            return Err(A::Error::custom(format!(
+                                "one filter per list entry: `{extra}` follows `{key}`; give it an entry of its own (`- {extra}: ...`)"
+                            )));
+                        }
+                        Ok(filter)
+                    }
+                }
+                d.deserialize_map(OneKeyMap)
+            }
         }
 
         impl $Enum {

@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
 use super::cidr::Cidr;
+use crate::bound_url::BoundUrl;
 use crate::config::{Expose, ExposeMode, ExposeOverride, Protocol};
 use crate::identity::StateStore;
-use crate::snapshot::BoundUrl;
 
 const FILE: &str = "allocations.json";
 

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::allocations::{Placement, override_for, override_ip};
+use crate::bound_url::{BoundUrl, Scheme};
 use crate::config::{ExposeOverride, Protocol};
-use crate::snapshot::{BoundUrl, Scheme};
 
 /// A shared address: what it is, who came first, and which names it routes.
 struct Port {

@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::allocations::{Allocations, Placement, override_for, override_ip};
 use super::cidr::Cidr;
+use crate::bound_url::BoundUrl;
 use crate::config::ExposeOverride;
-use crate::snapshot::BoundUrl;
 
 pub(super) fn place(
     endpoints: &BTreeSet<BoundUrl>,

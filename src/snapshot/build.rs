@@ -528,6 +528,11 @@ fn cluster_with_stack(
         stack,
         breaker.map(|b| b as Arc<dyn crate::upstream::ConnectView>),
     )
+    .with_chain(serde_json::json!([
+        { "retry": retry },
+        { "circuit_breaker": circuit_breaker },
+        { "timeout": { "connect": crate::config::HumanDuration(timeout) } },
+    ]))
 }
 
 fn ingress_address(address: &str) -> Result<(String, String), String> {

@@ -3,7 +3,6 @@
 //! `build` is the only place config is checked for cross-references; `run` and `validate` share
 //! it. It reads referenced files (certificates, keys, CAs) but binds nothing and calls nobody.
 
-mod bound_url;
 mod build;
 mod routes;
 
@@ -12,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bound_url::{BoundUrl, Scheme};
+pub use crate::bound_url::{BoundUrl, Scheme};
 pub use build::{BuildInput, RegisteredIdentity, build, build_with, check};
 pub use routes::{
     DEFAULT_REQUEST_TIMEOUT, HttpRoute, HttpRoutes, HttpUpstream, NamePattern, RouteTable,
@@ -56,6 +55,34 @@ impl Snapshot {
                 }
             }
         }
+    }
+
+    /// The chains in force, shorthand fields compiled in (for `/config_dump`): network filters
+    /// per listener, http filters per route (`listener/route`), the connect stack per cluster.
+    pub fn chains(&self) -> serde_json::Value {
+        let mut listeners = serde_json::Map::new();
+        let mut routes = serde_json::Map::new();
+        for l in &self.listeners {
+            listeners.insert(l.name.clone(), serde_json::json!(l.filters));
+            if let RouteTable::Http(h) = &*l.routes {
+                for r in &h.routes {
+                    routes.insert(
+                        format!("{}/{}", l.name, r.name),
+                        serde_json::json!(r.filters),
+                    );
+                }
+            }
+        }
+        let clusters: serde_json::Map<String, serde_json::Value> = self
+            .clusters
+            .iter()
+            .map(|(name, c)| (name.clone(), c.connect_chain.clone()))
+            .collect();
+        serde_json::json!({
+            "listeners": listeners,
+            "routes": routes,
+            "clusters": clusters,
+        })
     }
 
     /// The longest `drain_timeout` of any listener: how long a full shutdown may take.

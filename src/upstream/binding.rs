@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::dial::IngressDialer;
 use super::transport::{Fingerprint, IngressTransport, TransportSettings, TransportSpec};
 use super::{UpstreamError, UpstreamStream};
-use crate::snapshot::BoundUrl;
+use crate::bound_url::BoundUrl;
 use crate::wire::ConnRequest;
 
 /// One binding ingress: where it is, how long an open may take, and the transport

@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 use super::early::EarlyUpgrade;
 use super::resolve::IngressResolver;
 use super::{UpstreamError, UpstreamStream};
-use crate::snapshot::BoundUrl;
+use crate::bound_url::BoundUrl;
 use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
 
 /// A TLS connection to an ingress, before or after the upgrade.

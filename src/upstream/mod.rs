@@ -172,6 +172,8 @@ pub trait ConnectView: Send + Sync {
 pub struct Cluster {
     pub name: String,
     pub target: Arc<ClusterTarget>,
+    /// The connect stack in force, outermost first (for `/config_dump`).
+    pub connect_chain: serde_json::Value,
     connect: ConnectService,
     view: Option<Arc<dyn ConnectView>>,
 }
@@ -196,6 +198,7 @@ impl Cluster {
         Cluster {
             name,
             target,
+            connect_chain: serde_json::Value::Null,
             connect,
             view,
         }
@@ -213,6 +216,12 @@ impl Cluster {
                 .map(UpstreamConn::new)
             }
         }))
+    }
+
+    /// Records the connect stack's layers (outermost first) for views.
+    pub fn with_chain(mut self, chain: serde_json::Value) -> Self {
+        self.connect_chain = chain;
+        self
     }
 
     /// One upstream connection, through the connect stack. Nothing has been sent upstream when

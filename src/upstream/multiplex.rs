@@ -36,8 +36,8 @@ use super::dial::{IngressDialer, IngressTls};
 use super::h2_stream::H2Stream;
 use super::pool::{PoolSettings, WarmPool};
 use super::{UpstreamError, UpstreamStream};
+use crate::bound_url::BoundUrl;
 use crate::config::MultiplexFallback;
-use crate::snapshot::BoundUrl;
 use crate::wire::{self, ConnRequest};
 
 /// Flow-control windows we grant the ingress: per stream, and per connection.

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dial::{self, IngressDialer, IngressTls, UpgradeError};
 use super::{UpstreamError, UpstreamStream};
-use crate::snapshot::BoundUrl;
+use crate::bound_url::BoundUrl;
 use crate::wire::ConnRequest;
 
 /// Refill handshakes in flight at once, per pool: `max_idle`, within these bounds. A refill

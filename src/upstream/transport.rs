@@ -28,7 +28,7 @@ use super::dial::IngressDialer;
 use super::multiplex::{MultiplexSettings, Multiplexer};
 use super::pool::{PoolSettings, WarmPool};
 use super::{UpstreamError, UpstreamStream};
-use crate::snapshot::BoundUrl;
+use crate::bound_url::BoundUrl;
 use crate::wire::ConnRequest;
 
 /// How connections reach one ingress.
