@@ -15,5 +15,6 @@ pub mod proxy;
 pub mod sandbox;
 pub mod secret;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 pub mod wire;
