@@ -230,10 +230,7 @@ impl ListenerManager {
                 },
             )
             .collect();
-        crate::admin::metrics::METRICS.listeners_failed.store(
-            self.failed.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        crate::telemetry::set_listeners_failed(self.failed.len());
         board.extend(self.draining.load().iter().cloned());
         self.board.store(Arc::new(board));
     }
@@ -320,12 +317,12 @@ async fn accept_loop(
         let permit = match spec.admission.admit() {
             Ok(p) => p,
             Err(why) => {
-                crate::admin::metrics::incr(&crate::admin::metrics::METRICS.connections_refused);
+                crate::telemetry::connection_refused();
                 tracing::debug!(listener = %name, %peer, "connection refused: {why}");
                 continue;
             }
         };
-        let active = crate::admin::metrics::ActiveConnection::open();
+        let active = crate::telemetry::connection_accepted();
         let force_close = force_close.clone();
         let draining = stop.clone();
         connections.spawn(async move {

@@ -24,9 +24,7 @@ pub async fn serve(
         let upstream = match cluster.connect().await {
             Ok(u) => u,
             Err(e) => {
-                crate::admin::metrics::incr(
-                    &crate::admin::metrics::METRICS.upstream_connect_failures,
-                );
+                crate::telemetry::upstream_connect_failed();
                 tracing::warn!(listener = %listener.name, cluster = %cluster.name, %peer, "upstream unreachable, closing client: {e}");
                 return;
             }
