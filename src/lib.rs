@@ -19,5 +19,6 @@ pub mod retained;
 pub mod sandbox;
 pub mod secret;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 pub mod wire;

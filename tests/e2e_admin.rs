@@ -250,3 +250,173 @@ static_resources:
     assert_eq!(code, 1);
     assert!(err.contains("is bindgate running?"), "{err}");
 }
+
+/// Every sample of a scrape: the line parser must classify each line (prometheus-parse skips what
+/// it cannot read rather than failing), then the whole body must parse.
+fn parse_scrape(body: &str) -> prometheus_parse::Scrape {
+    for line in body.lines() {
+        assert_ne!(
+            prometheus_parse::LineInfo::parse(line),
+            prometheus_parse::LineInfo::Ignored,
+            "unparsable line {line:?} in\n{body}"
+        );
+    }
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses")
+}
+
+/// The value of the one sample `name` whose labels are exactly `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    let found: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    match found[0].value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        ref other => panic!("{name}: not a single value: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_known_traffic() {
+    let sandbox = common::start_sandbox("").await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "\
+version: 1
+admin: {{ address: 127.0.0.1:0 }}
+{ingresses}static_resources:
+  listeners:
+    - name: echo
+      address: 127.0.0.1:0
+      routes: [ {{ cluster: echo }} ]
+    - name: dead
+      address: 127.0.0.1:0
+      routes: [ {{ cluster: dead }} ]
+    - name: bound
+      address: 127.0.0.1:0
+      routes: [ {{ cluster: bound }} ]
+  clusters:
+    - name: echo
+      type: static
+      endpoints: [ \"{echo_addr}\" ]
+    - name: dead
+      type: static
+      endpoints: [ \"{dead_addr}\" ]
+      retry: {{ attempts: 1 }}
+    - name: bound
+      type: binding_upstream
+      endpoint: tcp://echo.e2e:7000
+      ingress: sandbox
+",
+        ingresses = sandbox.ingress_yaml()
+    );
+    let proxy = common::start_proxy(&cfg, dir.path()).await;
+    let admin = proxy.admin();
+
+    // Before any traffic: the unlabelled families are there, at 0.
+    let scrape = parse_scrape(&get(admin, "/metrics").await.1);
+    assert_eq!(
+        value(&scrape, "bindgate_connections_accepted_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(&scrape, "bindgate_connections_refused_total", &[]),
+        0.0
+    );
+
+    // Three echoes through the static listener, one through the bound endpoint, one to a dead
+    // upstream (closed without a byte).
+    for (listener, n) in [("echo", 3), ("bound", 1)] {
+        for i in 0..n {
+            let mut c = TcpStream::connect(proxy.listener(listener)).await.unwrap();
+            let msg = format!("{listener} {i}");
+            c.write_all(msg.as_bytes()).await.unwrap();
+            c.shutdown().await.unwrap();
+            assert_eq!(common::read_all(&mut c).await, msg.as_bytes());
+        }
+    }
+    let mut c = TcpStream::connect(proxy.listener("dead")).await.unwrap();
+    assert!(common::read_all(&mut c).await.is_empty());
+
+    // The proxy's side of the connections ends after the client's: wait until none is active.
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    let scrape = loop {
+        let body = get(admin, "/metrics").await.1;
+        let scrape = parse_scrape(&body);
+        if value(&scrape, "bindgate_connections_active", &[]) == 0.0
+            && value(&scrape, "bindgate_upstream_connect_failures_total", &[]) == 1.0
+        {
+            break scrape;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for (name, want) in [
+        ("bindgate_connections_accepted_total", 5.0),
+        ("bindgate_connections_refused_total", 0.0),
+        ("bindgate_upstream_connect_failures_total", 1.0),
+        ("bindgate_listeners_failed", 0.0),
+        ("bindgate_config_applied_total", 1.0),
+        ("bindgate_config_rejected_total", 0.0),
+        ("bindgate_snapshot_version", 1.0),
+        ("bindgate_discovery_polls_total", 0.0),
+    ] {
+        assert_eq!(value(&scrape, name, &[]), want, "{name}");
+    }
+    let sandbox_ingress = [("ingress", "sandbox")];
+    let checkouts = value(
+        &scrape,
+        "bindgate_pool_checkouts_total",
+        &[("ingress", "sandbox"), ("result", "hit")],
+    ) + value(
+        &scrape,
+        "bindgate_pool_checkouts_total",
+        &[("ingress", "sandbox"), ("result", "miss")],
+    );
+    assert_eq!(checkouts, 1.0);
+
+    // One binding upgrade and one pool checkout, as histograms with every bucket.
+    for name in [
+        "bindgate_binding_upgrade_duration_seconds",
+        "bindgate_pool_checkout_duration_seconds",
+    ] {
+        let hist = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("ingress") == Some("sandbox"))
+            .unwrap_or_else(|| panic!("no {name}"));
+        let prometheus_parse::Value::Histogram(buckets) = &hist.value else {
+            panic!("{name} is not a histogram: {hist:?}");
+        };
+        assert_eq!(buckets.len(), 17, "{name}: {buckets:?}");
+        assert_eq!(buckets.last().map(|b| b.count), Some(1.0), "{name}");
+        assert_eq!(
+            value(&scrape, &format!("{name}_count"), &sandbox_ingress),
+            1.0
+        );
+        assert!(value(&scrape, &format!("{name}_sum"), &sandbox_ingress) > 0.0);
+    }
+    assert!(value(&scrape, "process_start_time_seconds", &[]) > 1.5e9);
+    assert!(value(&scrape, "process_open_fds", &[]) > 0.0);
+}

@@ -9,9 +9,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::ControlEvent;
-use crate::admin::metrics::{METRICS, incr};
 use crate::bound_url::BoundUrl;
 use crate::ngrok_api::{ApiClient, ApiError, Endpoint};
+use crate::telemetry;
 
 /// Canonical bound endpoints from one API answer, plus a line for each one skipped.
 pub fn normalize(endpoints: &[Endpoint]) -> (BTreeSet<BoundUrl>, BTreeSet<String>) {
@@ -46,7 +46,7 @@ pub async fn poll(
     let mut failures: u32 = 0;
     let mut last_skipped = BTreeSet::new();
     loop {
-        incr(&METRICS.discovery_polls);
+        telemetry::discovery_poll();
         let wait = match api.list_bound_endpoints(&operator_id).await {
             Ok(endpoints) => {
                 if failures > 0 {
@@ -71,7 +71,7 @@ pub async fn poll(
                 return;
             }
             Err(e) => {
-                incr(&METRICS.discovery_failures);
+                telemetry::discovery_failed();
                 failures += 1;
                 tracing::warn!(
                     failures,

@@ -15,11 +15,11 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{ControlEvent, Gateway, discovery, registration::Registration};
-use crate::admin::metrics::{METRICS, incr};
 use crate::config::{self, Config, LoadedConfig};
 use crate::host::{Allocations, Exposure, HostsFile, Placement, hosts_file, place};
 use crate::retained::Retained;
 use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
+use crate::telemetry;
 
 /// What the admin API shows about the control loop.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -107,10 +107,8 @@ impl ControlPlane {
             applied_updates: 1,
             ..Default::default()
         }));
-        METRICS
-            .snapshot_version
-            .store(1, std::sync::atomic::Ordering::Relaxed);
-        incr(&METRICS.config_applied);
+        telemetry::set_snapshot_version(1);
+        telemetry::config_applied();
         let gateway = Gateway::start(first, status.clone()).await?;
         retained.commit();
         let (events_tx, events) = mpsc::channel(16);
@@ -225,7 +223,7 @@ impl ControlPlane {
                 }
                 event = self.events.recv() => match event {
                     Some(ControlEvent::Discovered(set)) => {
-                        METRICS.discovered_endpoints.store(set.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        telemetry::set_discovered_endpoints(set.len());
                         if set != self.discovered {
                             log_discovery_change(&self.discovered, &set);
                             self.discovered = set;
@@ -314,10 +312,8 @@ impl ControlPlane {
                     self.hosts_file.sync(&path, &names);
                 }
                 self.applied = (Arc::new(self.loaded.config.clone()), placements);
-                incr(&METRICS.config_applied);
-                METRICS
-                    .snapshot_version
-                    .store(version, std::sync::atomic::Ordering::Relaxed);
+                telemetry::config_applied();
+                telemetry::set_snapshot_version(version);
                 let mut s = (**self.status.load()).clone();
                 s.version = version;
                 s.applied_updates += 1;
@@ -335,7 +331,7 @@ impl ControlPlane {
     }
 
     fn reject(&self, why: String) {
-        incr(&METRICS.config_rejected);
+        telemetry::config_rejected();
         let mut s = (**self.status.load()).clone();
         s.rejected_updates += 1;
         s.last_rejection = Some(why.clone());

@@ -226,10 +226,7 @@ impl ListenerManager {
                 },
             )
             .collect();
-        crate::admin::metrics::METRICS.listeners_failed.store(
-            self.failed.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        crate::telemetry::set_listeners_failed(self.failed.len());
         board.extend(self.draining.load().iter().cloned());
         self.board.store(Arc::new(board));
     }
@@ -322,8 +319,8 @@ async fn accept_loop(
         connections.spawn(async move {
             let _held = snap;
             let Ok(done) = spec.network.clone().oneshot(conn).await;
-            if let Outcome::Rejected { .. } = done.outcome {
-                crate::admin::metrics::incr(&crate::admin::metrics::METRICS.connections_refused);
+            if let Outcome::Rejected { filter, reason } = done.outcome {
+                spec.metrics.refused(filter, reason);
             }
         });
     }

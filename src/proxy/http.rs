@@ -117,14 +117,14 @@ struct Ctx {
 /// The router: picks the route, then runs the route's http filters around the forwarder.
 async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let p = ctx.pipeline.clone();
+    let start = tokio::time::Instant::now();
     let resp = route_inner(&ctx, req).await;
+    p.metrics.request_duration(start.elapsed());
     if let Some(why) = resp.extensions().get::<LocalAnswer>() {
-        metrics::counter!(
-            "bindgate_http_local_responses_total",
-            "listener" => p.listener.to_string(),
-            "status" => resp.status().as_str().to_owned()
-        )
-        .increment(1);
+        p.metrics.local_response(resp.status().as_u16());
+        if let Some((filter, reason)) = why.0.strip_prefix("rejected:").map(rejection) {
+            p.metrics.rejected(filter, reason);
+        }
         tracing::debug!(listener = %p.listener, peer = %ctx.peer, status = resp.status().as_u16(), why = why.0, "answered by bindgate");
     }
     resp
@@ -174,6 +174,15 @@ async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBo
     req.extensions_mut().insert(ctx.clone());
     let Ok(resp) = route.service.clone().oneshot(req).await;
     resp
+}
+
+/// The http filter that answered a request itself, and why (bounded label values).
+fn rejection(filter: &str) -> (&'static str, &'static str) {
+    match filter {
+        "local_rate_limit" => ("local_rate_limit", "request rate exceeded"),
+        "max_request_body" => ("max_request_body", "request body too large"),
+        _ => ("other", "rejected"),
+    }
 }
 
 /// The leaf of a route's http stack: forwards the request to the route's cluster.

@@ -10,6 +10,7 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::Protocol;
@@ -25,6 +26,7 @@ pub struct Pipeline {
     /// tcp, tls and upgraded connections: closed when no byte moved for this long. http: the
     /// wait for a request head, and the idle limit of request and response bodies.
     pub idle_timeout: Duration,
+    pub metrics: Arc<crate::telemetry::ListenerMetrics>,
 }
 
 /// The leaf of a listener's network stack: the protocol's pipeline.
@@ -33,12 +35,19 @@ pub fn pipeline(p: Arc<Pipeline>) -> ConnService {
         let p = p.clone();
         async move {
             // Counted here, past the filters: only admitted connections.
-            let _active = crate::admin::metrics::ActiveConnection::open();
-            Ok::<_, Infallible>(match p.protocol {
+            p.metrics.accepted();
+            let _active = p.metrics.open();
+            let bytes = conn.io.bytes();
+            let done = match p.protocol {
                 Protocol::Tcp => tcp::serve(&p, conn).await,
                 Protocol::Tls => tls::serve(&p, conn).await,
                 Protocol::Http => http::serve(p.clone(), conn).await,
-            })
+            };
+            p.metrics.bytes(
+                bytes.received.load(Ordering::Relaxed),
+                bytes.sent.load(Ordering::Relaxed),
+            );
+            Ok::<_, Infallible>(done)
         }
     }))
 }

@@ -24,6 +24,7 @@ pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
         let upstream = match cluster.connect().await {
             Ok(u) => u,
             Err(e) => {
+                cluster.metrics.connect_failed();
                 tracing::warn!(listener = %p.listener, cluster = %cluster.name, %peer, "upstream unreachable, closing client: {e}");
                 return Outcome::UpstreamError;
             }

@@ -47,6 +47,7 @@ pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
         let mut upstream = match cluster.connect().await {
             Ok(u) => u,
             Err(e) => {
+                cluster.metrics.connect_failed();
                 tracing::warn!(listener = %name, cluster = %cluster.name, %peer, sni, "upstream unreachable, closing client: {e}");
                 return Outcome::UpstreamError;
             }

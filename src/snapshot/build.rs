@@ -21,6 +21,7 @@ use crate::identity;
 use crate::identity::session_store::TicketStore;
 use crate::proxy::Pipeline;
 use crate::retained::Retained;
+use crate::telemetry::{ClusterMetrics, ListenerMetrics};
 use crate::upstream::{BindingTarget, Cluster, ClusterTarget, Ingress, StaticEndpoints};
 use crate::upstream::{
     Fingerprint, IngressDialer, MultiplexSettings, PoolSettings, TransportSettings,
@@ -471,11 +472,16 @@ fn listener_spec(
 ) -> Arc<ListenerSpec> {
     let routes = Arc::new(parts.routes);
     let filters = effective_network_filters(parts.limits, parts.filters);
+    let metrics = retained.get_or_insert(
+        crate::retained::StateKey::new("listener/metrics", parts.name, &()),
+        || ListenerMetrics::new(parts.name),
+    );
     let leaf = crate::proxy::pipeline(Arc::new(Pipeline {
         listener: Arc::from(parts.name),
         protocol: parts.protocol,
         routes: routes.clone(),
         idle_timeout: parts.idle_timeout,
+        metrics: metrics.clone(),
     }));
     let network = network::build_chain(
         &filters,
@@ -492,6 +498,7 @@ fn listener_spec(
         routes,
         filters,
         network,
+        metrics,
         discovered: parts.discovered,
         idle_timeout: parts.idle_timeout,
         drain_timeout: parts.drain_timeout,
@@ -511,6 +518,10 @@ fn cluster_with_stack(
         ClusterTarget::Binding(b) => (b.ingress.connect_timeout, b.ingress.address.clone()),
     };
     let target = Arc::new(target);
+    let metrics = retained.get_or_insert(
+        crate::retained::StateKey::new("cluster/metrics", name, &()),
+        || ClusterMetrics::new(name),
+    );
     let (stack, breaker) = connect::build(
         ConnectStack {
             cluster: name,
@@ -518,6 +529,7 @@ fn cluster_with_stack(
             circuit_breaker,
             timeout,
             timeout_addr,
+            metrics: metrics.clone(),
         },
         Cluster::transport(target.clone()),
         retained,
@@ -527,6 +539,7 @@ fn cluster_with_stack(
         target,
         stack,
         breaker.map(|b| b as Arc<dyn crate::upstream::ConnectView>),
+        metrics,
     )
     .with_chain(serde_json::json!([
         { "retry": retry },

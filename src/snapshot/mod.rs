@@ -105,6 +105,7 @@ pub struct ListenerSpec {
     pub filters: Vec<NetworkFilterConfig>,
     /// The network filters around the protocol pipeline: called once per accepted connection.
     pub network: ConnService,
+    pub metrics: Arc<crate::telemetry::ListenerMetrics>,
     /// Whether this listener came from discovery rather than the config file.
     pub discovered: bool,
     pub idle_timeout: Duration,

@@ -687,6 +687,7 @@ mod tests {
             target.clone(),
             Cluster::transport(target),
             None,
+            Arc::new(crate::telemetry::ClusterMetrics::new(name)),
         ))
     }
 

@@ -213,6 +213,7 @@ pub async fn upgrade(
         }
         other => UpgradeError::Answered(UpstreamError::upgrade(addr, other)),
     };
+    let started = tokio::time::Instant::now();
     wire::write_frame(&mut tls, request)
         .await
         .map_err(broken_or_answered)?;
@@ -229,6 +230,7 @@ pub async fn upgrade(
         .await
         .map_err(broken_or_answered)?;
     accept_response(&dialer.name, addr, endpoint, &response).map_err(UpgradeError::Answered)?;
+    crate::telemetry::binding_upgrade_duration(&dialer.name, started.elapsed());
     Ok(UpstreamStream::Tls(Box::new(tls)))
 }
 

@@ -108,7 +108,7 @@ impl EarlyUpgrade {
 /// Reports an upgrade (or CONNECT) that failed after the stream was handed over: counted as an
 /// upstream connect failure, logged at warn, and returned as the error the stream fails with.
 pub(crate) fn early_failure(ingress: &str, endpoint: &str, e: UpstreamError) -> io::Error {
-    crate::admin::metrics::incr(&crate::admin::metrics::METRICS.upstream_connect_failures);
+    crate::telemetry::upstream_connect_failed();
     tracing::warn!(%ingress, %endpoint, "binding upgrade failed after early data, closing the connection: {e}");
     let kind = match e {
         UpstreamError::Refused { .. } => io::ErrorKind::ConnectionRefused,

@@ -174,6 +174,7 @@ pub struct Cluster {
     pub target: Arc<ClusterTarget>,
     /// The connect stack in force, outermost first (for `/config_dump`).
     pub connect_chain: serde_json::Value,
+    pub metrics: Arc<crate::telemetry::ClusterMetrics>,
     connect: ConnectService,
     view: Option<Arc<dyn ConnectView>>,
 }
@@ -194,11 +195,13 @@ impl Cluster {
         target: Arc<ClusterTarget>,
         connect: ConnectService,
         view: Option<Arc<dyn ConnectView>>,
+        metrics: Arc<crate::telemetry::ClusterMetrics>,
     ) -> Self {
         Cluster {
             name,
             target,
             connect_chain: serde_json::Value::Null,
+            metrics,
             connect,
             view,
         }
@@ -228,7 +231,10 @@ impl Cluster {
     /// it returns.
     pub async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
         use tower::ServiceExt;
-        self.connect.clone().oneshot(ConnectRequest).await
+        let start = tokio::time::Instant::now();
+        let conn = self.connect.clone().oneshot(ConnectRequest).await?;
+        self.metrics.connect_duration(start.elapsed());
+        Ok(conn)
     }
 
     /// What the cluster points at, to key state carried across builds (its http pool).

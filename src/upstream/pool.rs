@@ -268,7 +268,10 @@ impl WarmPool {
         self.start();
         let shared = &self.shared;
         if !self.is_retired() {
-            match shared.checkout().await {
+            let started = tokio::time::Instant::now();
+            let checked_out = shared.checkout().await;
+            crate::telemetry::pool_checkout_duration(&shared.dialer.name, started.elapsed());
+            match checked_out {
                 Some(parked) => {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     shared.changed();

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::HumanDuration;
+use crate::telemetry::ClusterMetrics;
 use crate::upstream::{ConnectRequest, UpstreamConn, UpstreamError};
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -75,6 +76,7 @@ pub enum BreakerState {
 /// One cluster's breaker.
 pub struct Breaker {
     cluster: Arc<str>,
+    metrics: Arc<ClusterMetrics>,
     max_connections: u32,
     threshold: u32,
     cool_down: Duration,
@@ -98,8 +100,10 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    pub fn new(cluster: &str, cfg: &CircuitBreakerConfig) -> Self {
-        let b = Breaker {
+    pub fn new(cluster: &str, cfg: &CircuitBreakerConfig, metrics: Arc<ClusterMetrics>) -> Self {
+        metrics.breaker_state(BreakerState::Closed as u8);
+        Breaker {
+            metrics,
             cluster: Arc::from(cluster),
             max_connections: cfg.max_connections,
             threshold: cfg.consecutive_failures.max(1),
@@ -111,9 +115,7 @@ impl Breaker {
             opened_at_ms: AtomicU64::new(0),
             opened_total: AtomicU64::new(0),
             rejected_total: AtomicU64::new(0),
-        };
-        super::stats::breaker_state(cluster, BreakerState::Closed as u8);
-        b
+        }
     }
 
     pub fn state(&self) -> BreakerState {
@@ -126,7 +128,7 @@ impl Breaker {
 
     fn set(&self, s: BreakerState) {
         self.state.store(s as u8, Ordering::Release);
-        super::stats::breaker_state(&self.cluster, s as u8);
+        self.metrics.breaker_state(s as u8);
     }
 
     fn now_ms(&self) -> u64 {
@@ -162,7 +164,7 @@ impl Breaker {
                     Ordering::Acquire,
                 ) {
                     Ok(_) => {
-                        super::stats::breaker_state(&self.cluster, BreakerState::HalfOpen as u8);
+                        self.metrics.breaker_state(BreakerState::HalfOpen as u8);
                         Ok(true)
                     }
                     Err(_) => Err("circuit open (a probe is in flight)"),
@@ -188,7 +190,7 @@ impl Breaker {
 
     fn reject(&self, why: &'static str) -> UpstreamError {
         self.rejected_total.fetch_add(1, Ordering::Relaxed);
-        super::stats::breaker_rejected(&self.cluster);
+        self.metrics.breaker_rejected();
         UpstreamError::CircuitOpen {
             cluster: self.cluster.to_string(),
             reason: why,
@@ -292,6 +294,7 @@ mod tests {
                 consecutive_failures: failures,
                 cool_down: HumanDuration::from_secs(cool_down_s),
             },
+            Arc::new(ClusterMetrics::new("c")),
         ))
     }
 

@@ -21,6 +21,7 @@ pub use timeout::ConnectTimeoutLayer;
 
 use crate::config::RetryConfig;
 use crate::retained::{Retained, StateKey};
+use crate::telemetry::ClusterMetrics;
 use crate::upstream::ConnectService;
 #[cfg(test)]
 use crate::upstream::{ConnectRequest, UpstreamConn, UpstreamError};
@@ -33,6 +34,8 @@ pub struct ConnectStack<'a> {
     /// Each attempt's limit, and what a timeout names (an address or the ingress's).
     pub timeout: Duration,
     pub timeout_addr: String,
+    /// The cluster's series (retries, budget, breaker).
+    pub metrics: Arc<ClusterMetrics>,
 }
 
 /// The stack and the breaker it holds (for views), built around `transport`.
@@ -42,11 +45,11 @@ pub fn build(
     retained: &Retained,
 ) -> (ConnectService, Option<Arc<Breaker>>) {
     let budget = budget_for(spec.cluster, spec.retry, retained);
-    let policy = RetryPolicy::new(spec.cluster, spec.retry, budget);
+    let policy = RetryPolicy::new(spec.cluster, spec.retry, budget, spec.metrics.clone());
     let breaker = spec.circuit_breaker.map(|cfg| {
         retained.get_or_insert(
             StateKey::new("cluster/circuit_breaker", spec.cluster, cfg),
-            || Breaker::new(spec.cluster, cfg),
+            || Breaker::new(spec.cluster, cfg, spec.metrics.clone()),
         )
     });
     let svc = ServiceBuilder::new()
@@ -55,25 +58,6 @@ pub fn build(
         .layer(ConnectTimeoutLayer::new(spec.timeout, spec.timeout_addr))
         .service(transport);
     (ConnectService::new(svc), breaker)
-}
-
-/// The connect stack's series (cold paths: retries and breaker changes, so labels are built per
-/// call).
-pub(crate) mod stats {
-    pub fn retried(cluster: &str) {
-        metrics::counter!("bindgate_upstream_retries_total", "cluster" => cluster.to_owned())
-            .increment(1);
-    }
-    pub fn retry_budget_exhausted(cluster: &str) {
-        metrics::counter!("bindgate_upstream_retry_budget_exhausted_total", "cluster" => cluster.to_owned()).increment(1);
-    }
-    pub fn breaker_state(cluster: &str, state: u8) {
-        metrics::gauge!("bindgate_circuit_breaker_state", "cluster" => cluster.to_owned())
-            .set(f64::from(state));
-    }
-    pub fn breaker_rejected(cluster: &str) {
-        metrics::counter!("bindgate_circuit_breaker_rejected_total", "cluster" => cluster.to_owned()).increment(1);
-    }
 }
 
 #[cfg(test)]

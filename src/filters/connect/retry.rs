@@ -17,6 +17,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::config::RetryConfig;
 use crate::retained::{Retained, StateKey};
+use crate::telemetry::ClusterMetrics;
 use crate::upstream::{ConnectRequest, UpstreamConn, UpstreamError};
 
 /// The window the budget remembers deposits for.
@@ -43,6 +44,7 @@ pub struct RetryPolicy {
     base_backoff: Duration,
     max_backoff: Duration,
     budget: Arc<TpsBudget>,
+    metrics: Arc<ClusterMetrics>,
     /// Attempts made so far by this connection.
     tried: u32,
     deposited: bool,
@@ -59,13 +61,19 @@ impl std::fmt::Debug for RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn new(cluster: &str, cfg: &RetryConfig, budget: Arc<TpsBudget>) -> Self {
+    pub fn new(
+        cluster: &str,
+        cfg: &RetryConfig,
+        budget: Arc<TpsBudget>,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Self {
         RetryPolicy {
             cluster: Arc::from(cluster),
             attempts: cfg.attempts.max(1),
             base_backoff: cfg.base_backoff.get(),
             max_backoff: cfg.max_backoff.get(),
             budget,
+            metrics,
             tried: 0,
             deposited: false,
         }
@@ -108,11 +116,11 @@ impl Policy<ConnectRequest, UpstreamConn, UpstreamError> for RetryPolicy {
             return None;
         }
         if !self.budget.withdraw() {
-            super::stats::retry_budget_exhausted(&self.cluster);
+            self.metrics.retry_budget_exhausted();
             tracing::debug!(cluster = %self.cluster, "retry budget exhausted, not retrying: {e}");
             return None;
         }
-        super::stats::retried(&self.cluster);
+        self.metrics.retry();
         let wait = self.backoff(self.tried);
         tracing::debug!(cluster = %self.cluster, retry = self.tried, ?wait, "upstream connect failed, retrying: {e}");
         Some(tokio::time::sleep(wait))
@@ -146,9 +154,13 @@ mod tests {
         }
     }
 
+    fn metrics() -> Arc<ClusterMetrics> {
+        Arc::new(ClusterMetrics::new("c"))
+    }
+
     fn policy(attempts: u32, budget: u32) -> RetryPolicy {
         let c = cfg(attempts, budget);
-        RetryPolicy::new("c", &c, budget_for("c", &c, &Retained::new()))
+        RetryPolicy::new("c", &c, budget_for("c", &c, &Retained::new()), metrics())
     }
 
     #[test]
@@ -193,14 +205,14 @@ mod tests {
         let c = cfg(100, 0);
         // With no traffic credit (0%), only the floor of 10 retries is there.
         let (transport, tried) = scripted(usize::MAX);
-        let p = RetryPolicy::new("c", &c, budget_for("c", &c, &store));
+        let p = RetryPolicy::new("c", &c, budget_for("c", &c, &store), metrics());
         let svc = RetryLayer::new(p).layer(transport);
         assert!(svc.oneshot(ConnectRequest).await.is_err());
         assert_eq!(count(&tried), 11, "1 try + the 10 retries of the floor");
         store.commit();
         // A rebuild with the same config gets the same (spent) budget: no retry at all.
         let (transport, tried) = scripted(usize::MAX);
-        let p = RetryPolicy::new("c", &c, budget_for("c", &c, &store));
+        let p = RetryPolicy::new("c", &c, budget_for("c", &c, &store), metrics());
         let svc = RetryLayer::new(p).layer(transport);
         assert!(svc.oneshot(ConnectRequest).await.is_err());
         assert_eq!(count(&tried), 1);
