@@ -129,7 +129,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             );
             continue;
         }
-        if let Some(built) = build_ingress(&mut c, &path, ing, registered) {
+        if let Some(built) = build_ingress(&mut c, &path, ing, registered, retained) {
             ingresses.insert(ing.name.as_str(), Arc::new(built));
         }
     }
@@ -586,6 +586,7 @@ fn build_ingress(
     path: &str,
     ing: &IngressConfig,
     registered: Option<&RegisteredIdentity>,
+    retained: &Retained,
 ) -> Option<Ingress> {
     let errors_before = c.errors.len();
     let uses_registration = ing.client_cert.is_none() && ing.client_key.is_none();
@@ -716,6 +717,10 @@ fn build_ingress(
             .with_early_data(ing.early_data),
             trust,
             settings,
+            retained.get_or_insert(
+                crate::retained::StateKey::new("ingress/transports", "", &()),
+                crate::upstream::Transports::default,
+            ),
         )),
         Err(e) => {
             c.err(

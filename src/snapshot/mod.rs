@@ -51,7 +51,7 @@ impl Snapshot {
         for cluster in self.clusters.values() {
             if let ClusterTarget::Binding(b) = &*cluster.target {
                 if done.insert(Arc::as_ptr(&b.ingress)) {
-                    b.ingress.transport.activate(&b.ingress.name);
+                    b.ingress.activate();
                 }
             }
         }

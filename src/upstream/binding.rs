@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::dial::IngressDialer;
-use super::transport::{Fingerprint, IngressTransport, TransportSettings, TransportSpec};
+use super::transport::{
+    Fingerprint, IngressTransport, TransportSettings, TransportSpec, Transports,
+};
 use super::{UpstreamError, UpstreamStream};
 use crate::bound_url::BoundUrl;
 use crate::wire::ConnRequest;
@@ -22,16 +24,23 @@ pub struct Ingress {
     /// Shared with earlier snapshots' ingresses of the same identity and settings (see
     /// `upstream::transport`), so a reload keeps warm connections.
     pub transport: IngressTransport,
+    /// The control plane's transports: activation retires the predecessor.
+    transports: Arc<Transports>,
 }
 
 impl Ingress {
     /// An ingress and its transport: the live one of an earlier build with the same identity
     /// and settings, or a new one (started only when a snapshot using it is published).
     /// `trust` fingerprints the roots the dialer's TLS config was built with.
-    pub fn new(dialer: IngressDialer, trust: Fingerprint, settings: TransportSettings) -> Ingress {
+    pub fn new(
+        dialer: IngressDialer,
+        trust: Fingerprint,
+        settings: TransportSettings,
+        transports: Arc<Transports>,
+    ) -> Ingress {
         let (name, address) = (dialer.name.to_string(), dialer.address.to_string());
         let connect_timeout = dialer.connect_timeout;
-        let transport = super::transport_for(TransportSpec {
+        let transport = transports.transport_for(TransportSpec {
             dialer,
             trust,
             settings,
@@ -41,7 +50,14 @@ impl Ingress {
             address,
             connect_timeout,
             transport,
+            transports,
         }
+    }
+
+    /// Makes this ingress's transport the one serving its name (starts it, retires the one it
+    /// replaces). Idempotent.
+    pub fn activate(&self) {
+        self.transports.activate(&self.transport, &self.name);
     }
 }
 
@@ -72,6 +88,11 @@ impl BindingTarget {
             port: i64::from(self.url.port),
             pod_identity: None,
         };
+        // Published snapshots activate their transports; a snapshot used before that (or
+        // never published) starts its transport on first use.
+        if !self.ingress.transport.is_activated() {
+            self.ingress.activate();
+        }
         self.ingress.transport.open(&self.url, &request).await
     }
 }

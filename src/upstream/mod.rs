@@ -3,7 +3,8 @@
 //!
 //! Clusters are built once per snapshot and shared by the connections accepted under it. An
 //! ingress's transport (`transport`: `dial` direct, `pool` warm, `multiplex` HTTP/2) is stateful
-//! and outlives snapshots: `transport::transport_for` hands a rebuilt ingress its predecessor's.
+//! and outlives snapshots: `transport::Transports` (held by the retained store) hands a rebuilt
+//! ingress its predecessor's.
 
 pub mod binding;
 pub mod dial;
@@ -28,7 +29,7 @@ pub use pool::{PoolSettings, PoolStats, WarmPool};
 pub use static_cluster::StaticEndpoints;
 pub use stream::{UpstreamConn, UpstreamStream};
 pub use transport::{
-    Fingerprint, IngressKey, IngressTransport, TransportSettings, TransportSpec, transport_for,
+    Fingerprint, IngressKey, IngressTransport, TransportSettings, TransportSpec, Transports,
 };
 
 use crate::wire::FrameError;

@@ -13,7 +13,7 @@ use super::*;
 use crate::identity::ClientIdentity;
 use crate::secret::Secret;
 use crate::upstream::IngressTransport;
-use crate::upstream::transport::{Fingerprint, TransportSettings, TransportSpec, transport_for};
+use crate::upstream::transport::{Fingerprint, TransportSettings, TransportSpec, Transports};
 use crate::wire::{self, ConnResponse};
 
 /// What the test ingress saw on accepted connection number `.0` (1-based, accept order).
@@ -446,6 +446,8 @@ async fn rebuilds_share_a_pool_and_an_identity_change_retires_it() {
     let ingress = TestIngress::start().await;
     let (cert, key) = ingress.client_cert("ac_one");
     // Two builds of the same ingress: separate configs, same identity → the same pool.
+    let transports = Transports::default();
+    let transport_for = |s| transports.transport_for(s);
     let a = transport_for(spec(&ingress, client_tls_with_cert(&ingress, &cert, &key)));
     let again = transport_for(spec(&ingress, client_tls_with_cert(&ingress, &cert, &key)));
     assert!(Arc::ptr_eq(pool_of(&a), pool_of(&again)));
@@ -457,11 +459,10 @@ async fn rebuilds_share_a_pool_and_an_identity_change_retires_it() {
     ));
     assert!(!Arc::ptr_eq(pool_of(&a), pool_of(&b)));
 
-    // A unique ingress name: the activation registry is process-wide.
     let name = "pool-test-identity-change";
-    a.activate(name);
+    transports.activate(&a, name);
     pool_of(&a).wait_until(|s| s.idle == 1).await;
-    b.activate(name);
+    transports.activate(&b, name);
     assert!(pool_of(&a).is_retired());
     assert!(!pool_of(&b).is_retired());
     pool_of(&a).wait_until(|s| s.idle == 0).await;

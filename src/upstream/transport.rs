@@ -3,22 +3,23 @@
 //! CONNECT stream.
 //!
 //! Transports are stateful (warm connections, HTTP/2 connections) while snapshots are rebuilt on
-//! every reload. So [`transport_for`] keeps a process-wide registry of `Weak` references keyed
-//! by [`IngressKey`]: the ingress's whole security identity (address, SNI, client certificate,
-//! trust) plus its transport settings. A rebuild with an unchanged ingress gets the same pool
-//! back; a changed identity gets a new one. Entries are weak, so a transport lives exactly as long
-//! as some snapshot (or a connection in flight) holds it, and building a snapshot that is then
-//! rejected keeps nothing alive.
+//! every reload. So [`Transports`], which the control plane's retained store holds and hands to
+//! every build, keeps a registry of `Weak` references keyed by [`IngressKey`]: the ingress's
+//! whole security identity (address, SNI, client certificate, trust) plus its transport
+//! settings. A rebuild with an unchanged ingress gets the same pool back; a changed identity gets
+//! a new one. Entries are weak, so a transport lives exactly as long as some snapshot (or a
+//! connection in flight) holds it, and building a snapshot that is then rejected keeps nothing
+//! alive.
 //!
 //! Nothing dials at build time (`validate` builds too): a transport starts when it is activated,
-//! which [`IngressTransport::activate`] does on publish and the first `open` does otherwise.
+//! which [`Transports::activate`] does on publish (and on the first connect otherwise).
 //! Activating a transport for an ingress name retires the one that served that name before (its
 //! idle connections close, it stops refilling), so a certificate change never leaves old-identity
 //! connections waiting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -56,18 +57,9 @@ impl IngressTransport {
         request: &ConnRequest,
     ) -> Result<UpstreamStream, UpstreamError> {
         match self {
-            IngressTransport::Direct(d) => {
-                self.activate_once(&d.activated, &d.dialer.name);
-                d.dialer.dial(endpoint, request).await
-            }
-            IngressTransport::Pool(p) => {
-                self.activate_once(p.activated(), &p.dialer().name);
-                p.open(endpoint, request).await
-            }
-            IngressTransport::Multiplex(m) => {
-                self.activate_once(m.activated(), &m.dialer().name);
-                m.open(endpoint, request).await
-            }
+            IngressTransport::Direct(d) => d.dialer.dial(endpoint, request).await,
+            IngressTransport::Pool(p) => p.open(endpoint, request).await,
+            IngressTransport::Multiplex(m) => m.open(endpoint, request).await,
         }
     }
 
@@ -101,48 +93,17 @@ impl IngressTransport {
         described
     }
 
-    /// Makes this the transport serving ingress `name`: starts its background work (warming)
-    /// and retires the transport that served `name` before, unless it is this one or still
-    /// serves another ingress name. Idempotent; called when a snapshot is published.
-    pub fn activate(&self, name: &str) {
-        let flag = match self {
+    fn activated(&self) -> &AtomicBool {
+        match self {
             IngressTransport::Direct(d) => &d.activated,
             IngressTransport::Pool(p) => p.activated(),
             IngressTransport::Multiplex(m) => m.activated(),
-        };
-        flag.store(true, Ordering::Relaxed);
-        match self {
-            IngressTransport::Direct(_) => {}
-            IngressTransport::Pool(p) => p.start(),
-            IngressTransport::Multiplex(m) => m.start(),
-        }
-        let mine = self.downgrade();
-        let name: Arc<str> = Arc::from(name);
-        let previous = ACTIVE.rcu(|active| {
-            let mut next = HashMap::clone(active);
-            next.retain(|_, t| t.is_alive());
-            next.insert(name.clone(), mine.clone());
-            next
-        });
-        let Some(before) = previous.get(&name) else {
-            return;
-        };
-        if before.same(&mine) {
-            return;
-        }
-        let still_serving = ACTIVE
-            .load()
-            .iter()
-            .any(|(other, t)| *other != name && t.same(before));
-        if !still_serving {
-            before.retire();
         }
     }
 
-    fn activate_once(&self, flag: &AtomicBool, name: &str) {
-        if !flag.load(Ordering::Relaxed) {
-            self.activate(name);
-        }
+    /// Whether it was activated (started) already.
+    pub fn is_activated(&self) -> bool {
+        self.activated().load(Ordering::Relaxed)
     }
 
     fn downgrade(&self) -> WeakTransport {
@@ -206,13 +167,21 @@ impl WeakTransport {
     }
 }
 
-/// Transports by identity and settings (see the module docs).
-static REGISTRY: LazyLock<ArcSwap<HashMap<IngressKey, WeakTransport>>> =
-    LazyLock::new(|| ArcSwap::from_pointee(HashMap::new()));
+/// The transports of one control plane: by identity and settings, and which one serves each
+/// ingress name (see the module docs). Held in the retained store, handed to every build.
+#[derive(Default)]
+pub struct Transports {
+    registry: ArcSwap<HashMap<IngressKey, WeakTransport>>,
+    active: ArcSwap<HashMap<Arc<str>, WeakTransport>>,
+}
 
-/// The transport currently serving each ingress name.
-static ACTIVE: LazyLock<ArcSwap<HashMap<Arc<str>, WeakTransport>>> =
-    LazyLock::new(|| ArcSwap::from_pointee(HashMap::new()));
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transports")
+            .field("registered", &self.registry.load().len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Transport settings, validated (see `config::ingress` for their meaning).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -263,37 +232,79 @@ impl IngressKey {
     }
 }
 
-/// The transport for `spec`: the live one with the same [`IngressKey`] if there is one (a reload
-/// that did not change the ingress keeps its warm connections), else a new, not yet started one.
-pub fn transport_for(spec: TransportSpec) -> IngressTransport {
-    let key = IngressKey::of(&spec);
-    if let Some(existing) = REGISTRY.load().get(&key).and_then(WeakTransport::reusable) {
-        return existing;
+impl Transports {
+    /// The transport for `spec`: the live one with the same [`IngressKey`] if there is one (a
+    /// reload that did not change the ingress keeps its warm connections), else a new, not yet
+    /// started one.
+    pub fn transport_for(&self, spec: TransportSpec) -> IngressTransport {
+        let key = IngressKey::of(&spec);
+        if let Some(existing) = self
+            .registry
+            .load()
+            .get(&key)
+            .and_then(WeakTransport::reusable)
+        {
+            return existing;
+        }
+        let fresh = match spec.settings {
+            TransportSettings::Direct => IngressTransport::Direct(Arc::new(DirectTransport {
+                dialer: spec.dialer,
+                activated: AtomicBool::new(false),
+            })),
+            TransportSettings::Pool(pool) => {
+                IngressTransport::Pool(Arc::new(WarmPool::new(spec.dialer, pool)))
+            }
+            TransportSettings::Multiplex(mux, pool) => {
+                IngressTransport::Multiplex(Arc::new(Multiplexer::new(spec.dialer, mux, pool)))
+            }
+        };
+        // Two builds racing for the same key must end up sharing one transport.
+        let mut winner = None;
+        self.registry.rcu(|map| {
+            winner = map.get(&key).and_then(WeakTransport::reusable);
+            let mut next = HashMap::clone(map);
+            next.retain(|_, t| t.is_alive());
+            if winner.is_none() {
+                next.insert(key.clone(), fresh.downgrade());
+            }
+            next
+        });
+        winner.unwrap_or(fresh)
     }
-    let fresh = match spec.settings {
-        TransportSettings::Direct => IngressTransport::Direct(Arc::new(DirectTransport {
-            dialer: spec.dialer,
-            activated: AtomicBool::new(false),
-        })),
-        TransportSettings::Pool(pool) => {
-            IngressTransport::Pool(Arc::new(WarmPool::new(spec.dialer, pool)))
+
+    /// Makes `transport` the one serving ingress `name`: starts its background work (warming)
+    /// and retires the transport that served `name` before, unless it is this one or still
+    /// serves another ingress name. Idempotent; called when a snapshot is published.
+    pub fn activate(&self, transport: &IngressTransport, name: &str) {
+        transport.activated().store(true, Ordering::Relaxed);
+        match transport {
+            IngressTransport::Direct(_) => {}
+            IngressTransport::Pool(p) => p.start(),
+            IngressTransport::Multiplex(m) => m.start(),
         }
-        TransportSettings::Multiplex(mux, pool) => {
-            IngressTransport::Multiplex(Arc::new(Multiplexer::new(spec.dialer, mux, pool)))
+        let mine = transport.downgrade();
+        let name: Arc<str> = Arc::from(name);
+        let previous = self.active.rcu(|active| {
+            let mut next = HashMap::clone(active);
+            next.retain(|_, t| t.is_alive());
+            next.insert(name.clone(), mine.clone());
+            next
+        });
+        let Some(before) = previous.get(&name) else {
+            return;
+        };
+        if before.same(&mine) {
+            return;
         }
-    };
-    // Two builds racing for the same key must end up sharing one transport.
-    let mut winner = None;
-    REGISTRY.rcu(|map| {
-        winner = map.get(&key).and_then(WeakTransport::reusable);
-        let mut next = HashMap::clone(map);
-        next.retain(|_, t| t.is_alive());
-        if winner.is_none() {
-            next.insert(key.clone(), fresh.downgrade());
+        let still_serving = self
+            .active
+            .load()
+            .iter()
+            .any(|(other, t)| *other != name && t.same(before));
+        if !still_serving {
+            before.retire();
         }
-        next
-    });
-    winner.unwrap_or(fresh)
+    }
 }
 
 /// A SHA-256 digest identifying certificates or trust roots without keeping them.
@@ -359,7 +370,7 @@ fn sha256() -> &'static dyn rustls::crypto::hash::Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Snapshot, build};
+    use crate::snapshot::Snapshot;
     use crate::upstream::ClusterTarget;
 
     /// A CA and two client certificates in `dir`: ca.pem, a.crt/a.key, b.crt/b.key.
@@ -381,7 +392,12 @@ mod tests {
         }
     }
 
-    fn snapshot(dir: &std::path::Path, cert: &str, transport: &str) -> Snapshot {
+    fn snapshot(
+        dir: &std::path::Path,
+        cert: &str,
+        transport: &str,
+        retained: &crate::retained::Retained,
+    ) -> Snapshot {
         let text = format!(
             "\
 version: 1
@@ -407,7 +423,14 @@ static_resources:
 "
         );
         let loaded = crate::config::parse(&text, "test", dir.to_owned(), |_| None).unwrap();
-        build(&loaded, 1).unwrap()
+        crate::snapshot::build_with(crate::snapshot::BuildInput {
+            loaded: &loaded,
+            discovered: &[],
+            retained,
+            registered: None,
+            version: 1,
+        })
+        .unwrap()
     }
 
     fn transport(s: &Snapshot) -> IngressTransport {
@@ -425,21 +448,22 @@ static_resources:
     fn a_rebuild_keeps_the_transport_unless_identity_or_settings_change() {
         let dir = tempfile::tempdir().unwrap();
         write_certs(dir.path());
-        let first = snapshot(dir.path(), "a", "pool");
-        let reloaded = snapshot(dir.path(), "a", "pool");
+        let retained = crate::retained::Retained::new();
+        let first = snapshot(dir.path(), "a", "pool", &retained);
+        let reloaded = snapshot(dir.path(), "a", "pool", &retained);
         assert!(same(&transport(&first), &transport(&reloaded)));
         assert_eq!(transport(&first).kind(), "pool");
 
-        let other_cert = snapshot(dir.path(), "b", "pool");
+        let other_cert = snapshot(dir.path(), "b", "pool", &retained);
         assert!(!same(&transport(&first), &transport(&other_cert)));
-        let other_transport = snapshot(dir.path(), "a", "multiplex");
+        let other_transport = snapshot(dir.path(), "a", "multiplex", &retained);
         assert!(!same(&transport(&first), &transport(&other_transport)));
 
         // Weak entries: once no snapshot holds it, the next build gets a fresh one.
         let weak = transport(&first).downgrade();
         drop((first, reloaded));
         assert!(!weak.is_alive());
-        let rebuilt = snapshot(dir.path(), "a", "pool");
+        let rebuilt = snapshot(dir.path(), "a", "pool", &retained);
         assert!(!weak.same(&transport(&rebuilt).downgrade()));
     }
 }
