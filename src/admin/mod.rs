@@ -19,9 +19,22 @@ use tokio::net::TcpListener;
 
 pub mod metrics;
 
-use crate::control::StatusView;
 use crate::listener::{ListenerState, StatusBoard};
 use crate::snapshot::Snapshot;
+
+/// What the admin API shows about the control loop (the control plane writes it; defined here so
+/// the admin server depends on nothing of the control path).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ControlStatus {
+    pub version: u64,
+    pub applied_updates: u64,
+    pub rejected_updates: u64,
+    /// Why the most recent rejected update was refused (every error, one per line).
+    pub last_rejection: Option<String>,
+    pub discovered_endpoints: usize,
+}
+
+pub type StatusView = Arc<ArcSwap<ControlStatus>>;
 
 /// What the admin server reads.
 #[derive(Clone)]

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -21,18 +20,7 @@ use crate::retained::Retained;
 use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
 use crate::telemetry;
 
-/// What the admin API shows about the control loop.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ControlStatus {
-    pub version: u64,
-    pub applied_updates: u64,
-    pub rejected_updates: u64,
-    /// Why the most recent rejected update was refused (every error, one per line).
-    pub last_rejection: Option<String>,
-    pub discovered_endpoints: usize,
-}
-
-pub type StatusView = Arc<ArcSwap<ControlStatus>>;
+pub use crate::admin::{ControlStatus, StatusView};
 
 pub struct ControlPlane {
     gateway: Gateway,
