@@ -419,14 +419,19 @@ admin: {{ address: 127.0.0.1:0 }}
     }
 
     // Labelled by listener and cluster: exact counts and bytes of the traffic above.
-    for (listener, accepted, bytes) in [("echo", 3.0, 18.0), ("bound", 1.0, 7.0), ("dead", 1.0, 0.0)] {
+    for (listener, accepted, bytes) in
+        [("echo", 3.0, 18.0), ("bound", 1.0, 7.0), ("dead", 1.0, 0.0)]
+    {
         let l = [("listener", listener)];
         assert_eq!(
             value(&scrape, "bindgate_listener_connections_accepted_total", &l),
             accepted,
             "{listener}"
         );
-        assert_eq!(value(&scrape, "bindgate_listener_connections_active", &l), 0.0);
+        assert_eq!(
+            value(&scrape, "bindgate_listener_connections_active", &l),
+            0.0
+        );
         assert_eq!(
             value(&scrape, "bindgate_listener_received_bytes_total", &l),
             bytes,
@@ -439,15 +444,27 @@ admin: {{ address: 127.0.0.1:0 }}
         );
     }
     assert_eq!(
-        value(&scrape, "bindgate_cluster_connect_failures_total", &[("cluster", "dead")]),
+        value(
+            &scrape,
+            "bindgate_cluster_connect_failures_total",
+            &[("cluster", "dead")]
+        ),
         1.0
     );
     assert_eq!(
-        value(&scrape, "bindgate_upstream_connect_duration_seconds_count", &[("cluster", "echo")]),
+        value(
+            &scrape,
+            "bindgate_upstream_connect_duration_seconds_count",
+            &[("cluster", "echo")]
+        ),
         3.0
     );
     assert_eq!(
-        value(&scrape, "bindgate_upstream_connect_duration_seconds_count", &[("cluster", "bound")]),
+        value(
+            &scrape,
+            "bindgate_upstream_connect_duration_seconds_count",
+            &[("cluster", "bound")]
+        ),
         1.0
     );
     assert!(value(&scrape, "process_start_time_seconds", &[]) > 1.5e9);

@@ -267,6 +267,9 @@ async fn forward(
     let cluster = &upstream.cluster;
     let body = req.body().state();
     prepare_request(&mut req);
+    // An idempotent request without a body can be sent again even after it reached the
+    // upstream (a connection that broke before its answer).
+    let mut resend = replayable_head(&req);
     let mut fresh = false;
     let mut stale = 0;
     loop {
@@ -280,12 +283,19 @@ async fn forward(
                 let pool = upstream.pool.clone();
                 return upstream_response(resp, Some((sender, pool)), idle_timeout);
             }
-            Err(mut e) => match e.take_message() {
-                Some(back) if checkout.reused && stale < STALE_RETRIES => {
+            Err(mut e) => match (e.take_message(), resend.take()) {
+                (Some(back), kept) if checkout.reused && stale < STALE_RETRIES => {
                     tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, "pooled connection was closed by the upstream; sending on another");
                     req = back;
+                    resend = kept;
                     stale += 1;
                     fresh = stale == STALE_RETRIES;
+                }
+                (None, Some(head)) => {
+                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, "idempotent request failed before its answer, sending it once more: {}", chain(&e.into_error()));
+                    cluster.metrics.retry();
+                    req = Request::from_parts(head, RequestBody::empty());
+                    fresh = true;
                 }
                 _ if body.too_large.load(std::sync::atomic::Ordering::Relaxed) => {
                     return answer(
@@ -298,6 +308,25 @@ async fn forward(
             },
         }
     }
+}
+
+/// The head of a request that may be sent again: an idempotent method (RFC 9110 §9.2.2) and no
+/// body. Extensions are not carried (bindgate's own, for this hop only).
+fn replayable_head(req: &Request<RequestBody>) -> Option<http::request::Parts> {
+    use hyper::body::Body as _;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    Some(head.into_parts().0)
 }
 
 async fn forward_upgrade(
