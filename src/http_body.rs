@@ -40,6 +40,11 @@ pub struct BodyState {
     pub received: AtomicU64,
     /// Set when the body went over its limit.
     pub too_large: AtomicBool,
+    /// Set when the client sent a body that could not be read (a bad chunk size, a connection
+    /// closed mid-body): the client's fault, not the upstream's.
+    pub client_error: AtomicBool,
+    /// Set when the client stopped sending its body for longer than the idle timeout.
+    pub stalled: AtomicBool,
 }
 
 /// An idle timer: armed on each wait for bytes, reset when bytes arrive.
@@ -178,6 +183,7 @@ impl Body for RequestBody {
                     .as_mut()
                     .and_then(|idle| idle.poll_expired(cx).is_ready().then_some(idle.after));
                 if let Some(after) = expired {
+                    this.state.stalled.store(true, Ordering::Relaxed);
                     this.signal();
                     return Poll::Ready(Some(Err(BodyError::Idle(after).into())));
                 }
@@ -205,6 +211,9 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             other => {
+                if matches!(other, Poll::Ready(Some(Err(_)))) {
+                    this.state.client_error.store(true, Ordering::Relaxed);
+                }
                 this.signal();
                 other
             }

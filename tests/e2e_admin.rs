@@ -9,9 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    get_as(admin, path, "localhost").await
+}
+
+async fn get_as(admin: SocketAddr, path: &str, host: &str) -> (u16, String) {
     let mut s = TcpStream::connect(admin).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -150,6 +154,13 @@ static_resources:
         (200, "ready\n".to_owned())
     );
     assert_eq!(get(proxy.admin(), "/nope").await.0, 404);
+
+    // DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends its own Host.
+    let admin = proxy.admin();
+    assert_eq!(get_as(admin, "/config_dump", "evil.example").await.0, 403);
+    assert_eq!(get_as(admin, "/ready", "evil.example:9901").await.0, 403);
+    assert_eq!(get_as(admin, "/ready", &admin.to_string()).await.0, 200);
+    assert_eq!(get_as(admin, "/ready", "localhost:9901").await.0, 200);
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn admin_get(admin: SocketAddr, path: &str) -> serde_json::Value {
 async fn admin_text(admin: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(admin).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();

@@ -45,6 +45,35 @@ pub struct AdminState {
     pub applied: Arc<AtomicBool>,
     /// Versions, applied and rejected updates.
     pub control: StatusView,
+    /// Answer requests for any `Host` (`allow_non_loopback`); otherwise only loopback names and
+    /// addresses, so a web page cannot read the admin API through DNS rebinding.
+    pub any_host: bool,
+}
+
+/// Whether a request's `Host` names this machine's loopback: `localhost`, `*.localhost`, a
+/// loopback IP, with or without a port. A request without `Host` (HTTP/1.0) is from a local
+/// tool, not a browser, and is accepted.
+fn loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl AdminState {
@@ -147,6 +176,20 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{0}"));
+    if !state.any_host && !loopback_host(host) {
+        tracing::debug!(
+            host = host.unwrap_or(""),
+            "admin request for a non-loopback host refused"
+        );
+        return text(
+            StatusCode::FORBIDDEN,
+            "bindgate admin: only loopback host names are served (set `admin.allow_non_loopback: true` to serve others)\n",
+        );
+    }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => match state.readiness() {
@@ -205,5 +248,38 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "bindgate admin\n  /live\n  /ready\n  /listeners\n  /clusters\n  /endpoints\n  /config_dump\n  /metrics\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        for ok in [
+            None,
+            Some("localhost"),
+            Some("localhost:9901"),
+            Some("LOCALHOST."),
+            Some("app.localhost:1"),
+            Some("127.0.0.1:9901"),
+            Some("127.9.9.9"),
+            Some("[::1]:9901"),
+            Some("::1"),
+        ] {
+            assert!(loopback_host(ok), "{ok:?}");
+        }
+        for bad in [
+            Some("evil.example"),
+            Some("evil.example:9901"),
+            Some("localhost.evil.example"),
+            Some("10.0.0.1:9901"),
+            Some("[2001:db8::1]:9901"),
+            Some(""),
+            Some("\u{0}"),
+        ] {
+            assert!(!loopback_host(bad), "{bad:?}");
+        }
     }
 }

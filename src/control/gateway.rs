@@ -33,6 +33,11 @@ impl Gateway {
     /// Starts the admin server (if configured) and binds the first snapshot's listeners.
     pub async fn start(first: Snapshot, control: StatusView) -> Result<Gateway, StartError> {
         let admin_address = first.admin;
+        let any_host = first
+            .config
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.allow_non_loopback);
         let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let listeners = ListenerManager::new(snapshot.clone());
         let applied = Arc::new(AtomicBool::new(false));
@@ -43,6 +48,7 @@ impl Gateway {
                     listeners: listeners.board(),
                     applied: applied.clone(),
                     control,
+                    any_host,
                 };
                 Some(
                     admin::start(address, state)

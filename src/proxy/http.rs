@@ -147,6 +147,14 @@ async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBo
             format!("bindgate: listener `{name}` does not serve CONNECT\n"),
         );
     }
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+        // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host.
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "bindgate: an HTTP/1.1 request needs a Host header\n",
+        );
+    }
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
         return answer(
             StatusCode::BAD_REQUEST,
@@ -296,6 +304,22 @@ async fn forward(
                     cluster.metrics.retry();
                     req = Request::from_parts(head, RequestBody::empty());
                     fresh = true;
+                }
+                _ if body.stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, peer = %ctx.peer, "the client's request body stalled, answering 408");
+                    return answer(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        "bindgate: the request body stopped arriving\n",
+                    );
+                }
+                _ if body.client_error.load(std::sync::atomic::Ordering::Relaxed) => {
+                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, peer = %ctx.peer, "the client's request body could not be read, answering 400: {}", chain(&e.into_error()));
+                    return answer(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "bindgate: the request body could not be read\n",
+                    );
                 }
                 _ if body.too_large.load(std::sync::atomic::Ordering::Relaxed) => {
                     return answer(
