@@ -94,7 +94,7 @@ reached over mTLS through the sandbox binding ingress at {ingress} (CA in {dir_s
 
 Try:
   curl http://{web}/                      # {WEB} through the binding upgrade
-  echo hello | nc -q 2 {echo_host} {echo_port}          # {ECHO} echoes back
+  bash -c 'exec 3<>/dev/tcp/{echo_host}/{echo_port}; echo hello >&3; head -1 <&3'   # {ECHO} echoes back
   curl -s http://{admin}/endpoints        # the admin API (also /ready, /listeners, /config_dump, /metrics)
 
 Press Ctrl-C to stop.",
