@@ -47,6 +47,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First of all: a SIGHUP during start-up must not kill the process.
+    let hangup = cli::early_hangup();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
             cli::schema::run();
             ExitCode::SUCCESS
         }
-        Command::Run(args) => block_on(threads, cli::run::run(args)),
+        Command::Run(args) => block_on(threads, cli::run::run(args, hangup)),
         Command::Demo(args) => block_on(threads, cli::demo::run(args)),
         Command::Sandbox(args) => block_on(threads, async {
             cli::sandbox::run(args).await?;

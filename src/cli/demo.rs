@@ -117,9 +117,10 @@ Press Ctrl-C to stop.",
         }
         std::future::pending::<()>().await
     };
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let outcome = tokio::select! {
         _ = signals.recv() => Ok(()),
-        r = plane.run() => r,
+        r = plane.run(hangup, Default::default()) => r,
         _ = announce => Ok(()),
     };
     tracing::info!("stopping the demo");

@@ -10,6 +10,17 @@ pub mod validate;
 
 /// SIGINT/SIGTERM handlers, installed when this is created: create it before announcing
 /// readiness, so a signal sent right after the announcement is never missed.
+/// Makes SIGHUP harmless from the first instant: the default action (terminate) would kill a
+/// process that a config-reloader signals while it starts. Returns a flag that records a SIGHUP
+/// seen before the control loop takes over, so that reload is not lost.
+pub fn early_hangup() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, seen.clone()) {
+        eprintln!("bindgate: cannot handle SIGHUP early: {e}");
+    }
+    seen
+}
+
 pub struct ShutdownSignal {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,

@@ -24,8 +24,14 @@ pub fn announce(gw: &Gateway) {
     println!("{line}");
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// `early_hangup`: set when a SIGHUP arrived before the control loop runs; it reloads once the
+/// first config is applied.
+pub async fn run(
+    args: RunArgs,
+    early_hangup: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<ExitCode> {
     let mut signals = super::ShutdownSignal::install()?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Validate fully (same path as `validate`) before registering or binding anything.
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;
@@ -52,7 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     announce(plane.gateway());
     let outcome = tokio::select! {
         _ = signals.recv() => Ok(()),
-        r = plane.run() => r,
+        r = plane.run(hangup, early_hangup) => r,
     };
     let drain = plane.gateway().current().max_drain_timeout();
     if let Err(e) = &outcome {

@@ -189,9 +189,17 @@ impl ControlPlane {
 
     /// Runs until a fatal error (e.g. the API key was rejected). Cancel-safe: the caller selects
     /// it against a shutdown signal.
-    pub async fn run(&mut self) -> Result<(), ControlError> {
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| ControlError::Fatal(format!("installing the SIGHUP handler: {e}")))?;
+    /// `hangup`: SIGHUP, installed by the caller before start-up work; `early`: set when one came
+    /// before that, so it is applied now that the first config is in force.
+    pub async fn run(
+        &mut self,
+        mut hangup: tokio::signal::unix::Signal,
+        early: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), ControlError> {
+        if early.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            tracing::info!("SIGHUP during start-up: reloading the configuration");
+            self.reload(true).await;
+        }
         // Listeners that failed to bind (port in use, ...) are retried until they bind.
         let mut retry_binds = tokio::time::interval(Duration::from_secs(5));
         retry_binds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,0 +1,63 @@
+//! Signals at start-up: a config reloader that sends SIGHUP while bindgate starts must not kill
+//! it; the reload it asked for happens once the first config is in force.
+
+mod common;
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test]
+async fn sighup_during_start_up_neither_kills_nor_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write(
+        dir.path(),
+        "bindgate.yaml",
+        "version: 1
+admin: { address: 127.0.0.1:0 }
+static_resources:
+  listeners:
+    - { name: a, address: 127.0.0.1:0, routes: [ { cluster: c } ] }
+  clusters:
+    - { name: c, type: static, endpoints: [ 127.0.0.1:9 ] }
+",
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["run", "-c", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    // SIGHUP from the first instant on, through the whole start-up.
+    for _ in 0..20 {
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status();
+    }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(common::GUARD, stdout.next_line())
+        .await
+        .expect("no start-up line")
+        .unwrap();
+    let Some(line) = line else {
+        let status = child.wait().await.unwrap();
+        panic!("bindgate exited during start-up: {status}");
+    };
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["ready"], true, "{event}");
+    let admin: std::net::SocketAddr = event["admin"].as_str().unwrap().parse().unwrap();
+    // The SIGHUPs that came before the control loop ran are applied as one forced reload.
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    loop {
+        let dump = common::admin_json(admin, "/config_dump").await;
+        if dump["control"]["applied_updates"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no reload: {dump}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+}
