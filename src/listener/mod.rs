@@ -139,11 +139,22 @@ impl ListenerManager {
                     let _ = task.await;
                 }
                 let draining = self.draining.clone();
+                let board = self.board.clone();
                 self.drains.spawn(async move {
                     r.drain(name.clone(), drain).await;
+                    // Gone from the views once closed (the board is otherwise only rebuilt on
+                    // the next reconcile).
+                    let closed =
+                        |s: &ListenerStatus| s.name == name && s.state == ListenerState::Draining;
                     draining.rcu(|list| {
                         list.iter()
-                            .filter(|s| s.name != name)
+                            .filter(|s| !closed(s))
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    });
+                    board.rcu(|list| {
+                        list.iter()
+                            .filter(|s| !closed(s))
                             .cloned()
                             .collect::<Vec<_>>()
                     });
