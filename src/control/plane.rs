@@ -242,12 +242,27 @@ impl ControlPlane {
             tracing::info!("the configuration is embedded; nothing to reload");
             return;
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                if force {
-                    self.reject(format!("{}: cannot read the file: {e}", path.display()));
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(e) => {
+                    // Refused like any bad file (once per content), not dropped silently.
+                    let at = e.utf8_error().valid_up_to();
+                    let seen = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    if seen != self.last_text || force {
+                        self.last_text = seen;
+                        self.reject(format!(
+                            "{}: not valid UTF-8 (at byte {at}); a config file is UTF-8 text",
+                            path.display()
+                        ));
+                    }
+                    return;
                 }
+            },
+            // A watch event while the file is being replaced: the next event reads it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !force => return,
+            Err(e) => {
+                self.reject(format!("{}: cannot read the file: {e}", path.display()));
                 return;
             }
         };

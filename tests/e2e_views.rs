@@ -1,4 +1,4 @@
-//! A removed listener is gone from `/listeners` (and `bindgate status`) once it has closed; it
+//! Views and reloads tell the truth. A removed listener is gone from `/listeners` (and `bindgate status`) once it has closed; it
 //! used to stay `draining` there until the next reload.
 
 mod common;
@@ -54,4 +54,32 @@ async fn a_removed_listener_leaves_the_views_once_closed() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_utf8_is_refused_visibly_and_the_config_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bindgate.yaml", &config(""));
+    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let mut bad = config("").into_bytes();
+    bad.extend_from_slice(b"# caf\xe9\n");
+    let tmp = dir.path().join(".next.yaml");
+    std::fs::write(&tmp, &bad).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    let dump = loop {
+        let dump = admin_json(admin, "/config_dump").await;
+        if dump["control"]["rejected_updates"] == 1 {
+            break dump;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not refused: {dump}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let why = dump["control"]["last_rejection"].as_str().unwrap();
+    assert!(why.contains("not valid UTF-8"), "{why}");
+    assert_eq!(dump["version_info"], "1", "the running config stays");
 }
