@@ -78,6 +78,10 @@ pub struct ClientAddr(pub SocketAddr);
 
 /// Declares a registry: a config enum whose variants are the filters (each entry a one-key map
 /// in YAML: the filter's name, then its config) and how each builds its layer.
+///
+/// Deserialized by hand as that one-key map: serde_yaml_ng reads a derived enum only from a YAML
+/// tag (`!connection_limit`), never from a map. Reading the config as a map value also puts the
+/// filter's name in error paths (`filters[0].connection_limit.max_connections`).
 macro_rules! registry {
     (
         $(#[$meta:meta])*
@@ -86,11 +90,44 @@ macro_rules! registry {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+        #[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
         #[serde(deny_unknown_fields)]
         #[allow(non_camel_case_types)]
         pub enum $Enum {
             $( $(#[$vmeta])* $name($ty), )*
+        }
+
+        impl<'de> serde::Deserialize<'de> for $Enum {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                const NAMES: &[&str] = &[$( stringify!($name), )*];
+                struct OneKeyMap;
+                impl<'de> serde::de::Visitor<'de> for OneKeyMap {
+                    type Value = $Enum;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a one-key map: the filter's name, then its config")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<$Enum, A::Error> {
+                        use serde::de::Error;
+                        let Some(name) = map.next_key::<String>()? else {
+                            return Err(A::Error::invalid_length(0, &self));
+                        };
+                        let filter = match name.as_str() {
+                            $( stringify!($name) => $Enum::$name(map.next_value()?), )*
+                            other => return Err(A::Error::unknown_variant(other, NAMES)),
+                        };
+                        if let Some(next) = map.next_key::<String>()? {
+                            return Err(A::Error::custom(format!(
+                                "`{name}` and `{next}` are in one entry; write each filter as its own list item"
+                            )));
+                        }
+                        Ok(filter)
+                    }
+                }
+                d.deserialize_map(OneKeyMap)
+            }
         }
 
         impl $Enum {
