@@ -162,6 +162,93 @@ fn all_errors_are_reported_not_only_the_first() {
 }
 
 #[test]
+fn filters_are_checked_by_name_and_field() {
+    // `filters:` is on line 8, its first entry on line 9.
+    let with_filter = |entry: &str| {
+        GOOD.replace(
+            "        - cluster: c\n",
+            &format!("        - cluster: c\n      filters:\n        - {entry}\n"),
+        )
+    };
+    let at = "static_resources.listeners[0].filters[0]";
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        (
+            "unknown filter",
+            with_filter("rate_limiter: {}"),
+            vec![
+                "line 9".into(),
+                format!("`{at}`"),
+                "unknown variant `rate_limiter`".into(),
+                "`connection_limit`".into(),
+                "`source_ip`".into(),
+            ],
+        ),
+        (
+            "misspelt field",
+            with_filter("connection_limit: { max_conections: 5 }"),
+            vec![
+                "line 9".into(),
+                format!("`{at}.connection_limit.max_conections`"),
+                "unknown field `max_conections`, expected `max_connections`".into(),
+            ],
+        ),
+        (
+            "zero limit",
+            with_filter("connection_limit: { max_connections: 0 }"),
+            vec![
+                "line 9".into(),
+                format!("`{at}.connection_limit.max_connections`: must be at least 1"),
+            ],
+        ),
+        (
+            "two filters in one entry",
+            with_filter("{ connection_limit: { max_connections: 5 }, source_ip: { deny: [ 10.0.0.0/8 ] } }"),
+            vec![
+                "line 9".into(),
+                format!("`{at}`"),
+                "`connection_limit` and `source_ip` are in one entry".into(),
+            ],
+        ),
+        (
+            "bad network on a later line",
+            GOOD.replace(
+                "        - cluster: c\n",
+                "        - cluster: c\n      filters:\n        - connection_limit: { max_connections: 5 }\n        - source_ip:\n            allow: [ 127.0.0.0/8 ]\n            deny: [ 10.0.0.1/8 ]\n",
+            ),
+            vec![
+                "line 12".into(),
+                "`static_resources.listeners[0].filters[1].source_ip.deny[0]`".into(),
+                "host bits set".into(),
+            ],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, wants) in &cases {
+        let path = write(dir.path(), "bad.yaml", text);
+        let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+        assert_eq!(code, 1, "{name}: expected failure, got: {out}");
+        assert!(out.contains("1 error\n"), "{name}: one error only:\n{out}");
+        for want in wants {
+            assert!(
+                out.contains(want.as_str()),
+                "{name}: output lacks {want:?}:\n{out}"
+            );
+        }
+    }
+
+    // Both YAML styles of an entry are read, for network and http filters alike.
+    let good = GOOD
+        .replace("      routes:\n", "      protocol: http\n      routes:\n")
+        .replace(
+            "        - cluster: c\n",
+            "        - cluster: c\n          filters:\n            - header_mutation:\n                request: { set: { x-gateway: gw-1 } }\n            - { max_request_body: { bytes: 10 } }\n      filters:\n        - connection_limit:\n            max_connections: 5\n        - { source_ip: { allow: [ 127.0.0.0/8 ] } }\n",
+        );
+    let path = write(dir.path(), "good.yaml", &good);
+    let (code, out, err) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{good}\n{err}");
+}
+
+#[test]
 fn missing_tls_files_are_named() {
     let text = "\
 version: 1
