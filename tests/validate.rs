@@ -206,7 +206,7 @@ fn filters_are_checked_by_name_and_field() {
             vec![
                 "line 9".into(),
                 format!("`{at}`"),
-                "`connection_limit` and `source_ip` are in one entry".into(),
+                "one filter per list entry: `source_ip` follows `connection_limit`".into(),
             ],
         ),
         (
