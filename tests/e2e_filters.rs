@@ -269,7 +269,11 @@ async fn wait_for_version(admin: SocketAddr, version: u64) {
     let deadline = Instant::now() + GUARD;
     loop {
         let dump = admin_json(admin, "/config_dump").await;
-        if dump["version_info"] == version.to_string() {
+        if dump["version_info"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(version)
+        {
             return;
         }
         assert!(
