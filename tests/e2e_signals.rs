@@ -1,5 +1,6 @@
 //! Signals at start-up: a config reloader that sends SIGHUP while bindgate starts must not kill
-//! it; the reload it asked for happens once the first config is in force.
+//! it; the reload it asked for happens once the first config is in force. (Before `main` runs no
+//! process can catch a signal; bindgate catches SIGHUP from the first line of `main`.)
 
 mod common;
 
@@ -31,7 +32,17 @@ static_resources:
         .spawn()
         .unwrap();
     let pid = child.id().unwrap().to_string();
-    // SIGHUP from the first instant on, through the whole start-up.
+    // Until `main` runs, no process can catch a signal (its default action applies). Start once
+    // bindgate catches SIGTERM (installed early in `run`, before the start-up work), and keep
+    // signalling through the rest of the start-up.
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    while caught(&pid) & (1 << (15 - 1)) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGTERM never caught"
+        );
+        tokio::task::yield_now().await;
+    }
     for _ in 0..20 {
         let _ = std::process::Command::new("kill")
             .args(["-HUP", &pid])
@@ -60,4 +71,17 @@ static_resources:
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(child.try_wait().unwrap().is_none(), "still running");
+}
+
+/// The signals a process catches (`SigCgt` in `/proc/PID/status`, bit N-1 for signal N); 0 when
+/// it is not readable yet.
+fn caught(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
 }

@@ -266,7 +266,7 @@ mod tests {
             Some("127.0.0.1:9901"),
             Some("127.9.9.9"),
             Some("[::1]:9901"),
-            Some("::1"),
+            Some("[::1]"),
         ] {
             assert!(loopback_host(ok), "{ok:?}");
         }
