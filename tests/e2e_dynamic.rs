@@ -115,6 +115,9 @@ async fn endpoints_added_and_removed_at_run_time() {
     let echo = endpoint_address(admin, ECHO).await.unwrap();
     let mut stream = common::EchoStream::open(echo, 64 * 1024).await;
     stream.send(16).await;
+    // Established through the ingress before the endpoint goes (else the removal may win the
+    // race with the upstream connect, and the connection rightly fails).
+    stream.echoed_all().await;
     let (code, _) = sb
         .control(Method::DELETE, &format!("endpoints?url={ECHO}"), None)
         .await;

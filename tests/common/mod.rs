@@ -422,6 +422,8 @@ pub async fn endpoint_address(admin: SocketAddr, url: &str) -> Option<SocketAddr
 pub struct EchoStream {
     writer: tokio::net::tcp::OwnedWriteHalf,
     reader: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>,
+    /// Bytes echoed back so far.
+    echoed: tokio::sync::watch::Receiver<usize>,
     chunk: Vec<u8>,
     sent: usize,
 }
@@ -433,17 +435,36 @@ impl EchoStream {
             .await
             .unwrap()
             .into_split();
+        let (progress, echoed) = tokio::sync::watch::channel(0);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
-            r.read_to_end(&mut got).await.map(|_| got)
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                got.extend_from_slice(&buf[..n]);
+                progress.send_replace(got.len());
+            }
         });
         let chunk = (0..chunk_len).map(|i| (i % 251) as u8).collect();
         EchoStream {
             writer,
             reader,
+            echoed,
             chunk,
             sent: 0,
         }
+    }
+
+    /// Waits until everything sent so far has come back: the path is established end to end.
+    pub async fn echoed_all(&mut self) {
+        let want = self.sent * self.chunk.len();
+        tokio::time::timeout(GUARD, self.echoed.wait_for(|n| *n >= want))
+            .await
+            .expect("echo stalled")
+            .expect("stream ended");
     }
 
     /// Sends `n` more chunks.
