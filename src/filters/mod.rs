@@ -144,3 +144,53 @@ macro_rules! registry {
     };
 }
 pub(crate) use registry;
+
+/// Makes a filter's layer a tower `Layer` whose service calls the layer's
+/// `around(next, request)` with the rest of the stack: a filter writes only what it does around
+/// one call.
+macro_rules! around_layer {
+    ($Layer:ident => $Service:ident, $Req:ty, $Res:ty) => {
+        impl<S> tower::Layer<S> for $Layer {
+            type Service = $Service<S>;
+            fn layer(&self, inner: S) -> Self::Service {
+                $Service {
+                    inner,
+                    layer: self.clone(),
+                }
+            }
+        }
+
+        /// The layer's service: calls the layer around the rest of the stack.
+        #[derive(Clone)]
+        pub struct $Service<S> {
+            inner: S,
+            layer: $Layer,
+        }
+
+        impl<S> tower::Service<$Req> for $Service<S>
+        where
+            S: tower::Service<$Req, Response = $Res, Error = std::convert::Infallible>
+                + Clone
+                + Send
+                + 'static,
+            S::Future: Send,
+        {
+            type Response = $Res;
+            type Error = std::convert::Infallible;
+            type Future =
+                futures_util::future::BoxFuture<'static, Result<$Res, std::convert::Infallible>>;
+
+            fn poll_ready(
+                &mut self,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, req: $Req) -> Self::Future {
+                self.layer.around(self.inner.clone(), req)
+            }
+        }
+    };
+}
+pub(crate) use around_layer;

@@ -8,7 +8,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -46,39 +45,20 @@ pub struct HttpAccessLogLayer {
     pub writer: Arc<AccessLogWriter>,
 }
 
-impl<S> Layer<S> for HttpAccessLogLayer {
-    type Service = HttpAccessLogService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpAccessLogService {
-            inner,
-            writer: self.writer.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(HttpAccessLogLayer => HttpAccessLogService, Request<RequestBody>, Response<ProxyBody>);
 
-#[derive(Clone)]
-pub struct HttpAccessLogService<S> {
-    inner: S,
-    writer: Arc<AccessLogWriter>,
-}
-
-impl<S> Service<Request<RequestBody>> for HttpAccessLogService<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+impl HttpAccessLogLayer {
+    fn around<S>(
+        &self,
+        next: S,
+        req: Request<RequestBody>,
+    ) -> BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>
+    where
+        S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
         let start = Instant::now();
         let info = req.extensions().get::<RequestInfo>().cloned();
         let body = req.body().state();
@@ -96,7 +76,7 @@ where
             .unwrap_or_default();
         let path = req.uri().path().to_owned();
         let writer = self.writer.clone();
-        let call = self.inner.clone().oneshot(req);
+        let call = next.oneshot(req);
         Box::pin(async move {
             let Ok(mut resp) = call.await;
             let status = resp.status().as_u16();

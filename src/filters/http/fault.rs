@@ -3,7 +3,7 @@
 //! its own chance per request; a delayed request may also be aborted (after its delay).
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -96,47 +96,23 @@ pub struct FaultLayer {
     pub delay: Option<(Duration, f64)>,
 }
 
-impl<S> Layer<S> for FaultLayer {
-    type Service = FaultService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        FaultService {
-            inner,
-            fault: *self,
-        }
-    }
-}
+crate::filters::around_layer!(FaultLayer => FaultService, Request<RequestBody>, Response<ProxyBody>);
 
-#[derive(Clone)]
-pub struct FaultService<S> {
-    inner: S,
-    fault: FaultLayer,
-}
-
-/// Whether a request falls in `percent`: 0 never, 100 always.
-fn chance(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent)
-}
-
-impl<S> Service<Request<RequestBody>> for FaultService<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
-        let delay = self.fault.delay.filter(|(_, p)| chance(*p)).map(|(d, _)| d);
-        let abort = self.fault.abort.filter(|(_, p)| chance(*p)).map(|(s, _)| s);
-        let inner = self.inner.clone();
+impl FaultLayer {
+    fn around<S>(
+        &self,
+        next: S,
+        req: Request<RequestBody>,
+    ) -> BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>
+    where
+        S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let delay = self.delay.filter(|(_, p)| chance(*p)).map(|(d, _)| d);
+        let abort = self.abort.filter(|(_, p)| chance(*p)).map(|(s, _)| s);
+        let inner = next;
         Box::pin(async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
@@ -147,6 +123,11 @@ where
             inner.oneshot(req).await
         })
     }
+}
+
+/// Whether a request falls in `percent`: 0 never, 100 always.
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::rng().random_range(0.0..100.0) < percent)
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -154,42 +153,23 @@ pub struct HeaderMutationLayer {
     pub response: Arc<Ops>,
 }
 
-impl<S> Layer<S> for HeaderMutationLayer {
-    type Service = HeaderMutationService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HeaderMutationService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(HeaderMutationLayer => HeaderMutationService, Request<RequestBody>, Response<ProxyBody>);
 
-#[derive(Clone)]
-pub struct HeaderMutationService<S> {
-    inner: S,
-    layer: HeaderMutationLayer,
-}
-
-impl<S> Service<Request<RequestBody>> for HeaderMutationService<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
-        self.layer.request.apply(req.headers_mut());
-        let response = self.layer.response.clone();
-        let call = self.inner.clone().oneshot(req);
+impl HeaderMutationLayer {
+    fn around<S>(
+        &self,
+        next: S,
+        mut req: Request<RequestBody>,
+    ) -> BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>
+    where
+        S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        self.request.apply(req.headers_mut());
+        let response = self.response.clone();
+        let call = next.oneshot(req);
         Box::pin(async move {
             let Ok(mut resp) = call.await;
             response.apply(resp.headers_mut());

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -66,45 +65,26 @@ pub struct HttpRateLimitLayer {
     pub bucket: Arc<TokenBucket>,
 }
 
-impl<S> Layer<S> for HttpRateLimitLayer {
-    type Service = HttpRateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpRateLimitService {
-            inner,
-            bucket: self.bucket.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(HttpRateLimitLayer => HttpRateLimitService, Request<RequestBody>, Response<ProxyBody>);
 
-#[derive(Clone)]
-pub struct HttpRateLimitService<S> {
-    inner: S,
-    bucket: Arc<TokenBucket>,
-}
-
-impl<S> Service<Request<RequestBody>> for HttpRateLimitService<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+impl HttpRateLimitLayer {
+    fn around<S>(
+        &self,
+        next: S,
+        req: Request<RequestBody>,
+    ) -> BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>
+    where
+        S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
         let client = req
             .extensions()
             .get::<RequestInfo>()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |i| i.peer.ip());
         match self.bucket.check(client) {
-            Ok(()) => Box::pin(self.inner.clone().oneshot(req)),
+            Ok(()) => Box::pin(next.oneshot(req)),
             Err(wait) => {
                 Box::pin(async move { Ok(too_many_requests("rejected:local_rate_limit", wait)) })
             }

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
@@ -39,47 +38,20 @@ pub struct MaxRequestBodyLayer {
     pub bytes: u64,
 }
 
-impl<S> Layer<S> for MaxRequestBodyLayer {
-    type Service = MaxRequestBodyService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MaxRequestBodyService {
-            inner,
-            bytes: self.bytes,
-        }
-    }
-}
+crate::filters::around_layer!(MaxRequestBodyLayer => MaxRequestBodyService, Request<RequestBody>, Response<ProxyBody>);
 
-#[derive(Clone)]
-pub struct MaxRequestBodyService<S> {
-    inner: S,
-    bytes: u64,
-}
-
-fn too_large(limit: u64) -> Response<ProxyBody> {
-    answer(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "rejected:max_request_body",
-        format!("bindgate: the request body is larger than {limit} bytes\n"),
-    )
-}
-
-impl<S> Service<Request<RequestBody>> for MaxRequestBodyService<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
+impl MaxRequestBodyLayer {
+    fn around<S>(
+        &self,
+        next: S,
+        mut req: Request<RequestBody>,
+    ) -> BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>
+    where
+        S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
         let limit = self.bytes;
         let declared = req
             .headers()
@@ -91,7 +63,7 @@ where
         }
         req.body_mut().limit(limit);
         let state = req.body().state();
-        let call = self.inner.clone().oneshot(req);
+        let call = next.oneshot(req);
         Box::pin(async move {
             let Ok(resp) = call.await;
             // The body crossed the limit mid-stream and the forwarder failed for it.
@@ -103,6 +75,14 @@ where
             Ok(resp)
         })
     }
+}
+
+fn too_large(limit: u64) -> Response<ProxyBody> {
+    answer(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "rejected:max_request_body",
+        format!("bindgate: the request body is larger than {limit} bytes\n"),
+    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! listener's `request_timeout` (default 60s): every request has a deadline.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -49,46 +49,27 @@ impl TimeoutLayer {
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = TimeoutService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        TimeoutService {
-            inner,
-            after: self.after,
-        }
-    }
-}
+crate::filters::around_layer!(TimeoutLayer => TimeoutService, Request<RequestBody>, Response<ProxyBody>);
 
-#[derive(Clone)]
-pub struct TimeoutService<S> {
-    inner: S,
-    after: Duration,
-}
-
-impl<S> Service<Request<RequestBody>> for TimeoutService<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
+impl TimeoutLayer {
+    fn around<S>(
+        &self,
+        next: S,
+        mut req: Request<RequestBody>,
+    ) -> BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>
+    where
+        S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
         let after = self.after;
         let mut sent = req.body_mut().on_sent();
         let cluster = req
             .extensions()
             .get::<RequestInfo>()
             .map(|i| i.cluster.clone());
-        let response = self.inner.clone().oneshot(req);
+        let response = next.oneshot(req);
         Box::pin(async move {
             tokio::pin!(response);
             tokio::select! {

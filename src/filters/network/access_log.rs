@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -42,37 +41,15 @@ pub struct NetworkAccessLogLayer {
     pub writer: Arc<AccessLogWriter>,
 }
 
-impl<S> Layer<S> for NetworkAccessLogLayer {
-    type Service = NetworkAccessLogService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        NetworkAccessLogService {
-            inner,
-            writer: self.writer.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(NetworkAccessLogLayer => NetworkAccessLogService, Conn, ConnOutcome);
 
-#[derive(Clone)]
-pub struct NetworkAccessLogService<S> {
-    inner: S,
-    writer: Arc<AccessLogWriter>,
-}
-
-impl<S> Service<Conn> for NetworkAccessLogService<S>
-where
-    S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = ConnOutcome;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<ConnOutcome, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: Conn) -> Self::Future {
-        let inner = self.inner.clone();
+impl NetworkAccessLogLayer {
+    fn around<S>(&self, next: S, conn: Conn) -> BoxFuture<'static, Result<ConnOutcome, Infallible>>
+    where
+        S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
+        let inner = next;
         let writer = self.writer.clone();
         Box::pin(async move {
             let start = Instant::now();

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -42,38 +41,16 @@ pub struct ConnectionLimitLayer {
     pub open: Arc<Semaphore>,
 }
 
-impl<S> Layer<S> for ConnectionLimitLayer {
-    type Service = ConnectionLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ConnectionLimitService {
-            inner,
-            open: self.open.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(ConnectionLimitLayer => ConnectionLimitService, Conn, ConnOutcome);
 
-#[derive(Clone)]
-pub struct ConnectionLimitService<S> {
-    inner: S,
-    open: Arc<Semaphore>,
-}
-
-impl<S> Service<Conn> for ConnectionLimitService<S>
-where
-    S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = ConnOutcome;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<ConnOutcome, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: Conn) -> Self::Future {
+impl ConnectionLimitLayer {
+    fn around<S>(&self, next: S, conn: Conn) -> BoxFuture<'static, Result<ConnOutcome, Infallible>>
+    where
+        S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
         let permit = self.open.clone().try_acquire_owned();
-        let inner = self.inner.clone();
+        let inner = next;
         Box::pin(async move {
             match permit {
                 Ok(permit) => {

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -64,38 +63,16 @@ pub struct NetworkRateLimitLayer {
     pub bucket: Arc<TokenBucket>,
 }
 
-impl<S> Layer<S> for NetworkRateLimitLayer {
-    type Service = NetworkRateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        NetworkRateLimitService {
-            inner,
-            bucket: self.bucket.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(NetworkRateLimitLayer => NetworkRateLimitService, Conn, ConnOutcome);
 
-#[derive(Clone)]
-pub struct NetworkRateLimitService<S> {
-    inner: S,
-    bucket: Arc<TokenBucket>,
-}
-
-impl<S> Service<Conn> for NetworkRateLimitService<S>
-where
-    S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = ConnOutcome;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<ConnOutcome, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: Conn) -> Self::Future {
+impl NetworkRateLimitLayer {
+    fn around<S>(&self, next: S, conn: Conn) -> BoxFuture<'static, Result<ConnOutcome, Infallible>>
+    where
+        S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
         let verdict = self.bucket.check(conn.peer.ip());
-        let inner = self.inner.clone();
+        let inner = next;
         Box::pin(async move {
             match verdict {
                 Ok(()) => inner.oneshot(conn).await,

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -150,38 +149,16 @@ pub struct SourceIpLayer {
     pub acl: Arc<Acl>,
 }
 
-impl<S> Layer<S> for SourceIpLayer {
-    type Service = SourceIpService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        SourceIpService {
-            inner,
-            acl: self.acl.clone(),
-        }
-    }
-}
+crate::filters::around_layer!(SourceIpLayer => SourceIpService, Conn, ConnOutcome);
 
-#[derive(Clone)]
-pub struct SourceIpService<S> {
-    inner: S,
-    acl: Arc<Acl>,
-}
-
-impl<S> Service<Conn> for SourceIpService<S>
-where
-    S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = ConnOutcome;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<ConnOutcome, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: Conn) -> Self::Future {
+impl SourceIpLayer {
+    fn around<S>(&self, next: S, conn: Conn) -> BoxFuture<'static, Result<ConnOutcome, Infallible>>
+    where
+        S: Service<Conn, Response = ConnOutcome, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
         let admitted = self.acl.admits(conn.peer.ip());
-        let inner = self.inner.clone();
+        let inner = next;
         Box::pin(async move {
             if admitted {
                 inner.oneshot(conn).await
