@@ -481,3 +481,41 @@ admin: {{ address: 127.0.0.1:0 }}
     assert!(value(&scrape, "process_start_time_seconds", &[]) > 1.5e9);
     assert!(value(&scrape, "process_open_fds", &[]) > 0.0);
 }
+
+#[tokio::test]
+async fn idle_admin_connections_are_capped_and_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "\
+version: 1
+admin: { address: 127.0.0.1:0 }
+static_resources:
+  listeners:
+    - { name: a, address: 127.0.0.1:0, routes: [ { cluster: c } ] }
+  clusters:
+    - { name: c, type: static, endpoints: [ \"127.0.0.1:9\" ] }
+";
+    let path = write(dir.path(), "cfg.yaml", cfg);
+    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = proxy.admin();
+    // 64 clients that connect and send nothing hold every admin slot...
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(admin).await.unwrap());
+    }
+    // ...so a 65th is closed at once, without an answer.
+    let mut extra = TcpStream::connect(admin).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(common::GUARD, extra.read_to_end(&mut buf))
+        .await
+        .expect("the 65th connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    // The idle ones are closed after the header timeout, and the admin answers again.
+    for mut c in idle {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(common::GUARD, c.read_to_end(&mut buf))
+            .await
+            .expect("an idle admin connection stayed open");
+    }
+    assert_eq!(get(admin, "/ready").await, (200, "ready\n".to_owned()));
+}

@@ -133,18 +133,43 @@ pub fn start(address: SocketAddr, state: AdminState) -> std::io::Result<AdminSer
     Ok(AdminServer { address: bound })
 }
 
+/// Admin connections open at once; more are closed at accept (the admin is for a few local
+/// tools and probes, and must not be a way to exhaust file descriptors).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long an admin client may take to send a request head (or sit idle between requests).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn serve(listener: TcpListener, state: AdminState) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = std::time::Duration::from_millis(10);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = std::time::Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning on accept.
+                tracing::warn!("admin server: accept failed, retrying in {backoff:?}: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::debug!("admin server: {MAX_CONNECTIONS} connections open; closing a new one");
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
