@@ -262,38 +262,6 @@ static_resources:
     assert!(err.contains("is bindgate running?"), "{err}");
 }
 
-/// Every sample of a scrape: the line parser must classify each line (prometheus-parse skips what
-/// it cannot read rather than failing), then the whole body must parse.
-fn parse_scrape(body: &str) -> prometheus_parse::Scrape {
-    for line in body.lines() {
-        assert_ne!(
-            prometheus_parse::LineInfo::parse(line),
-            prometheus_parse::LineInfo::Ignored,
-            "unparsable line {line:?} in\n{body}"
-        );
-    }
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses")
-}
-
-/// The value of the one sample `name` whose labels are exactly `labels`.
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    use prometheus_parse::Value;
-    let found: Vec<_> = scrape
-        .samples
-        .iter()
-        .filter(|s| {
-            s.metric == name
-                && s.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
-    match found[0].value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        ref other => panic!("{name}: not a single value: {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn metrics_parse_and_count_known_traffic() {
     let sandbox = common::start_sandbox("").await;
@@ -346,13 +314,13 @@ admin: {{ address: 127.0.0.1:0 }}
     let admin = proxy.admin();
 
     // Before any traffic: the unlabelled families are there, at 0.
-    let scrape = parse_scrape(&get(admin, "/metrics").await.1);
+    let scrape = common::parse_scrape(&get(admin, "/metrics").await.1);
     assert_eq!(
-        value(&scrape, "bindgate_connections_accepted_total", &[]),
+        common::metric(&scrape, "bindgate_connections_accepted_total", &[]),
         0.0
     );
     assert_eq!(
-        value(&scrape, "bindgate_connections_refused_total", &[]),
+        common::metric(&scrape, "bindgate_connections_refused_total", &[]),
         0.0
     );
 
@@ -374,9 +342,9 @@ admin: {{ address: 127.0.0.1:0 }}
     let deadline = tokio::time::Instant::now() + common::GUARD;
     let scrape = loop {
         let body = get(admin, "/metrics").await.1;
-        let scrape = parse_scrape(&body);
-        if value(&scrape, "bindgate_connections_active", &[]) == 0.0
-            && value(&scrape, "bindgate_upstream_connect_failures_total", &[]) == 1.0
+        let scrape = common::parse_scrape(&body);
+        if common::metric(&scrape, "bindgate_connections_active", &[]) == 0.0
+            && common::metric(&scrape, "bindgate_upstream_connect_failures_total", &[]) == 1.0
         {
             break scrape;
         }
@@ -393,14 +361,14 @@ admin: {{ address: 127.0.0.1:0 }}
         ("bindgate_snapshot_version", 1.0),
         ("bindgate_discovery_polls_total", 0.0),
     ] {
-        assert_eq!(value(&scrape, name, &[]), want, "{name}");
+        assert_eq!(common::metric(&scrape, name, &[]), want, "{name}");
     }
     let sandbox_ingress = [("ingress", "sandbox")];
-    let checkouts = value(
+    let checkouts = common::metric(
         &scrape,
         "bindgate_pool_checkouts_total",
         &[("ingress", "sandbox"), ("result", "hit")],
-    ) + value(
+    ) + common::metric(
         &scrape,
         "bindgate_pool_checkouts_total",
         &[("ingress", "sandbox"), ("result", "miss")],
@@ -423,10 +391,10 @@ admin: {{ address: 127.0.0.1:0 }}
         assert_eq!(buckets.len(), 17, "{name}: {buckets:?}");
         assert_eq!(buckets.last().map(|b| b.count), Some(1.0), "{name}");
         assert_eq!(
-            value(&scrape, &format!("{name}_count"), &sandbox_ingress),
+            common::metric(&scrape, &format!("{name}_count"), &sandbox_ingress),
             1.0
         );
-        assert!(value(&scrape, &format!("{name}_sum"), &sandbox_ingress) > 0.0);
+        assert!(common::metric(&scrape, &format!("{name}_sum"), &sandbox_ingress) > 0.0);
     }
 
     // Labelled by listener and cluster: exact counts and bytes of the traffic above.
@@ -435,27 +403,27 @@ admin: {{ address: 127.0.0.1:0 }}
     {
         let l = [("listener", listener)];
         assert_eq!(
-            value(&scrape, "bindgate_listener_connections_accepted_total", &l),
+            common::metric(&scrape, "bindgate_listener_connections_accepted_total", &l),
             accepted,
             "{listener}"
         );
         assert_eq!(
-            value(&scrape, "bindgate_listener_connections_active", &l),
+            common::metric(&scrape, "bindgate_listener_connections_active", &l),
             0.0
         );
         assert_eq!(
-            value(&scrape, "bindgate_listener_received_bytes_total", &l),
+            common::metric(&scrape, "bindgate_listener_received_bytes_total", &l),
             bytes,
             "{listener}: bytes from the clients"
         );
         assert_eq!(
-            value(&scrape, "bindgate_listener_sent_bytes_total", &l),
+            common::metric(&scrape, "bindgate_listener_sent_bytes_total", &l),
             bytes,
             "{listener}: bytes echoed back"
         );
     }
     assert_eq!(
-        value(
+        common::metric(
             &scrape,
             "bindgate_cluster_connect_failures_total",
             &[("cluster", "dead")]
@@ -463,7 +431,7 @@ admin: {{ address: 127.0.0.1:0 }}
         1.0
     );
     assert_eq!(
-        value(
+        common::metric(
             &scrape,
             "bindgate_upstream_connect_duration_seconds_count",
             &[("cluster", "echo")]
@@ -471,15 +439,15 @@ admin: {{ address: 127.0.0.1:0 }}
         3.0
     );
     assert_eq!(
-        value(
+        common::metric(
             &scrape,
             "bindgate_upstream_connect_duration_seconds_count",
             &[("cluster", "bound")]
         ),
         1.0
     );
-    assert!(value(&scrape, "process_start_time_seconds", &[]) > 1.5e9);
-    assert!(value(&scrape, "process_open_fds", &[]) > 0.0);
+    assert!(common::metric(&scrape, "process_start_time_seconds", &[]) > 1.5e9);
+    assert!(common::metric(&scrape, "process_open_fds", &[]) > 0.0);
 }
 
 #[tokio::test]

@@ -103,3 +103,206 @@ async fn a_stalled_request_body_is_closed_after_idle_timeout_with_408() {
         "{answer}"
     );
 }
+
+fn config_with(upstream: std::net::SocketAddr, listener_extra: &str, top: &str) -> String {
+    format!(
+        "version: 1
+admin: {{ address: 127.0.0.1:0 }}
+{top}
+static_resources:
+  listeners:
+    - name: web
+      address: 127.0.0.1:0
+      protocol: http
+      {listener_extra}
+      routes:
+        - {{ match: {{ host: public.test, path_prefix: /public/ }}, cluster: up }}
+  clusters:
+    - {{ name: up, type: static, endpoints: [ \"{upstream}\" ] }}
+"
+    )
+}
+
+/// Slowloris: a client that sends its request head one byte at a time is closed when
+/// `request_headers_timeout` has passed, however steadily the bytes come.
+#[tokio::test]
+async fn a_trickled_request_head_is_closed_after_request_headers_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(upstream().await, "request_headers_timeout: 1s", "");
+    let proxy = start_proxy(&cfg, dir.path()).await;
+    let c = TcpStream::connect(proxy.listener("web")).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    wr.write_all(b"GET /public/ HTTP/1.1\r\nhost: public.test\r\nx-slow: ")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0u32;
+        // Far longer than the timeout; a write error means the proxy closed the connection.
+        while sent < 600 && wr.write_all(b"a").await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        sent
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(common::GUARD, rd.read_to_end(&mut got))
+        .await
+        .expect("the proxy kept the trickling client open")
+        .ok();
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    trickle.abort();
+}
+
+/// The global cap (`limits.max_connections`) holds across listeners; the connection over it is
+/// answered `503` and counted, and a slot frees when a connection closes.
+#[tokio::test]
+async fn the_global_connection_cap_turns_away_the_connection_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(upstream().await, "", "limits: { max_connections: 2 }");
+    let proxy = start_proxy(&cfg, dir.path()).await;
+    let web = proxy.listener("web");
+    let first = TcpStream::connect(web).await.unwrap();
+    let second = TcpStream::connect(web).await.unwrap();
+    common::wait_for_metric(proxy.admin(), "bindgate_connections_active", &[], 2.0).await;
+    let answer = send(web, b"GET /public/ HTTP/1.1\r\nhost: public.test\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("global max_connections"), "{answer}");
+    let scrape = common::scrape(proxy.admin()).await;
+    assert_eq!(
+        common::metric(&scrape, "bindgate_connections_refused_total", &[]),
+        1.0
+    );
+    drop(first);
+    common::wait_for_metric(proxy.admin(), "bindgate_connections_active", &[], 1.0).await;
+    let answer = send(
+        web,
+        b"GET /public/ HTTP/1.1\r\nhost: public.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    drop(second);
+}
+
+/// Routes match the normalised path, and that is what the upstream receives; what cannot be
+/// normalised is refused.
+#[tokio::test]
+async fn routes_match_the_normalised_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, mut seen) = recording_upstream().await;
+    let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
+    let web = proxy.listener("web");
+    let get = |target: &str, host: &str| {
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+    };
+    for (target, status) in [
+        ("/public/../private", "404"),
+        ("/public/%2e%2e/private", "404"),
+        ("/public/..%2fprivate", "400"),
+        ("/public/%2E%2E%2Fprivate", "400"),
+        ("/public/a%zz", "400"),
+        ("/x/../public/./a//b", "200"),
+        ("/public/%7euser?q=%2e%2e", "200"),
+    ] {
+        let answer = send(web, get(target, "public.test").as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{target}: {answer}"
+        );
+    }
+    let seen = seen.drain();
+    assert_eq!(
+        seen,
+        vec![
+            ("/public/a/b".to_owned(), "public.test".to_owned()),
+            (
+                "/public/~user?q=%2e%2e".to_owned(),
+                "public.test".to_owned()
+            ),
+        ]
+    );
+}
+
+/// An absolute-form target routes by its authority, and the upstream gets origin-form with
+/// `Host` set to that authority: the two can no longer disagree.
+#[tokio::test]
+async fn an_absolute_form_target_and_host_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, mut seen) = recording_upstream().await;
+    let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
+    let web = proxy.listener("web");
+    let answer = send(
+        web,
+        b"GET http://public.test/public/x HTTP/1.1\r\nhost: internal.other\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let answer = send(
+        web,
+        b"GET http://internal.other/public/x HTTP/1.1\r\nhost: public.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    let answer = send(
+        web,
+        b"GET https://public.test/public/x HTTP/1.1\r\nhost: public.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let seen = seen.drain();
+    assert_eq!(
+        seen,
+        vec![("/public/x".to_owned(), "public.test".to_owned())]
+    );
+}
+
+/// What the recording upstream saw: (target, Host) per request, in order.
+struct Seen(tokio::sync::mpsc::UnboundedReceiver<(String, String)>);
+
+impl Seen {
+    /// Everything recorded so far (each entry is sent before its response).
+    fn drain(&mut self) -> Vec<(String, String)> {
+        std::iter::from_fn(|| self.0.try_recv().ok()).collect()
+    }
+}
+
+/// An upstream that records each request's target and Host, and answers `200`.
+async fn recording_upstream() -> (std::net::SocketAddr, Seen) {
+    let (log, seen) = tokio::sync::mpsc::unbounded_channel();
+    let seen = Seen(seen);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let _ = log.send((req.uri().to_string(), host));
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}

@@ -131,6 +131,26 @@ fn bad_configs_fail_naming_field_value_and_line() {
             GOOD.replace("      routes:\n        - cluster: c", "      protocol: http\n      routes:\n        - cluster: c\n        - cluster: c\n          match: { path_prefix: /api }"),
             &["line 10", "static_resources.listeners[0].routes[1].match", "unreachable: route [0]"],
         ),
+        (
+            "zero idle timeout",
+            GOOD.replace("      routes:\n", "      idle_timeout: 0s\n      routes:\n"),
+            &["line 6", "static_resources.listeners[0].idle_timeout", "must be more than 0s"],
+        ),
+        (
+            "zero header timeout",
+            GOOD.replace("      routes:\n", "      request_headers_timeout: 0ms\n      routes:\n"),
+            &["line 6", "static_resources.listeners[0].request_headers_timeout", "must be more than 0s"],
+        ),
+        (
+            "zero global cap",
+            format!("{GOOD}limits:\n  max_connections: 0\n"),
+            &["limits.max_connections", "must be at least 1"],
+        ),
+        (
+            "env value typed in a flow mapping, then checked",
+            GOOD.replace("      routes:\n", "      limits: { max_connections: ${BINDGATE_TEST_SURELY_UNSET:-0} }\n      routes:\n"),
+            &["line 6", "static_resources.listeners[0].limits.max_connections", "must be at least 1"],
+        ),
         ("syntax error", format!("{GOOD}  - : :\n  bad"), &["line "]),
         ("wrong version", GOOD.replace("version: 1", "version: 2"), &["line 1", "unsupported version 2"]),
     ];

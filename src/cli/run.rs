@@ -32,6 +32,9 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let mut signals = super::ShutdownSignal::install()?;
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Before the first build: the default global connection cap follows the limit.
+    let fds = crate::listener::raise_fd_limit();
+    tracing::debug!(open_files = fds, "open-file limit");
     // Validate fully (same path as `validate`) before registering or binding anything.
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::listener::{default_drain_timeout, default_idle_timeout};
+use super::listener::{
+    default_drain_timeout, default_idle_timeout, default_request_headers_timeout,
+};
 use super::{HumanDuration, Limits};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -103,6 +105,10 @@ pub struct DiscoveredListener {
     pub filters: Vec<crate::filters::network::NetworkFilterConfig>,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// http endpoints: the time to send a request head, or to start the next one on a
+    /// kept-alive connection (default 10s).
+    #[serde(default = "default_request_headers_timeout")]
+    pub request_headers_timeout: HumanDuration,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
 }
@@ -113,6 +119,7 @@ impl Default for DiscoveredListener {
             limits: None,
             filters: Vec::new(),
             idle_timeout: default_idle_timeout(),
+            request_headers_timeout: default_request_headers_timeout(),
             drain_timeout: default_drain_timeout(),
         }
     }

@@ -28,9 +28,15 @@ pub struct ListenerConfig {
     /// Network filters, in order: run once per accepted connection, before any upstream work.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<NetworkFilterConfig>,
-    /// A connection with no bytes moving either way for this long is closed.
+    /// A connection with no bytes moving either way for this long is closed; for http, a request
+    /// or response body that stops for this long ends its request.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// http listeners: how long a client has to send a whole request head, and how long a
+    /// kept-alive connection may wait for its next request; then the connection is closed
+    /// (HAProxy's `timeout http-request`, Envoy's `request_headers_timeout`). Default 10s.
+    #[serde(default = "default_request_headers_timeout")]
+    pub request_headers_timeout: HumanDuration,
     /// On removal or shutdown, how long open connections may finish before they are closed.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
@@ -79,8 +85,10 @@ pub struct RouteMatch {
     /// `.example.com`. Absent: any host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// http listeners: a prefix of the request path, compared byte for byte (`/api` matches
-    /// `/api`, `/api/v1` and `/apis`). Default `/`.
+    /// http listeners: a prefix of the request path, compared byte for byte with the path after
+    /// normalisation (escapes of unreserved characters decoded, `//` merged, `.` and `..`
+    /// resolved; an escaped `/` is refused with `400`). `/api` matches `/api`, `/api/v1` and
+    /// `/apis`. Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     /// tls listeners: the ClientHello's server name, case-insensitive; `*.example.com` matches
@@ -92,7 +100,8 @@ pub struct RouteMatch {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Connections open at once; further ones are closed at accept.
+    /// Connections open at once; further ones are closed at accept (http: `503`). Default
+    /// 10,000 unless a `connection_limit` filter sets one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     /// Sustained rate of new connections accepted per second.
@@ -105,6 +114,10 @@ pub struct Limits {
 
 pub(super) fn default_idle_timeout() -> HumanDuration {
     HumanDuration::from_secs(3600)
+}
+
+pub(super) fn default_request_headers_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 pub(super) fn default_drain_timeout() -> HumanDuration {

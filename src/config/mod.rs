@@ -24,7 +24,7 @@ pub use dynamic::{
     BoundEndpoints, DEFAULT_VIRTUAL_CIDR, DiscoveredListener, DynamicResources, Expose, ExposeMode,
     ExposeOverride, parse_port_range,
 };
-pub use env::{EnvError, expand as expand_env};
+pub use env::{EnvError, expand_yaml};
 pub use ingress::{IngressConfig, MultiplexConfig, MultiplexFallback, PoolConfig, Transport};
 pub use listener::{Limits, ListenerConfig, Protocol, RouteConfig, RouteMatch};
 pub use ngrok::*;
@@ -55,6 +55,21 @@ pub struct Config {
     /// Listeners and clusters discovered at run time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_resources: Option<DynamicResources>,
+    /// Limits across every listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<GlobalLimits>,
+}
+
+/// Process-wide limits.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalLimits {
+    /// Client connections open at once across all listeners; past it new ones are closed at
+    /// accept (http: `503`), so the process keeps file descriptors for its upstreams, the admin
+    /// server and reloads (Envoy's `global_downstream_max_connections`, HAProxy's global
+    /// `maxconn`). Default: half the open-file limit, less 128 kept in reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -183,21 +198,47 @@ pub fn parse(
         source: source.to_owned(),
         errors,
     };
-    let expanded = expand_env(text, lookup).map_err(|errs| {
-        fail(
-            errs.into_iter()
-                .map(|e| ConfigError {
-                    path: String::new(),
-                    line: Some(e.line),
-                    column: Some(e.column),
-                    message: e.message,
-                })
-                .collect(),
-        )
-    })?;
-    let source_map = SourceMap::build(&expanded);
-    let de = serde_yaml_ng::Deserializer::from_str(&expanded);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut source_map = SourceMap::build(text);
+    // Variables are expanded inside the parsed values; text without any is read directly
+    // (serde's own positions then locate every error).
+    let expanded = if text.contains("${") {
+        match expand_yaml(text, &lookup) {
+            Ok((v, marked)) => {
+                source_map = SourceMap::build(&marked);
+                Some(v)
+            }
+            Err(Some(errs)) => {
+                return Err(fail(
+                    errs.into_iter()
+                        .map(|e| ConfigError {
+                            path: String::new(),
+                            line: Some(e.line),
+                            column: Some(e.column),
+                            message: e.message,
+                        })
+                        .collect(),
+                ));
+            }
+            Err(None) => None, // not YAML: the syntax error is reported below
+        }
+    } else {
+        None
+    };
+    let fell_back = expanded.is_none() && text.contains("${");
+    let result = match expanded {
+        Some(value) => serde_path_to_error::deserialize(value),
+        None => serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)),
+    };
+    if fell_back && result.is_ok() {
+        // The two YAML readers disagree: never use a config with its references unexpanded.
+        return Err(fail(vec![ConfigError {
+            path: String::new(),
+            line: None,
+            column: None,
+            message: "the file could not be read for `${VAR}` expansion; simplify its YAML (one document, no tags)".into(),
+        }]));
+    }
+    let config: Config = result.map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let path = if path == "." { String::new() } else { path };
@@ -293,6 +334,27 @@ mod tests {
             "version: 1\nstatic_resources:\n  clusters:\n    - name: c\n      type: static\n      endpoints: [ \"${SET}\" ]\n",
         )
         .unwrap();
+        assert_eq!(
+            cfg.config.static_resources.clusters[0].endpoints,
+            Some(vec!["127.0.0.1:7000".to_owned()])
+        );
+        // A value is never YAML: `#` does not start a comment, a newline adds no field.
+        let cfg = parse(
+            "version: 1\nstate_dir: ${DIR}\nstatic_resources: { listeners: [], clusters: [ { name: c, type: static, endpoints: [ ${EP} ] } ] }\n",
+            "test.yaml",
+            PathBuf::from("/tmp"),
+            |k| match k {
+                "DIR" => Some("/var/lib/a#b\nversion: 2".to_owned()),
+                "EP" => Some("127.0.0.1:7000".to_owned()),
+                _ => None,
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.config.version, 1);
+        assert_eq!(
+            cfg.config.state_dir,
+            Some(PathBuf::from("/var/lib/a#b\nversion: 2"))
+        );
         assert_eq!(
             cfg.config.static_resources.clusters[0].endpoints,
             Some(vec!["127.0.0.1:7000".to_owned()])

@@ -3,7 +3,7 @@
 //!
 //! | timeout | bounds | default | enforced by |
 //! |---|---|---|---|
-//! | header read | an http request head, and the wait for the next request on a kept-alive connection | the listener's `idle_timeout` (1h) | hyper's `header_read_timeout` in `proxy::http` |
+//! | header read | an http request head, and the wait for the next request on a kept-alive connection | the listener's `request_headers_timeout` (10s) | hyper's `header_read_timeout` in `proxy::http` |
 //! | request body idle | a request body that stops sending | the listener's `idle_timeout` | [`crate::http_body::RequestBody`] |
 //! | response body idle | an upstream response body that stops sending | the listener's `idle_timeout` | [`crate::http_body::ProxyBody`] |
 //! | request | from the end of the request to the response head | `request_timeout` / the `timeout` filter ([`DEFAULT_REQUEST_TIMEOUT`]) | [`crate::filters::http::TimeoutLayer`] |

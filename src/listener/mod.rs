@@ -319,6 +319,10 @@ async fn accept_loop(
         let Some(spec) = snap.listener(&name).cloned() else {
             continue;
         };
+        let admitted = snap.connection_cap.clone().try_acquire_owned().ok();
+        if admitted.is_none() {
+            global_cap_reached(snap.max_connections);
+        }
         let conn = Conn {
             io: ClientIo::new(socket),
             peer,
@@ -328,11 +332,67 @@ async fn accept_loop(
             force_close: force_close.clone(),
         };
         connections.spawn(async move {
+            let Some(_permit) = admitted else {
+                conn.reject("limits", "global max_connections reached", None)
+                    .await;
+                spec.metrics
+                    .refused("limits", "global max_connections reached");
+                return;
+            };
             let _held = snap;
             let Ok(done) = spec.network.clone().oneshot(conn).await;
             if let Outcome::Rejected { filter, reason } = done.outcome {
                 spec.metrics.refused(filter, reason);
             }
         });
+    }
+}
+
+/// File descriptors kept out of the global connection cap's default: the admin server's 64
+/// connections, config and state files, the API client, upstream pools' spares.
+const FD_RESERVE: u64 = 128;
+
+/// Raises the soft open-file limit to the hard one (as Go's runtime and HAProxy do), so the
+/// default caps follow what the operator allowed; returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!("could not raise the open-file limit: {e}");
+            soft_fd_limit()
+        }
+    }
+}
+
+fn soft_fd_limit() -> u64 {
+    rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft)
+}
+
+/// The global connection cap when `limits.max_connections` is not set: each proxied client
+/// connection holds about two descriptors (client and upstream), so half of the open-file
+/// limit after a reserve, and at least 16.
+pub fn default_global_max_connections() -> u32 {
+    (soft_fd_limit().saturating_sub(FD_RESERVE) / 2).clamp(16, u64::from(u32::MAX)) as u32
+}
+
+/// Says, at most once every 10 s, that the global cap turned connections away.
+fn global_cap_reached(max: u32) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            max_connections = max,
+            "global connection cap reached: new connections are turned away (limits.max_connections)"
+        );
     }
 }

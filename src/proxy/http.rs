@@ -61,7 +61,7 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
     builder
         .timer(TokioTimer::new())
         // Covers both the wait for a new request on a kept-alive connection and a slow head.
-        .header_read_timeout(p.idle_timeout)
+        .header_read_timeout(p.request_headers_timeout)
         .keep_alive(true)
         // A client may shut its write side after the request and still wait for the answer.
         .half_close(true)
@@ -162,6 +162,17 @@ async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBo
             "bindgate: more than one Host header\n",
         );
     }
+    let req = match normalize_target(req) {
+        Ok(req) => req,
+        Err(why) => {
+            tracing::debug!(listener = %name, peer = %ctx.peer, "refused request target: {why}");
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("bindgate: {why}\n"),
+            );
+        }
+    };
     let host = request_host(&req);
     let Some(route) = table.find(host.as_deref(), req.uri().path()) else {
         tracing::debug!(listener = %name, peer = %ctx.peer, host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
@@ -212,6 +223,40 @@ pub fn forwarder(upstream: HttpUpstream, idle_timeout: Duration) -> HttpService 
             })
         }
     }))
+}
+
+/// The request as routes see it and the upstream gets it (see [`super::http_path`]): an
+/// absolute-form target (`GET http://a/x`) becomes origin-form with `Host` set to its authority
+/// (RFC 9112 §3.2.2: the target's authority wins over any `Host` sent), and the path is
+/// normalised.
+fn normalize_target<B>(mut req: Request<B>) -> Result<Request<B>, &'static str> {
+    let uri = req.uri();
+    if uri.path() == "*" && uri.authority().is_none() {
+        return Ok(req); // `OPTIONS *`: no path to normalise
+    }
+    let authority = match (uri.scheme_str(), uri.authority()) {
+        (None, None) => None,
+        (Some("http"), Some(a)) => Some(a.clone()),
+        _ => return Err("an absolute-form target must be an `http://` URL"),
+    };
+    let path = match super::http_path::normalize(uri.path())? {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(p) => Some(p),
+    };
+    if let Some(authority) = authority {
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "an invalid authority in the target")?;
+        req.headers_mut().insert(HOST, host);
+    } else if path.is_none() {
+        return Ok(req);
+    }
+    let path = path.unwrap_or_else(|| req.uri().path().to_owned());
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    *req.uri_mut() = http::Uri::try_from(target).map_err(|_| "an invalid request target")?;
+    Ok(req)
 }
 
 /// The host the request is for: the target's authority (absolute form), else the Host header.

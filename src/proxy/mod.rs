@@ -3,6 +3,7 @@
 //! request, each route's http filters around forwarding over pooled upstream connections).
 
 pub mod http;
+pub mod http_path;
 pub mod sni;
 pub mod splice;
 pub mod tcp;
@@ -24,8 +25,11 @@ pub struct Pipeline {
     pub protocol: Protocol,
     pub routes: Arc<RouteTable>,
     /// tcp, tls and upgraded connections: closed when no byte moved for this long. http: the
-    /// wait for a request head, and the idle limit of request and response bodies.
+    /// idle limit of request and response bodies.
     pub idle_timeout: Duration,
+    /// http: the time to send a request head, or to start the next one on a kept-alive
+    /// connection.
+    pub request_headers_timeout: Duration,
     pub metrics: Arc<crate::telemetry::ListenerMetrics>,
 }
 

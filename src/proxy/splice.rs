@@ -1,6 +1,11 @@
 //! Moving bytes both ways with half-close propagated: EOF from one side becomes a write shutdown
 //! on the other while the opposite direction keeps flowing. The connection ends when both
 //! directions are done, on an error, or when no byte has moved for `idle_timeout`.
+//!
+//! A direction holds a buffer only while bytes are in flight: it borrows one from a per-thread
+//! free list to read, and gives it back when the read finds nothing or all of it is written. An
+//! idle connection holds no buffer at all (tokio's `copy_bidirectional` keeps two for a
+//! connection's whole life), so memory follows the bytes moving, not the connections open.
 
 use std::io;
 use std::pin::Pin;
@@ -12,8 +17,137 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Buffer per direction: large enough for bulk throughput without hurting many idle conns much.
-const BUF_SIZE: usize = 64 * 1024;
+/// A direction's read size while bytes flow: two TLS records' worth.
+const BUF_SIZE: usize = 32 * 1024;
+
+/// Spare buffers kept per runtime thread; beyond it, returned buffers are freed.
+const SPARE_BUFFERS: usize = 64;
+
+mod buffers {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of `BUF_SIZE` bytes, from the spares when there is one.
+    pub(super) fn take() -> Box<[u8]> {
+        SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; super::BUF_SIZE].into_boxed_slice())
+    }
+
+    /// Keeps `buf` for the next read on this thread, or frees it.
+    pub(super) fn give(buf: Box<[u8]>) {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < super::SPARE_BUFFERS {
+                s.push(buf);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    pub(super) fn spare() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+}
+
+/// One direction of the copy: what was read and not yet written, and how far it got.
+#[derive(Default)]
+struct Direction {
+    /// Held only while `pos < end`.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl Direction {
+    /// Moves bytes from `r` to `w` until `r` has nothing more for now (`Pending`) or ends (then
+    /// `w` is shut down and this returns `Ready(Ok(()))`).
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.end && !self.read_done {
+                let mut buf = self.buf.take().unwrap_or_else(buffers::take);
+                let mut rb = ReadBuf::new(&mut buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        buffers::give(buf);
+                        if self.need_flush {
+                            if let Poll::Ready(r) = w.as_mut().poll_flush(cx) {
+                                r?;
+                                self.need_flush = false;
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        buffers::give(buf);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                            buffers::give(buf);
+                        } else {
+                            (self.pos, self.end) = (0, n);
+                            self.buf = Some(buf);
+                        }
+                    }
+                }
+            }
+            while self.pos < self.end {
+                let Some(buf) = self.buf.as_deref() else {
+                    break;
+                };
+                match w.as_mut().poll_write(cx, &buf[self.pos..self.end]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "the peer accepts no more bytes",
+                        )));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.moved += n as u64;
+                        self.need_flush = true;
+                    }
+                }
+            }
+            if let Some(buf) = self.buf.take() {
+                buffers::give(buf);
+            }
+            if self.read_done {
+                if self.need_flush {
+                    std::task::ready!(w.as_mut().poll_flush(cx))?;
+                    self.need_flush = false;
+                }
+                std::task::ready!(w.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SpliceStats {
@@ -114,7 +248,17 @@ where
         inner: upstream,
         activity: activity.clone(),
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF_SIZE, BUF_SIZE);
+    let (mut d2u, mut u2d) = (Direction::default(), Direction::default());
+    let copy = std::future::poll_fn(|cx| {
+        let a = d2u.poll_copy(cx, Pin::new(&mut down), Pin::new(&mut up))?;
+        let b = u2d.poll_copy(cx, Pin::new(&mut up), Pin::new(&mut down))?;
+        match (a, b) {
+            (Poll::Ready(()), Poll::Ready(())) => {
+                Poll::Ready(Ok::<_, io::Error>((d2u.moved, u2d.moved)))
+            }
+            _ => Poll::Pending,
+        }
+    });
     tokio::pin!(copy);
     loop {
         let deadline = activity.last() + idle_timeout;
@@ -163,6 +307,33 @@ mod tests {
                 upstream_to_downstream: 15
             }
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let (mut client, proxy_down) = duplex(1 << 20);
+        let (proxy_up, mut server) = duplex(1 << 20);
+        let spare_before = buffers::spare();
+        // Polled on this thread (current-thread runtime), so the spares it uses are ours.
+        let mut task = Box::pin(splice(proxy_down, proxy_up, Duration::from_secs(60)));
+        let mut got = vec![0u8; 100_000];
+        client.write_all(&vec![7u8; 100_000]).await.unwrap();
+        tokio::select! {
+            biased;
+            _ = &mut task => panic!("ended early"),
+            r = server.read_exact(&mut got) => { r.unwrap(); }
+        }
+        assert!(got.iter().all(|b| *b == 7));
+        // Nothing in flight: the direction's buffer went back to the spares.
+        tokio::select! {
+            biased;
+            _ = &mut task => panic!("ended early"),
+            _ = tokio::task::yield_now() => {}
+        }
+        assert_eq!(buffers::spare(), spare_before.max(1));
+        drop(client);
+        drop(server);
+        let _ = task.await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,6 +118,20 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         }
     });
 
+    let max_connections = match cfg.limits.as_ref().and_then(|l| l.max_connections) {
+        Some(0) => {
+            c.err("limits.max_connections", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => crate::listener::default_global_max_connections(),
+    };
+    // Kept across reloads while the number is unchanged, so open connections stay counted.
+    let connection_cap = retained.get_or_insert(
+        crate::retained::StateKey::new("global/max_connections", "", &max_connections),
+        || tokio::sync::Semaphore::new(max_connections as usize),
+    );
+
     let mut ingresses: HashMap<&str, Arc<Ingress>> = HashMap::new();
     let mut ingress_names = HashSet::new();
     for (i, ing) in cfg.ingresses.iter().enumerate() {
@@ -207,6 +221,14 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                 c.err(format!("{path}.limits.burst"), "must be at least 1");
             }
         }
+        for (field, d) in [
+            ("idle_timeout", l.idle_timeout),
+            ("request_headers_timeout", l.request_headers_timeout),
+        ] {
+            if d.get().is_zero() {
+                c.err(format!("{path}.{field}"), "must be more than 0s");
+            }
+        }
         let filters_ok = check_network_filters(&mut c, &path, l.protocol, &l.filters, base_dir);
         if let (Some(address), Some(routes), true) = (address, routes, filters_ok) {
             listeners.push(listener_spec(
@@ -218,6 +240,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                     limits: l.limits.as_ref(),
                     filters: &l.filters,
                     idle_timeout: l.idle_timeout.get(),
+                    request_headers_timeout: l.request_headers_timeout.get(),
                     drain_timeout: l.drain_timeout.get(),
                     discovered: false,
                 },
@@ -332,6 +355,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                         limits: d.listener.limits.as_ref(),
                         filters: &d.listener.filters,
                         idle_timeout: d.listener.idle_timeout.get(),
+                        request_headers_timeout: d.listener.request_headers_timeout.get(),
                         drain_timeout: d.listener.drain_timeout.get(),
                         discovered: true,
                     },
@@ -363,6 +387,8 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         clusters,
         discovered: exposed,
         admin,
+        connection_cap,
+        max_connections,
         config: Arc::new(cfg.clone()),
     })
 }
@@ -427,13 +453,27 @@ fn check_network_filters(
     c.errors.len() == before
 }
 
+/// A listener's connection cap when neither `limits.max_connections` nor a `connection_limit`
+/// filter sets one.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+
 /// The network filters a listener runs: the shorthand `limits` (a `connection_limit`, then a
-/// `local_rate_limit`), then `filters`.
+/// `local_rate_limit`), then `filters`. A listener that caps its connections nowhere gets a
+/// `connection_limit` of [`DEFAULT_MAX_CONNECTIONS`] first.
 pub fn effective_network_filters(
     limits: Option<&Limits>,
     filters: &[NetworkFilterConfig],
 ) -> Vec<NetworkFilterConfig> {
     let mut all = Vec::with_capacity(filters.len() + 2);
+    let capped = limits.is_some_and(|l| l.max_connections.is_some())
+        || filters
+            .iter()
+            .any(|f| matches!(f, NetworkFilterConfig::connection_limit(_)));
+    if !capped {
+        all.push(NetworkFilterConfig::connection_limit(ConnectionLimit {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }));
+    }
     if let Some(l) = limits {
         if let Some(max) = l.max_connections {
             all.push(NetworkFilterConfig::connection_limit(ConnectionLimit {
@@ -460,6 +500,7 @@ struct ListenerParts<'a> {
     limits: Option<&'a Limits>,
     filters: &'a [NetworkFilterConfig],
     idle_timeout: Duration,
+    request_headers_timeout: Duration,
     drain_timeout: Duration,
     discovered: bool,
 }
@@ -481,6 +522,7 @@ fn listener_spec(
         protocol: parts.protocol,
         routes: routes.clone(),
         idle_timeout: parts.idle_timeout,
+        request_headers_timeout: parts.request_headers_timeout,
         metrics: metrics.clone(),
     }));
     let network = network::build_chain(
@@ -589,6 +631,9 @@ fn build_ingress(
     retained: &Retained,
 ) -> Option<Ingress> {
     let errors_before = c.errors.len();
+    if ing.connect_timeout.get().is_zero() {
+        c.err(format!("{path}.connect_timeout"), "must be more than 0s");
+    }
     let uses_registration = ing.client_cert.is_none() && ing.client_key.is_none();
     if uses_registration && c.loaded.config.ngrok.is_none() {
         c.err(path, "set `client_cert` and `client_key`, or configure `ngrok:` so bindgate registers and obtains a client certificate: the binding ingress authenticates clients by certificate");
@@ -877,6 +922,9 @@ fn build_cluster(
                         format!("`{e}` is not a `host:port` address"),
                     );
                 }
+            }
+            if cl.connect_timeout.is_some_and(|d| d.get().is_zero()) {
+                c.err(format!("{path}.connect_timeout"), "must be more than 0s");
             }
             let timeout = cl
                 .connect_timeout

@@ -34,6 +34,10 @@ pub struct Snapshot {
     /// Discovered bound endpoints and where they are exposed.
     pub discovered: Vec<Placement>,
     pub admin: Option<SocketAddr>,
+    /// Client connections open across every listener: each holds a permit (`limits`).
+    pub connection_cap: Arc<tokio::sync::Semaphore>,
+    /// The size of `connection_cap`.
+    pub max_connections: u32,
     /// The config this was built from (for `/config_dump`).
     pub config: Arc<Config>,
 }

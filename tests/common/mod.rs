@@ -588,3 +588,75 @@ pub async fn read_all(s: &mut tokio::net::TcpStream) -> Vec<u8> {
         .expect("read hung");
     out
 }
+
+/// Every sample of a scrape: the line parser must classify each line (prometheus-parse skips what
+/// it cannot read rather than failing), then the whole body must parse.
+pub fn parse_scrape(body: &str) -> prometheus_parse::Scrape {
+    for line in body.lines() {
+        assert_ne!(
+            prometheus_parse::LineInfo::parse(line),
+            prometheus_parse::LineInfo::Ignored,
+            "unparsable line {line:?} in\n{body}"
+        );
+    }
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses")
+}
+
+/// The admin `/metrics` scrape, parsed.
+pub async fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
+    bindgate::identity::install_crypto_provider();
+    let body = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_scrape(&body)
+}
+
+/// The value of the one sample `name` whose labels are exactly `labels`.
+pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    let found: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    match found[0].value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        ref other => panic!("{name}: not a single value: {other:?}"),
+    }
+}
+
+/// Polls `/metrics` until the sample `name{labels}` equals `want` (panics after [`GUARD`]).
+pub async fn wait_for_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let s = scrape(admin).await;
+        let now = s.samples.iter().find(|x| {
+            x.metric == name
+                && x.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
+        });
+        if let Some(
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v),
+        ) = now.map(|x| &x.value)
+        {
+            if *v == want {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} {labels:?} never reached {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
