@@ -223,6 +223,7 @@ pub async fn upgrade(
             dialer.name.clone(),
             dialer.address.clone(),
             endpoint.to_string(),
+            dialer.connect_timeout,
         ))));
     }
     // TLS 1.3 reports a rejected client certificate here, on the first read.

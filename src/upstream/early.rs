@@ -37,6 +37,41 @@ struct PendingResponse {
     address: Arc<str>,
     endpoint: String,
     frame: FrameReader,
+    deadline: AnswerDeadline,
+}
+
+/// How long an ingress has to answer after the client's early bytes went out: its
+/// `connect_timeout`, counted from the request. Without it the wait would be bounded only by the
+/// connection's `idle_timeout` (an hour by default).
+pub(crate) struct AnswerDeadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    after: std::time::Duration,
+}
+
+impl AnswerDeadline {
+    pub(crate) fn new(after: std::time::Duration) -> AnswerDeadline {
+        AnswerDeadline {
+            sleep: Box::pin(tokio::time::sleep(after)),
+            after,
+        }
+    }
+
+    /// The timeout error once the deadline has passed (registers for a wake-up until then).
+    pub(crate) fn poll_expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        addr: &str,
+    ) -> Option<UpstreamError> {
+        use std::future::Future;
+        self.sleep
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| UpstreamError::Timeout {
+                addr: addr.to_owned(),
+                after: self.after,
+            })
+    }
 }
 
 impl std::fmt::Debug for EarlyUpgrade {
@@ -53,6 +88,7 @@ impl EarlyUpgrade {
         ingress: Arc<str>,
         address: Arc<str>,
         endpoint: String,
+        answer_within: std::time::Duration,
     ) -> EarlyUpgrade {
         EarlyUpgrade {
             tls,
@@ -61,6 +97,7 @@ impl EarlyUpgrade {
                 address,
                 endpoint,
                 frame: FrameReader::default(),
+                deadline: AnswerDeadline::new(answer_within),
             })),
         }
     }
@@ -78,8 +115,14 @@ impl EarlyUpgrade {
             Answer::Failed => return Poll::Ready(Err(not_accepted())),
             Answer::Awaiting(pending) => pending,
         };
-        let read = ready!(pending.frame.poll_frame(&mut self.tls, cx));
-        match pending.verdict(read) {
+        let verdict = match pending.frame.poll_frame(&mut self.tls, cx) {
+            Poll::Ready(read) => pending.verdict(read),
+            Poll::Pending => match pending.deadline.poll_expired(cx, &pending.address) {
+                Some(timeout) => Err(timeout),
+                None => return Poll::Pending,
+            },
+        };
+        match verdict {
             Ok(()) => {
                 self.answer = Answer::Accepted;
                 Poll::Ready(Ok(()))

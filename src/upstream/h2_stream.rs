@@ -93,7 +93,17 @@ impl H2Stream {
             Recv::Failed => return Poll::Ready(Err(refused_before())),
             Recv::Awaiting(answer) => answer,
         };
-        let answered = ready!(Pin::new(&mut answer.response).poll(cx));
+        let answered = match Pin::new(&mut answer.response).poll(cx) {
+            Poll::Ready(a) => a,
+            Poll::Pending => match answer.deadline.poll_expired(cx, &answer.address) {
+                Some(timeout) => {
+                    let failed = early_failure(&answer.ingress, &answer.endpoint, timeout);
+                    self.recv = Recv::Failed;
+                    return Poll::Ready(Err(failed));
+                }
+                None => return Poll::Pending,
+            },
+        };
         let e = match answered.map(connect_answer) {
             Ok(Ok(body)) => {
                 self.recv = Recv::Open(body);

@@ -103,6 +103,7 @@ pub struct EarlyAnswer {
     pub(crate) ingress: Arc<str>,
     pub(crate) address: Arc<str>,
     pub(crate) endpoint: String,
+    pub(crate) deadline: super::early::AnswerDeadline,
 }
 
 impl Drop for StreamSlot {
@@ -356,6 +357,7 @@ impl Multiplexer {
                             ingress: st.plain.name.clone(),
                             address: st.plain.address.clone(),
                             endpoint: endpoint.to_string(),
+                            deadline: super::early::AnswerDeadline::new(st.plain.connect_timeout),
                         };
                         H2Stream::awaiting(send, answer, slot)
                     })

@@ -24,7 +24,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `bindgate ARGS`, and waits for its first stdout line (a JSON readiness event).
     pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        Proc::start_cmd(Command::new(BIN), args, envs).await
+    }
+
+    /// Like [`Proc::start`], with the open-file limit (soft and hard) set to `nofile`.
+    pub async fn start_with_fd_limit(args: &[&str], nofile: u64) -> Proc {
         let mut cmd = Command::new(BIN);
+        // SAFETY: setrlimit is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, nofile, nofile));
+        }
+        Proc::start_cmd(cmd, args, &[]).await
+    }
+
+    async fn start_cmd(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         cmd.args(args)
             .env("BINDGATE_LOG", "debug")
             .stdin(Stdio::null())
