@@ -109,9 +109,14 @@ pub struct MultiplexConfig {
     #[serde(default = "default_connections")]
     pub connections: u32,
     /// Streams (proxied connections) per HTTP/2 connection; when every connection is full,
-    /// another one is opened.
+    /// another one is opened, up to `max_connections`.
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
+    /// HTTP/2 connections open at most, counting those opened because all were full (default
+    /// 128, at least `connections`). When all are open and full, a new proxied connection waits
+    /// for a free stream up to the ingress's `connect_timeout`.
+    #[serde(default = "default_max_mux_connections")]
+    pub max_connections: u32,
     /// What to do when the ingress does not agree to HTTP/2 (ALPN `h2`).
     #[serde(default)]
     pub fallback: MultiplexFallback,
@@ -122,6 +127,7 @@ impl Default for MultiplexConfig {
         MultiplexConfig {
             connections: default_connections(),
             max_streams: default_max_streams(),
+            max_connections: default_max_mux_connections(),
             fallback: MultiplexFallback::default(),
         }
     }
@@ -165,4 +171,8 @@ fn default_connections() -> u32 {
 
 fn default_max_streams() -> u32 {
     100
+}
+
+fn default_max_mux_connections() -> u32 {
+    128
 }

@@ -818,6 +818,12 @@ fn transport_settings(
             format!("must be at most {MAX_MUX_CONNECTIONS}"),
         );
     }
+    if m.max_connections < m.connections.max(1) {
+        c.err(
+            format!("{path}.multiplex.max_connections"),
+            format!("is less than connections ({})", m.connections),
+        );
+    }
     if m.max_streams == 0 {
         c.err(
             format!("{path}.multiplex.max_streams"),
@@ -844,6 +850,7 @@ fn transport_settings(
             MultiplexSettings {
                 connections: m.connections as usize,
                 max_streams: m.max_streams as usize,
+                max_connections: m.max_connections as usize,
                 fallback: m.fallback,
             },
             pool,

@@ -2,7 +2,8 @@
 //! CONNECT stream per proxied connection (`:authority` = `service.namespace:port`).
 //!
 //! - `connections` are dialed when the multiplexer starts and redialed when one closes; when every
-//!   connection carries `max_streams` streams another is opened, and closed again once idle.
+//!   connection carries `max_streams` streams another is opened (up to `max_connections` in
+//!   all), and closed again once idle.
 //! - One driver task per HTTP/2 connection polls it, sends a PING every `KEEPALIVE_INTERVAL` and
 //!   closes it if no acknowledgement comes within `PING_TIMEOUT`.
 //! - A connection that received GOAWAY (new streams are refused with it), broke, or was dialed with
@@ -53,6 +54,8 @@ const STREAM_ATTEMPTS: u32 = 3;
 pub struct MultiplexSettings {
     pub connections: usize,
     pub max_streams: usize,
+    /// Connections open at most, the extra ones opened when all were full included.
+    pub max_connections: usize,
     pub fallback: MultiplexFallback,
 }
 
@@ -503,8 +506,9 @@ impl MuxState {
             .all(|c| c.flags.active.load(Ordering::Relaxed) >= self.settings.max_streams);
         let mut dialing = self.dialing.load(Ordering::Acquire);
         loop {
-            let wanted =
-                usable.len() + dialing < self.settings.connections || (full && dialing == 0);
+            let open = usable.len() + dialing;
+            let wanted = open < self.settings.connections
+                || (full && dialing == 0 && open < self.settings.max_connections);
             if !wanted {
                 return;
             }

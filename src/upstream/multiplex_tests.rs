@@ -46,13 +46,18 @@ impl Fixture {
     }
 
     fn multiplexer(&self, connections: usize, fallback: MultiplexFallback) -> Multiplexer {
+        self.multiplexer_with(MultiplexSettings {
+            connections,
+            max_streams: 100,
+            max_connections: 128,
+            fallback,
+        })
+    }
+
+    fn multiplexer_with(&self, settings: MultiplexSettings) -> Multiplexer {
         Multiplexer::new(
             self.dialer.clone(),
-            MultiplexSettings {
-                connections,
-                max_streams: 100,
-                fallback,
-            },
+            settings,
             PoolSettings {
                 min_idle: 1,
                 max_idle: 1,
@@ -108,6 +113,32 @@ async fn streams_share_the_persistent_connections() {
         0,
         "places are freed as streams end"
     );
+}
+
+#[tokio::test]
+async fn extra_connections_stop_at_max_connections_and_openers_wait_for_a_free_stream() {
+    let f = Fixture::start("").await;
+    let mux = f.multiplexer_with(MultiplexSettings {
+        connections: 1,
+        max_streams: 2,
+        max_connections: 2,
+        fallback: MultiplexFallback::Fail,
+    });
+    let mut streams: Vec<_> = futures_util::future::join_all((0..4).map(|_| open(&mux))).await;
+    assert_eq!(mux.stats().connections_opened, 2);
+    // Both connections are full and no third may open: the fifth waits for a free stream.
+    let fifth = open(&mux);
+    tokio::pin!(fifth);
+    let freed = streams.pop().unwrap();
+    let fifth = tokio::select! {
+        s = &mut fifth => s,
+        () = echo(freed, b"frees a stream") => fifth.await,
+    };
+    echo(fifth, b"fifth").await;
+    assert_eq!(mux.stats().connections_opened, 2);
+    for s in streams {
+        echo(s, b"rest").await;
+    }
 }
 
 #[tokio::test]
