@@ -251,3 +251,63 @@ async fn a_sighup_storm_changes_nothing_for_traffic() {
     assert!(version(&after) >= version(&before), "{before} -> {after}");
     assert_eq!(echo_once(proxy.listener("echo"), b"after").await, b"after");
 }
+
+/// SIGTERM with 1,000 streams in flight: no new connections, every stream finishes with every
+/// byte it sent back, then the process exits 0.
+#[tokio::test]
+async fn sigterm_with_a_thousand_streams_in_flight_loses_no_byte() {
+    const STREAMS: usize = 1000;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let sb = start_sandbox("").await;
+    let cfg = binding_config(
+        &ingress(
+            &sb,
+            "    transport: multiplex\n    multiplex: { connections: 2, max_streams: 500 }\n",
+        ),
+        &[("echo", "tcp://echo.e2e:7000")],
+        "      drain_timeout: 60s\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = start_proxy(&cfg, dir.path()).await;
+    let addr = proxy.listener("echo");
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut s = common::EchoStream::open(addr, 256).await;
+        s.send(1).await;
+        streams.push(s);
+    }
+    for s in &mut streams {
+        s.echoed_all().await;
+    }
+    wait_for_metric(
+        proxy.admin(),
+        "bindgate_connections_active",
+        &[],
+        STREAMS as f64,
+    )
+    .await;
+    let pid = proxy.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Draining: the listener stops accepting (polled), and the open streams keep flowing.
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let finishing = streams.into_iter().map(|mut s| async move {
+        s.send(3).await;
+        s.finish().await;
+    });
+    futures_util::future::join_all(finishing).await;
+    let status = tokio::time::timeout(common::GUARD, proxy.child.wait())
+        .await
+        .expect("did not exit after the drain")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
