@@ -46,10 +46,9 @@ async fn registers_once_discovers_and_keeps_ports_across_restarts() {
     let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
     let ports = port_range(20);
-    let mut gw = start_gateway(&sb, dir.path(), &ports, "").await;
-    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let gw = start_gateway(&sb, dir.path(), &ports, "").await;
     let admin = gw.admin();
-    let echo = endpoint_address(admin, ECHO).await.expect("echo exposed");
+    let echo = common::wait_endpoint(admin, ECHO).await;
     let web = endpoint_address(admin, WEB).await.expect("web exposed");
     assert_eq!(echo_roundtrip(echo, b"discovered").await, b"discovered");
     let mut c = TcpStream::connect(web).await.unwrap();
@@ -78,10 +77,9 @@ async fn registers_once_discovers_and_keeps_ports_across_restarts() {
 
     let (status, _) = gw.terminate().await;
     assert!(status.success());
-    let mut gw = start_gateway(&sb, dir.path(), &ports, "").await;
-    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let gw = start_gateway(&sb, dir.path(), &ports, "").await;
     assert_eq!(
-        endpoint_address(gw.admin(), ECHO).await,
+        Some(common::wait_endpoint(gw.admin(), ECHO).await),
         Some(echo),
         "same port after restart"
     );
@@ -94,9 +92,9 @@ async fn registers_once_discovers_and_keeps_ports_across_restarts() {
 async fn endpoints_added_and_removed_at_run_time() {
     let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
-    gw.wait_for_log_all(&["listener bound", ECHO]).await;
+    let gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
     let admin = gw.admin();
+    common::wait_endpoint(admin, ECHO).await;
 
     let late = "tcp://late.e2e:7100";
     let (code, body) = sb
@@ -107,8 +105,7 @@ async fn endpoints_added_and_removed_at_run_time() {
         )
         .await;
     assert_eq!(code, 201, "{body}");
-    gw.wait_for_log_all(&["listener bound", late]).await;
-    let late_addr = endpoint_address(admin, late).await.unwrap();
+    let late_addr = common::wait_endpoint(admin, late).await;
     assert_eq!(echo_roundtrip(late_addr, b"late").await, b"late");
 
     // A connection streaming through `echo` when it is removed completes byte-exact.
@@ -122,11 +119,7 @@ async fn endpoints_added_and_removed_at_run_time() {
         .control(Method::DELETE, &format!("endpoints?url={ECHO}"), None)
         .await;
     assert_eq!(code, 204);
-    gw.wait_for_log_all(&["stopped accepting", ECHO]).await;
-    assert!(
-        TcpStream::connect(echo).await.is_err(),
-        "removed listener no longer accepts"
-    );
+    common::wait_not_accepting(echo).await;
     stream.send(16).await;
     stream.finish().await;
     // The other endpoints are untouched.
@@ -144,12 +137,13 @@ async fn two_hundred_fifty_endpoints_over_three_pages() {
     let api = format!("{SANDBOX_API}  page_limit_max: 100\n");
     let sb = start_sandbox_api(&api, &extra).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = start_gateway(&sb, dir.path(), &port_range(300), "").await;
-    gw.wait_for_log("configuration applied").await;
-    let rows = admin_json(gw.admin(), "/endpoints").await;
-    let rows = rows.as_array().unwrap();
+    let gw = start_gateway(&sb, dir.path(), &port_range(300), "").await;
+    let rows = common::wait_admin(gw.admin(), "/endpoints", "250 endpoints active", |v| {
+        let rows = v.as_array()?;
+        (rows.len() == 250 && rows.iter().all(|r| r["state"] == "active")).then(|| rows.clone())
+    })
+    .await;
     assert_eq!(rows.len(), 250, "all endpoints across pages are exposed");
-    assert!(rows.iter().all(|r| r["state"] == "active"), "{rows:?}");
     let last = endpoint_address(gw.admin(), "tcp://svc247.many:7000")
         .await
         .unwrap();
@@ -161,8 +155,7 @@ async fn api_failures_keep_the_last_good_endpoints_serving() {
     let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
-    gw.wait_for_log_all(&["listener bound", ECHO]).await;
-    let echo = endpoint_address(gw.admin(), ECHO).await.unwrap();
+    let echo = common::wait_endpoint(gw.admin(), ECHO).await;
 
     let (code, body) = sb
         .control(
@@ -207,8 +200,7 @@ async fn certificate_is_renewed_and_connections_work_before_and_after() {
     let sb = start_sandbox_api(&api, "").await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
-    gw.wait_for_log_all(&["listener bound", ECHO]).await;
-    let echo = endpoint_address(gw.admin(), ECHO).await.unwrap();
+    let echo = common::wait_endpoint(gw.admin(), ECHO).await;
     let before = std::fs::read(dir.path().join("state/tls.crt")).unwrap();
     // Opened before the renewal and kept open across it.
     let mut held = TcpStream::connect(echo).await.unwrap();

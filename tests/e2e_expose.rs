@@ -2,7 +2,8 @@
 //! discovering endpoints from a sandbox and exposing them on loopback addresses.
 //!
 //! Every test has addresses of its own: mode virtual a /28 of `127.200.0.0`–`127.249.255.255`
-//! (which `common::port_range` never hands out), mode shared the unique IP of `port_range`.
+//! (claimed for the test process, like `common::port_range`'s IPs), mode shared the unique IP of
+//! `port_range`.
 //! Endpoint ports are free ports the OS handed out a moment before.
 
 mod common;
@@ -26,17 +27,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A /28 of loopback addresses no other test uses (same uniqueness scheme as `port_range`).
+/// A /28 of loopback addresses no other test process uses (claimed like `port_range`'s IPs, in
+/// a range of second octets of its own).
 fn own_cidr() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let k = (NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id()) % (50 * 256 * 16);
-    format!(
-        "127.{}.{}.{}/28",
-        200 + k / 4096,
-        (k / 16) % 256,
-        (k % 16) * 16
-    )
+    format!("{}/28", common::claim_loopback(200..250, 16))
 }
 
 /// A config discovering the sandbox's endpoints and exposing them with `expose` (lines indented

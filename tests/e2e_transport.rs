@@ -556,10 +556,11 @@ async fn early_data_refusal_closes_the_client_and_names_the_ngrok_error() {
             .await;
         assert!(line.contains("ERR_NGROK_3200"), "{transport}: {line}");
         assert!(line.contains("ghost.e2e:7000"), "{transport}: {line}");
-        let metrics = admin_text(proxy.admin(), "/metrics").await;
-        assert!(
-            metrics.contains("bindgate_upstream_connect_failures_total 1"),
-            "{transport}: {metrics}"
+        let scrape = common::scrape(proxy.admin()).await;
+        assert_eq!(
+            common::metric(&scrape, "bindgate_upstream_connect_failures_total", &[]),
+            1.0,
+            "{transport}"
         );
         if transport == "multiplex" {
             let t = transport_of(&proxy, "ghost").await;

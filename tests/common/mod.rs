@@ -394,20 +394,40 @@ dynamic_resources:
     }
 }
 
-/// A loopback IP of its own (no other test's sockets live there: all of 127/8 is local) and a
-/// range of `n` ports on it, below the ephemeral range.
+/// A loopback IP of its own and a range of `n` ports on it, below the ephemeral range. The IP
+/// is claimed for this process's life (see [`claim_loopback`]), so no other test process, run
+/// at the same time or not, can be handed it.
 pub fn port_range(n: u16) -> (String, String) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let k = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id();
-    let ip = format!(
-        "127.{}.{}.{}",
-        100 + (k >> 16) % 100,
-        (k >> 8) % 250 + 1,
-        k % 250 + 1
-    );
-    let start = 20000 + (k % 50) as u16 * 200;
-    (ip, format!("{start}-{}", start + n - 1))
+    let ip = claim_loopback(100..200, 1);
+    (ip.to_string(), format!("20000-{}", 20000 + n - 1))
+}
+
+/// The first address of a block of `size` loopback addresses (aligned; `size` a power of two up
+/// to 128) whose second octet is in `second_octet`, claimed for this process's life by binding
+/// `first:19999` and keeping that socket open. All of 127/8 is local on Linux, so the bind only
+/// fails when another process holds the claim; then another random block is tried.
+pub fn claim_loopback(second_octet: std::ops::Range<u8>, size: u8) -> std::net::Ipv4Addr {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let last = if size <= 1 {
+            rng.random_range(1..=250u8)
+        } else {
+            rng.random_range(0..(256 / u16::from(size)) as u8) * size
+        };
+        let ip = std::net::Ipv4Addr::new(
+            127,
+            rng.random_range(second_octet.clone()),
+            rng.random_range(1..=250),
+            last,
+        );
+        if let Ok(claim) = std::net::TcpListener::bind((ip, 19999)) {
+            // Held until the process exits: the claim is the socket.
+            std::mem::forget(claim);
+            return ip;
+        }
+    }
+    panic!("no free loopback block after 1000 tries");
 }
 
 /// GETs an admin path and parses the JSON body.
@@ -669,6 +689,78 @@ pub async fn wait_for_metric(admin: SocketAddr, name: &str, labels: &[(&str, &st
         assert!(
             tokio::time::Instant::now() < deadline,
             "{name} {labels:?} never reached {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` on the admin JSON at `path` until it returns `Some` (panics after [`GUARD`]
+/// with the last answer): tests wait on state, not on log wording.
+pub async fn wait_admin<T>(
+    admin: SocketAddr,
+    path: &str,
+    what: &str,
+    mut check: impl FnMut(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let v = admin_json(admin, path).await;
+        if let Some(t) = check(&v) {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never: {what}; {path} says {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until listener `name` is in `state` in `/listeners`; returns its bound address.
+pub async fn wait_listener(admin: SocketAddr, name: &str, state: &str) -> Option<SocketAddr> {
+    wait_admin(admin, "/listeners", &format!("{name} {state}"), |v| {
+        let row = v
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == name && r["state"] == state)?;
+        Some(row["bound_address"].as_str().and_then(|a| a.parse().ok()))
+    })
+    .await
+}
+
+/// Waits until listener `name` is gone from `/listeners` (drained, or never there).
+pub async fn wait_listener_gone(admin: SocketAddr, name: &str) {
+    wait_admin(admin, "/listeners", &format!("{name} gone"), |v| {
+        (!v.as_array()?.iter().any(|r| r["name"] == name)).then_some(())
+    })
+    .await
+}
+
+/// Waits until the discovered endpoint `url` is exposed and its listener active; returns where.
+pub async fn wait_endpoint(admin: SocketAddr, url: &str) -> SocketAddr {
+    wait_admin(admin, "/endpoints", &format!("{url} active"), |v| {
+        let row = v.as_array()?.iter().find(|r| r["endpoint"] == url)?;
+        (row["state"] == "active").then(|| row["address"].as_str()?.parse().ok())?
+    })
+    .await
+}
+
+/// Waits until `/config_dump`'s `control` counter `field` (`applied_updates`,
+/// `rejected_updates`) reaches `n`; returns the whole dump.
+pub async fn wait_control(admin: SocketAddr, field: &str, n: u64) -> serde_json::Value {
+    wait_admin(admin, "/config_dump", &format!("{field} = {n}"), |v| {
+        (v["control"][field].as_u64()? >= n).then(|| v.clone())
+    })
+    .await
+}
+
+/// Waits until nothing accepts at `addr` any more (a removed or draining listener).
+pub async fn wait_not_accepting(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
