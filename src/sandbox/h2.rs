@@ -13,17 +13,21 @@
 //! | 502 | `ERR_NGROK_8012` (the target could not be dialed) |
 //! | 400 / 405 | no code: not a CONNECT, or `:authority` is not `host:port` |
 //!
-//! Like the rest of the sandbox this is written from the protocol, not from bindgate's client.
+//! Like the rest of the sandbox this is written from the protocol, not from bindgate's client:
+//! the byte-pipe adapters over h2's streams (`StreamReader`, `StreamWriter`) are the sandbox's
+//! own, so a flaw in bindgate's HTTP/2 stream cannot cancel itself out here.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
@@ -222,8 +226,7 @@ fn header_value(text: &str) -> HeaderValue {
 }
 
 /// Pipes a stream and the target both ways with half-close; faults apply to the client → target
-/// direction as on a plain connection (a reset fault resets the stream). The stream is the same
-/// `AsyncRead`/`AsyncWrite` adapter bindgate's multiplexer uses (END_STREAM is EOF / shutdown).
+/// direction as on a plain connection (a reset fault resets the stream).
 async fn pipe(
     recv: RecvStream,
     send: SendStream<Bytes>,
@@ -231,10 +234,10 @@ async fn pipe(
     endpoint: &BoundEndpoint,
 ) -> io::Result<PipeEnd> {
     let (mut backend_read, mut backend_write) = backend.into_split();
-    let (mut client_read, mut client_write) =
-        tokio::io::split(crate::upstream::H2Stream::new(send, recv, None));
+    let mut from_client = StreamReader::new(recv);
+    let mut to_client = StreamWriter::new(send);
     let up = async {
-        copy_client_to_backend(&mut client_read, &mut backend_write, endpoint)
+        copy_client_to_backend(&mut from_client, &mut backend_write, endpoint)
             .await
             .map_err(|e| match e {
                 PipeError::Io(e) => {
@@ -244,19 +247,316 @@ async fn pipe(
             })
     };
     let down = async {
-        let total = tokio::io::copy(&mut backend_read, &mut client_write)
+        let total = tokio::io::copy(&mut backend_read, &mut to_client)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("target to client: {e}")))?;
-        client_write.shutdown().await?;
+        to_client.shutdown().await?;
         Ok::<_, PipeError>(total)
     };
-    let result = tokio::try_join!(up, down);
-    match result {
+    match tokio::try_join!(up, down) {
         Ok((up, down)) => Ok(PipeEnd::Done { up, down }),
         Err(PipeError::ResetFault { up }) => {
-            client_read.unsplit(client_write).reset(Reason::CANCEL);
+            to_client.reset(Reason::CANCEL);
             Ok(PipeEnd::Reset { up })
         }
         Err(PipeError::Io(e)) => Err(e),
+    }
+}
+
+/// The largest piece of one write handed to h2 at a time; h2 copies it into its send buffer.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// The client → target direction of a CONNECT stream as an `AsyncRead`: DATA frames in order, the
+/// client's END_STREAM as EOF. Flow-control window goes back to the client only for bytes read
+/// out of here, so a target that reads slowly slows the client down.
+struct StreamReader {
+    recv: RecvStream,
+    /// What is left of the last DATA frame.
+    unread: Bytes,
+    /// END_STREAM (or a NO_ERROR reset) was seen: every further read is EOF.
+    ended: bool,
+}
+
+impl StreamReader {
+    fn new(recv: RecvStream) -> Self {
+        StreamReader {
+            recv,
+            unread: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl AsyncRead for StreamReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // Nothing to fill: reading a frame now would report 0 bytes, which means EOF.
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        while this.unread.is_empty() {
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(frame)) => this.unread = frame,
+                None => this.ended = true,
+                // The client stopped sending without error: as good as END_STREAM.
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => this.ended = true,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread.split_to(n));
+        // Best effort: the stream may be gone already, and then there is no window to give.
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The target → client direction of a CONNECT stream as an `AsyncWrite`: bytes go out as DATA
+/// frames within the client's flow-control window; `shutdown` sends END_STREAM and leaves the
+/// other direction open.
+struct StreamWriter {
+    send: SendStream<Bytes>,
+    /// END_STREAM sent.
+    finished: bool,
+}
+
+impl StreamWriter {
+    fn new(send: SendStream<Bytes>) -> Self {
+        StreamWriter {
+            send,
+            finished: false,
+        }
+    }
+
+    /// Ends the stream abruptly (RST_STREAM), as the reset fault wants.
+    fn reset(&mut self, reason: Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
+impl AsyncWrite for StreamWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the stream was already ended",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let wanted = buf.len().min(WRITE_CHUNK);
+        loop {
+            // What the client's window (and h2's send buffer) lets us queue right now.
+            let granted = this.send.capacity().min(wanted);
+            if granted > 0 {
+                let chunk = Bytes::copy_from_slice(&buf[..granted]);
+                return Poll::Ready(match this.send.send_data(chunk, false) {
+                    Ok(()) => Ok(granted),
+                    Err(e) => Err(h2_to_io(e)),
+                });
+            }
+            // Ask for window and wait until some is assigned to this stream.
+            this.send.reserve_capacity(wanted);
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the client no longer accepts data on this stream",
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Queued DATA is written by the connection's task (`serve` polls it), not by this handle.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.finished {
+            this.finished = true;
+            // Give back window reserved for writes that will not come.
+            this.send.reserve_capacity(0);
+            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// An h2 error as the I/O error a byte pipe expects: a reset stream or a GOAWAY'd connection is a
+/// connection reset; a failure of the TLS connection underneath is passed on as it was.
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 connection failed"));
+    }
+    if e.is_reset() || e.is_go_away() {
+        return io::Error::new(io::ErrorKind::ConnectionReset, e);
+    }
+    io::Error::other(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The client's ends of one accepted CONNECT stream.
+    struct Client {
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        _requests: h2::client::SendRequest<Bytes>,
+    }
+
+    impl Client {
+        /// Everything the server sends until END_STREAM, giving window back as it goes.
+        async fn read_all(&mut self) -> Vec<u8> {
+            let mut got = Vec::new();
+            while let Some(frame) = self.recv.data().await {
+                let frame = frame.unwrap();
+                self.recv
+                    .flow_control()
+                    .release_capacity(frame.len())
+                    .unwrap();
+                got.extend_from_slice(&frame);
+            }
+            got
+        }
+    }
+
+    /// One CONNECT over an in-memory HTTP/2 connection, answered 200 by a server whose stream is
+    /// wrapped in the adapters under test. The server keeps its connection driven in a task.
+    async fn connect() -> (Client, StreamReader, StreamWriter) {
+        let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+            assert_eq!(request.method(), Method::CONNECT);
+            let send = respond.send_response(Response::new(()), false).unwrap();
+            let recv = request.into_body();
+            // Drives the connection; an error ends it (h2 keeps returning the error).
+            tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+            (StreamReader::new(recv), StreamWriter::new(send))
+        });
+        let (requests, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri("svc.ns:80")
+            .body(())
+            .unwrap();
+        let mut requests = requests.ready().await.unwrap();
+        let (response, send) = requests.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let (reader, writer) = server.await.unwrap();
+        let client = Client {
+            send,
+            recv: response.into_body(),
+            _requests: requests,
+        };
+        (client, reader, writer)
+    }
+
+    #[tokio::test]
+    async fn client_end_stream_reads_as_eof_and_the_answer_still_flows() {
+        let (mut client, mut reader, mut writer) = connect().await;
+        client
+            .send
+            .send_data(Bytes::from_static(b"last words"), true)
+            .unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        // EOF stays EOF.
+        assert_eq!(reader.read(&mut [0u8; 4]).await.unwrap(), 0);
+
+        writer.write_all(b"still heard").await.unwrap();
+        writer.shutdown().await.unwrap();
+        assert_eq!(client.read_all().await, b"still heard");
+        assert!(writer.write(b"more").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_clients_window_complete_as_it_reads() {
+        let (mut client, _reader, mut writer) = connect().await;
+        // Sixteen times the default 64 KiB window: the writer must wait for WINDOW_UPDATEs.
+        let payload: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 256) as u8).collect();
+        let sent = payload.clone();
+        let writing = tokio::spawn(async move {
+            writer.write_all(&sent).await.unwrap();
+            writer.shutdown().await.unwrap();
+        });
+        assert_eq!(client.read_all().await, payload);
+        writing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn client_bytes_arrive_in_order_through_small_reads() {
+        let (mut client, mut reader, _writer) = connect().await;
+        let reading = tokio::spawn(async move {
+            // Smaller than most frames: a frame is handed out over several reads.
+            let mut buf = [0u8; 100];
+            let mut got = Vec::new();
+            loop {
+                match reader.read(&mut buf).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let mut expected = Vec::new();
+        // Fewer small frames than h2's budget for unread small DATA frames (it answers a flood
+        // of them with GOAWAY ENHANCE_YOUR_CALM).
+        for i in 0..64u32 {
+            let frame: Vec<u8> = (0..(i * 37 % 700 + 1)).map(|b| (b + i) as u8).collect();
+            expected.extend_from_slice(&frame);
+            client.send.send_data(Bytes::from(frame), false).unwrap();
+        }
+        client.send.send_data(Bytes::new(), true).unwrap();
+        assert_eq!(reading.await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_is_a_connection_reset() {
+        let (mut client, mut reader, _writer) = connect().await;
+        client.send.send_reset(Reason::CANCEL);
+        let err = reader.read(&mut [0u8; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    #[tokio::test]
+    async fn reset_reaches_the_client_as_rst_stream() {
+        let (mut client, _reader, mut writer) = connect().await;
+        writer.write_all(b"partial").await.unwrap();
+        writer.reset(Reason::CANCEL);
+        // "partial" may or may not get out before the reset; the reset itself must.
+        let err = loop {
+            match client.recv.data().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("the stream ended cleanly instead of being reset"),
+            }
+        };
+        assert_eq!(err.reason(), Some(Reason::CANCEL));
     }
 }
