@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bindgate_sandbox::{Sandbox, SandboxConfig};
+
 use crate::control::{ControlPlane, registration};
-use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{config, snapshot};
 
 const SANDBOX_YAML: &str = include_str!("../../examples/sandbox/demo.yaml");

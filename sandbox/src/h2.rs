@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bindgate_wire::{ConnRequest, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
@@ -40,7 +41,6 @@ use super::ingress::{
     ACCOUNT_MISMATCH_CODE, ClientIdentity, Ingress, NOT_FOUND_CODE, PipeEnd, PipeError,
     TARGET_UNREACHABLE_CODE, copy_client_to_backend,
 };
-use crate::wire::{ConnRequest, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER};
 
 /// Flow-control windows granted to the client: per stream and per connection.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;

@@ -7,8 +7,11 @@
 //! upgrade + pipe; `h2` serves the same upgrade as HTTP/2 CONNECT streams when the client
 //! negotiates ALPN `h2`), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
 //! (echo, http), `faults` (per-endpoint fault knobs), `tls` (its crypto provider and key
-//! reading). The sandbox shares nothing with bindgate's proxy side except the wire format
-//! (`crate::wire`): it is written from PROTOCOL.md alone.
+//! reading). The sandbox shares nothing with bindgate's proxy side except the wire format (the
+//! `bindgate-wire` crate): it is written from PROTOCOL.md alone, and this crate must never depend
+//! on `bindgate`.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 pub mod api;
 pub mod backends;
