@@ -16,7 +16,6 @@ pub mod listener;
 pub mod ngrok_api;
 pub mod proxy;
 pub mod retained;
-pub mod sandbox;
 pub mod secret;
 pub mod snapshot;
 pub mod telemetry;

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bindgate_sandbox::{Sandbox, SandboxConfig};
+
 use crate::control::{ControlPlane, registration};
-use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{config, snapshot};
 
 const SANDBOX_YAML: &str = include_str!("../../examples/sandbox/demo.yaml");
@@ -36,6 +37,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let mut signals = super::ShutdownSignal::install()?;
+    // The proxy's provider is the process default; the sandbox names its own explicitly.
+    crate::identity::install_crypto_provider();
     let mut sandbox_cfg = SandboxConfig::from_yaml(SANDBOX_YAML)?;
     sandbox_cfg.state_dir = dir.join("sandbox");
     let sandbox = Sandbox::start(sandbox_cfg).await?;

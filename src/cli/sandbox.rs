@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::sandbox::{self, Sandbox, SandboxCa, SandboxConfig};
+use bindgate_sandbox::{self as sandbox, Sandbox, SandboxCa, SandboxConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {

@@ -140,11 +140,6 @@ impl H2Stream {
             Recv::Open(_) | Recv::Failed => e,
         }
     }
-
-    /// Abandons the stream with RST_STREAM (`reason`), e.g. for a fault that must look abrupt.
-    pub(crate) fn reset(&mut self, reason: h2::Reason) {
-        self.send.send_reset(reason);
-    }
 }
 
 /// h2 errors as I/O errors: resets and GOAWAY are connection resets, transport errors stay what

@@ -1,11 +1,11 @@
 //! Multiplexer unit tests against the in-process sandbox (which serves CONNECT over h2).
 
+use bindgate_sandbox::{Sandbox, SandboxConfig};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::identity::ClientIdentity;
-use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::secret::Secret;
 
 struct Fixture {

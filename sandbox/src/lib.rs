@@ -6,8 +6,12 @@
 //! `ca` (the persisted CA), `endpoints` (the registry of bound endpoints), `ingress` (mTLS +
 //! upgrade + pipe; `h2` serves the same upgrade as HTTP/2 CONNECT streams when the client
 //! negotiates ALPN `h2`), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
-//! (echo, http), `faults` (per-endpoint fault knobs). The sandbox shares nothing with bindgate's
-//! proxy side except the wire format (`crate::wire`): it is written from PROTOCOL.md alone.
+//! (echo, http), `faults` (per-endpoint fault knobs), `tls` (its crypto provider and key
+//! reading). The sandbox shares nothing with bindgate's proxy side except the wire format (the
+//! `bindgate-wire` crate): it is written from PROTOCOL.md alone, and this crate must never depend
+//! on `bindgate`.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 pub mod api;
 pub mod backends;
@@ -17,6 +21,7 @@ pub mod endpoints;
 pub mod faults;
 pub mod h2;
 pub mod ingress;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -83,7 +88,6 @@ pub struct Sandbox {
 impl Sandbox {
     /// Loads or creates the CA, binds the backends and the ingress, and returns when all accept.
     pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
-        crate::identity::install_crypto_provider();
         config
             .validate()
             .map_err(|(field, reason)| SandboxConfigError::Invalid {

@@ -332,7 +332,7 @@ impl EndpointRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::config::FaultsConfig;
+    use crate::config::FaultsConfig;
 
     fn endpoint(url: &str, target: &str) -> EndpointConfig {
         EndpointConfig {

@@ -537,7 +537,7 @@ endpoints:
 
     #[test]
     fn shipped_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sandbox/sandbox.yaml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sandbox/sandbox.yaml");
         let config = SandboxConfig::load(&path).unwrap();
         assert_eq!(config.endpoints.len(), 4);
     }

@@ -270,7 +270,7 @@ impl SandboxCa {
     ) -> Result<rustls::ServerConfig, CaError> {
         let tls = |e: &dyn std::fmt::Display| CaError::Tls(e.to_string());
         let identity = self.issue_server_cert(dns_names, ips)?;
-        let provider = Arc::new(crate::identity::crypto_provider());
+        let provider = crate::tls::crypto_provider();
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?;
@@ -556,7 +556,7 @@ mod tests {
         let block = ::pem::parse(&cert_pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
         assert_eq!(cert.subject().iter_attributes().count(), 0);
-        assert!(crate::identity::parse_private_key(key_pem.as_bytes()).is_some());
+        crate::tls::parse_private_key(key_pem.as_bytes()).unwrap();
     }
 
     #[test]

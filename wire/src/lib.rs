@@ -1,9 +1,12 @@
 //! The binding upgrade's wire format: `ConnRequest` / `ConnResponse`, each framed as a 2-byte
 //! little-endian length followed by that many bytes of protobuf (shared PROTOCOL.md §1).
 //!
-//! This module owns framing and the generated message types only; it knows nothing of sockets
+//! This crate owns framing and the generated message types only; it knows nothing of sockets
 //! beyond `AsyncRead`/`AsyncWrite`, and never reads past the end of a frame, so whatever the peer
-//! sends after it stays in the stream for the byte pipe.
+//! sends after it stays in the stream for the byte pipe. It is the one piece of code bindgate and
+//! its sandbox share (bindgate re-exports it as `bindgate::wire`).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -321,7 +324,7 @@ mod tests {
     /// deterministic sweep of random and prefix-mutated frames covers the rest on stable.
     #[test]
     fn hostile_bytes_never_panic() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions");
         let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(|e| std::fs::read(e.ok()?.path()).ok())

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bindgate::sandbox::endpoints::{EndpointUrl, endpoint_id};
-use bindgate::sandbox::{Sandbox, SandboxCa, SandboxConfig};
-use bindgate::wire::{self, ConnRequest, ConnResponse};
+use bindgate_sandbox::endpoints::{EndpointUrl, endpoint_id};
+use bindgate_sandbox::{Sandbox, SandboxCa, SandboxConfig};
+use bindgate_wire::{self as wire, ConnRequest, ConnResponse};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,19 +84,36 @@ fn h2_connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
+/// Trusts only the sandbox's CA; presents `client` (PEM certificate and key files) when given.
 fn client_config(ca: &Path, client: Option<(&Path, &Path)>) -> rustls::ClientConfig {
-    bindgate::identity::install_crypto_provider();
-    let roots = bindgate::identity::load_trust_roots(Some(ca), false).unwrap();
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca) {
+        roots.add(cert).unwrap();
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(bindgate_sandbox::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
     match client {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                bindgate::identity::load_cert_chain(cert).unwrap(),
-                bindgate::identity::load_private_key(key).unwrap(),
-            )
-            .unwrap(),
+        Some((cert, key)) => {
+            let key = bindgate_sandbox::tls::parse_private_key(&std::fs::read(key).unwrap());
+            builder
+                .with_client_auth_cert(certificates(cert), key.unwrap())
+                .unwrap()
+        }
         None => builder.with_no_client_auth(),
     }
+}
+
+/// The CERTIFICATE blocks of a PEM file.
+fn certificates(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    pem::parse_many(std::fs::read(path).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(|block| block.into_contents().into())
+        .collect()
 }
 
 fn id_of(url: &str) -> String {

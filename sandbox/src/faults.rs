@@ -113,7 +113,7 @@ impl ResetHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::config::ConfigDuration;
+    use crate::config::ConfigDuration;
 
     #[test]
     fn config_maps_to_faults() {

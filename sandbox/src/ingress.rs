@@ -35,7 +35,7 @@ use super::ca::ClientAuth;
 use super::ca::SandboxCa;
 use super::endpoints::{BoundEndpoint, EndpointRegistry};
 use super::faults::{REFUSE_CODE, ReadPacer, ResetHandle};
-use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
+use bindgate_wire::{self as wire, ConnRequest, ConnResponse, FrameError};
 
 pub const ACCOUNT_MISMATCH_CODE: &str = "ERR_NGROK_15010";
 pub const NOT_FOUND_CODE: &str = "ERR_NGROK_3200";

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bindgate::sandbox::endpoints::{EndpointUrl, endpoint_id};
-use bindgate::sandbox::{Sandbox, SandboxConfig};
-use bindgate::wire::{self, ConnRequest, ConnResponse};
+use bindgate_sandbox::endpoints::{EndpointUrl, endpoint_id};
+use bindgate_sandbox::{Sandbox, SandboxConfig};
+use bindgate_wire::{self as wire, ConnRequest, ConnResponse};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
@@ -56,9 +56,15 @@ const ENDPOINTS: &str = "endpoints:
 ";
 
 fn tls_client(ca: &Path, identity: Option<(&str, &str)>) -> TlsConnector {
-    bindgate::identity::install_crypto_provider();
-    let roots = bindgate::identity::load_trust_roots(Some(ca), false).unwrap();
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut roots = rustls::RootCertStore::empty();
+    for block in pem::parse_many(std::fs::read(ca).unwrap()).unwrap() {
+        roots.add(block.into_contents().into()).unwrap();
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(bindgate_sandbox::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
     let config = match identity {
         Some((cert_pem, key_pem)) => {
             let certs = pem::parse_many(cert_pem)
@@ -66,7 +72,7 @@ fn tls_client(ca: &Path, identity: Option<(&str, &str)>) -> TlsConnector {
                 .into_iter()
                 .map(|b| rustls::pki_types::CertificateDer::from(b.into_contents()))
                 .collect();
-            let key = bindgate::identity::parse_private_key(key_pem.as_bytes()).unwrap();
+            let key = bindgate_sandbox::tls::parse_private_key(key_pem.as_bytes()).unwrap();
             builder.with_client_auth_cert(certs, key).unwrap()
         }
         None => builder.with_no_client_auth(),
