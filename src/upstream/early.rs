@@ -18,9 +18,10 @@ use super::UpstreamError;
 use super::dial::{IngressTls, accept_response};
 use crate::wire::{ConnResponse, FrameError, FrameReader};
 
-/// An upgraded TLS stream whose `ConnResponse` may still be on its way.
-pub struct EarlyUpgrade {
-    tls: IngressTls,
+/// An upgraded TLS stream whose `ConnResponse` may still be on its way. Generic over the stream
+/// only so `crate::fuzzing` can run it on bytes in memory; the proxy uses TLS to the ingress.
+pub struct EarlyUpgrade<S = IngressTls> {
+    tls: S,
     answer: Answer,
 }
 
@@ -39,7 +40,7 @@ struct PendingResponse {
     frame: FrameReader,
 }
 
-impl std::fmt::Debug for EarlyUpgrade {
+impl<S> std::fmt::Debug for EarlyUpgrade<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EarlyUpgrade")
             .field("accepted", &self.accepted())
@@ -47,13 +48,13 @@ impl std::fmt::Debug for EarlyUpgrade {
     }
 }
 
-impl EarlyUpgrade {
+impl<S> EarlyUpgrade<S> {
     pub(crate) fn new(
-        tls: IngressTls,
+        tls: S,
         ingress: Arc<str>,
         address: Arc<str>,
         endpoint: String,
-    ) -> EarlyUpgrade {
+    ) -> EarlyUpgrade<S> {
         EarlyUpgrade {
             tls,
             answer: Answer::Awaiting(Box::new(PendingResponse {
@@ -69,7 +70,9 @@ impl EarlyUpgrade {
     pub fn accepted(&self) -> bool {
         matches!(self.answer, Answer::Accepted)
     }
+}
 
+impl<S: AsyncRead + Unpin> EarlyUpgrade<S> {
     /// Reads the answer if it is still to come: `Ok` once accepted; a refusal is logged, counted
     /// and returned (once; later calls fail without a word).
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -132,7 +135,7 @@ impl PendingResponse {
     }
 }
 
-impl AsyncRead for EarlyUpgrade {
+impl<S: AsyncRead + Unpin> AsyncRead for EarlyUpgrade<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -144,7 +147,7 @@ impl AsyncRead for EarlyUpgrade {
     }
 }
 
-impl AsyncWrite for EarlyUpgrade {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EarlyUpgrade<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
