@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod filters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod http_body;
 pub mod identity;

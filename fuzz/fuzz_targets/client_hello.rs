@@ -1,9 +1,5 @@
-//! Bytes from a client → the SNI of a TLS ClientHello: must never panic.
+//! Bytes from a client → the SNI of a TLS ClientHello.
+//! The body is `bindgate::fuzzing::client_hello` (also replayed on stable by `tests/fuzz_replay.rs`).
 #![no_main]
 
-use bindgate::proxy::sni;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = sni::parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bindgate::fuzzing::client_hello(data));

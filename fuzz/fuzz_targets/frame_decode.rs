@@ -1,10 +1,5 @@
-//! Bytes from a peer → framed ConnRequest / ConnResponse: must never panic.
+//! Bytes from a peer → framed ConnRequest / ConnResponse.
+//! The body is `bindgate::fuzzing::frame_decode` (also replayed on stable by `tests/fuzz_replay.rs`).
 #![no_main]
 
-use bindgate::wire::{ConnRequest, ConnResponse, decode_frame};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = decode_frame::<ConnRequest>(data);
-    let _ = decode_frame::<ConnResponse>(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bindgate::fuzzing::frame_decode(data));

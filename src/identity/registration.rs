@@ -425,7 +425,7 @@ pub fn metadata(node_id: &str) -> String {
     serde_json::json!({"bindgate": {"node_id": node_id, "version": VERSION}}).to_string()
 }
 
-fn metadata_node_id(metadata: &str) -> Option<String> {
+pub(crate) fn metadata_node_id(metadata: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(metadata).ok()?;
     v.get("bindgate")?
         .get("node_id")?
@@ -478,7 +478,7 @@ fn update_for(
     }
 }
 
-fn ingress_of(op: &Operator) -> String {
+pub(crate) fn ingress_of(op: &Operator) -> String {
     let raw = op
         .binding
         .as_ref()

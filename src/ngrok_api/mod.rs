@@ -35,7 +35,8 @@ pub use retry::RetryPolicy;
 
 use crate::config::{LoadedConfig, NgrokConfig};
 use crate::secret::Secret;
-use models::{EndpointPage, ErrorBody, OperatorPage, Page};
+use models::ErrorBody;
+pub(crate) use models::{EndpointPage, OperatorPage, Page};
 use retry::{Attempt, with_retries};
 
 /// ngrok's API version header value this client speaks.
@@ -229,17 +230,7 @@ impl ApiClient {
     /// Resolves a `next_page_uri`. Only URLs on the configured API origin are followed: the
     /// request carries the API key.
     fn follow(&self, next: &str) -> Result<Url, ApiError> {
-        let url = self
-            .base
-            .join(next)
-            .map_err(|e| ApiError::Decode(format!("bad next_page_uri `{next}`: {e}")))?;
-        if url.origin() != self.base.origin() {
-            return Err(ApiError::Decode(format!(
-                "next_page_uri `{next}` leaves the API origin {}; not sending the API key there",
-                self.base.origin().ascii_serialization()
-            )));
-        }
-        Ok(url)
+        follow(&self.base, next)
     }
 
     fn url(&self, path: &str) -> Result<Url, ApiError> {
@@ -335,40 +326,65 @@ impl ApiClient {
     }
 
     fn status_error(&self, status: StatusCode, body: &[u8]) -> ApiError {
-        let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-        let (error_code, msg, operation_id) = match parsed {
-            Some(b) => (b.error_code, b.msg, b.details.operation_id),
-            None => (String::new(), snippet(body), String::new()),
-        };
-        let msg = self.scrub(&msg);
-        match status.as_u16() {
-            s @ (401 | 403) => ApiError::Unauthorized {
-                status: s,
-                error_code,
-                msg,
-            },
-            404 => ApiError::NotFound { error_code, msg },
-            s => ApiError::Api {
-                status: s,
-                error_code,
-                msg,
-                operation_id,
-            },
-        }
+        status_error(status, body, self.key.expose())
     }
 
     /// Removes the API key from text that came from the network or a library.
     fn scrub(&self, text: &str) -> String {
-        let key = self.key.expose();
-        if key.is_empty() {
-            text.to_owned()
-        } else {
-            text.replace(key, crate::secret::REDACTED)
-        }
+        scrub(text, self.key.expose())
     }
 }
 
-fn parse_base(api_url: &str) -> Result<Url, ApiError> {
+/// Resolves a `next_page_uri` against `base`. Only URLs on the API origin are followed: the
+/// request carries the API key.
+pub(crate) fn follow(base: &Url, next: &str) -> Result<Url, ApiError> {
+    let url = base
+        .join(next)
+        .map_err(|e| ApiError::Decode(format!("bad next_page_uri `{next}`: {e}")))?;
+    if url.origin() != base.origin() {
+        return Err(ApiError::Decode(format!(
+            "next_page_uri `{next}` leaves the API origin {}; not sending the API key there",
+            base.origin().ascii_serialization()
+        )));
+    }
+    Ok(url)
+}
+
+/// The error for a non-2xx answer: ngrok's error JSON when the body is one, else the start of
+/// the body as text; `key` is scrubbed from what the server wrote.
+pub(crate) fn status_error(status: StatusCode, body: &[u8], key: &str) -> ApiError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (error_code, msg, operation_id) = match parsed {
+        Some(b) => (b.error_code, b.msg, b.details.operation_id),
+        None => (String::new(), snippet(body), String::new()),
+    };
+    let msg = scrub(&msg, key);
+    match status.as_u16() {
+        s @ (401 | 403) => ApiError::Unauthorized {
+            status: s,
+            error_code,
+            msg,
+        },
+        404 => ApiError::NotFound { error_code, msg },
+        s => ApiError::Api {
+            status: s,
+            error_code,
+            msg,
+            operation_id,
+        },
+    }
+}
+
+/// Removes the API key from text that came from the network or a library.
+fn scrub(text: &str, key: &str) -> String {
+    if key.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(key, crate::secret::REDACTED)
+    }
+}
+
+pub(crate) fn parse_base(api_url: &str) -> Result<Url, ApiError> {
     let mut base =
         Url::parse(api_url).map_err(|e| ApiError::Invalid(format!("API URL `{api_url}`: {e}")))?;
     match base.scheme() {
@@ -411,7 +427,7 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::Invalid(format!("request body: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::Decode(format!("{what}: {e}")))
 }
 

@@ -28,7 +28,7 @@ use super::splice::{SpliceError, splice};
 use crate::filters::http::{HttpService, LocalAnswer, RequestInfo, answer};
 use crate::filters::network::{Conn, ConnOutcome, Outcome};
 use crate::http_body::{ProxyBody, RequestBody};
-use crate::snapshot::{HttpUpstream, RouteTable, normalize_host};
+use crate::snapshot::{HttpRoute, HttpRoutes, HttpUpstream, RouteTable, normalize_host};
 use crate::upstream::UpstreamError;
 use crate::upstream::http_pool::{self, HttpConnectError, HttpPool};
 
@@ -57,17 +57,7 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(ctx, req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // Covers both the wait for a new request on a kept-alive connection and a slow head.
-        .header_read_timeout(p.request_headers_timeout)
-        .keep_alive(true)
-        // A client may shut its write side after the request and still wait for the answer.
-        .half_close(true)
-        .preserve_header_case(true)
-        .auto_date_header(false);
-    let conn = builder
+    let conn = http1_server(p.request_headers_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -106,6 +96,23 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
     ConnOutcome::new(None, Outcome::Ok)
 }
 
+/// How the listener speaks HTTP/1 to its clients (`crate::fuzzing` serves its inputs with it).
+pub(crate) fn http1_server(
+    request_headers_timeout: Duration,
+) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Covers both the wait for a new request on a kept-alive connection and a slow head.
+        .header_read_timeout(request_headers_timeout)
+        .keep_alive(true)
+        // A client may shut its write side after the request and still wait for the answer.
+        .half_close(true)
+        .preserve_header_case(true)
+        .auto_date_header(false);
+    builder
+}
+
 /// What every request of one client connection shares (in each request's extensions, for the
 /// forwarder at the end of the route's stack).
 struct Ctx {
@@ -132,7 +139,6 @@ async fn route(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
 
 async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let p = &ctx.pipeline;
-    let name = &p.listener;
     let RouteTable::Http(table) = &*p.routes else {
         return answer(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -140,47 +146,9 @@ async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBo
             "not an http listener",
         );
     };
-    if req.method() == Method::CONNECT {
-        return answer(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            format!("bindgate: listener `{name}` does not serve CONNECT\n"),
-        );
-    }
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
-        // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host.
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "bindgate: an HTTP/1.1 request needs a Host header\n",
-        );
-    }
-    if req.headers().get_all(HOST).iter().nth(1).is_some() {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "bindgate: more than one Host header\n",
-        );
-    }
-    let req = match normalize_target(req) {
-        Ok(req) => req,
-        Err(why) => {
-            tracing::debug!(listener = %name, peer = %ctx.peer, "refused request target: {why}");
-            return answer(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("bindgate: {why}\n"),
-            );
-        }
-    };
-    let host = request_host(&req);
-    let Some(route) = table.find(host.as_deref(), req.uri().path()) else {
-        tracing::debug!(listener = %name, peer = %ctx.peer, host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
-        return answer(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            format!("bindgate: no route on listener `{name}` for this host and path\n"),
-        );
+    let (route, req) = match select_route(table, &p.listener, ctx.peer, req) {
+        Ok(chosen) => chosen,
+        Err(refused) => return refused.answer(&p.listener),
     };
     let mut req = req.map(RequestBody::incoming);
     req.body_mut().idle_timeout(p.idle_timeout);
@@ -193,6 +161,85 @@ async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBo
     req.extensions_mut().insert(ctx.clone());
     let Ok(resp) = route.service.clone().oneshot(req).await;
     resp
+}
+
+/// Checks a request head the listener `listener` received from `peer` and picks its route by
+/// host and path, or says why bindgate answers it itself. Needs no network and never panics on
+/// what hyper parsed (`crate::fuzzing` drives it with arbitrary request heads).
+pub fn select_route<'t, B>(
+    table: &'t HttpRoutes,
+    listener: &str,
+    peer: SocketAddr,
+    req: Request<B>,
+) -> Result<(&'t HttpRoute, Request<B>), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+        // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host.
+        return Err(Refusal::NoHost);
+    }
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        return Err(Refusal::SeveralHosts);
+    }
+    let req = normalize_target(req).map_err(|why| {
+        tracing::debug!(%listener, %peer, "refused request target: {why}");
+        Refusal::Target(why)
+    })?;
+    let host = request_host(&req);
+    let route = table.find(host.as_deref(), req.uri().path()).ok_or_else(|| {
+        tracing::debug!(%listener, %peer, host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
+        Refusal::NoRoute
+    })?;
+    Ok((route, req))
+}
+
+/// Why a request gets no route: bindgate answers it itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `405`: an http listener is not a forward proxy.
+    Connect,
+    /// `400`: an HTTP/1.1 request without `Host`.
+    NoHost,
+    /// `400`: more than one `Host`.
+    SeveralHosts,
+    /// `400`: a request target that cannot be normalised (see [`super::http_path`]).
+    Target(&'static str),
+    /// `404`: no route matches the host and path.
+    NoRoute,
+}
+
+impl Refusal {
+    /// The answer the listener `listener` writes.
+    pub fn answer(self, listener: &str) -> Response<ProxyBody> {
+        match self {
+            Refusal::Connect => answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                format!("bindgate: listener `{listener}` does not serve CONNECT\n"),
+            ),
+            Refusal::NoHost => answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "bindgate: an HTTP/1.1 request needs a Host header\n",
+            ),
+            Refusal::SeveralHosts => answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "bindgate: more than one Host header\n",
+            ),
+            Refusal::Target(why) => answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("bindgate: {why}\n"),
+            ),
+            Refusal::NoRoute => answer(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("bindgate: no route on listener `{listener}` for this host and path\n"),
+            ),
+        }
+    }
 }
 
 /// The http filter that answered a request itself, and why (bounded label values).
@@ -270,7 +317,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         .map(normalize_host)
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
@@ -306,7 +353,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1, bindgate's
 /// own extensions dropped.
-fn prepare_request(req: &mut Request<RequestBody>) {
+pub(crate) fn prepare_request(req: &mut Request<RequestBody>) {
     strip_hop_by_hop(req.headers_mut());
     *req.version_mut() = Version::HTTP_11;
 }
@@ -381,7 +428,7 @@ async fn forward(
 
 /// The head of a request that may be sent again: an idempotent method (RFC 9110 §9.2.2) and no
 /// body. Extensions are not carried (bindgate's own, for this hop only).
-fn replayable_head(req: &Request<RequestBody>) -> Option<http::request::Parts> {
+pub(crate) fn replayable_head(req: &Request<RequestBody>) -> Option<http::request::Parts> {
     use hyper::body::Body as _;
     let idempotent = matches!(
         *req.method(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -207,32 +208,49 @@ pub async fn upgrade(
     request: &ConnRequest,
 ) -> Result<UpstreamStream, UpgradeError> {
     let addr = &*dialer.address;
-    let broken_or_answered = |e: FrameError| match e {
-        FrameError::Io(_) | FrameError::Closed | FrameError::Truncated { .. } => {
-            UpgradeError::Broken(UpstreamError::upgrade(addr, e))
-        }
-        other => UpgradeError::Answered(UpstreamError::upgrade(addr, other)),
-    };
     let started = tokio::time::Instant::now();
     wire::write_frame(&mut tls, request)
         .await
-        .map_err(broken_or_answered)?;
+        .map_err(|e| broken_or_answered(addr, e))?;
     if dialer.early_data {
         return Ok(UpstreamStream::Early(Box::new(EarlyUpgrade::new(
             tls,
             dialer.name.clone(),
             dialer.address.clone(),
             endpoint.to_string(),
-            dialer.connect_timeout,
+            super::early::AnswerDeadline::new(dialer.connect_timeout),
         ))));
     }
     // TLS 1.3 reports a rejected client certificate here, on the first read.
-    let response: ConnResponse = wire::read_frame(&mut tls)
-        .await
-        .map_err(broken_or_answered)?;
-    accept_response(&dialer.name, addr, endpoint, &response).map_err(UpgradeError::Answered)?;
+    read_answer(&mut tls, &dialer.name, addr, endpoint).await?;
     crate::telemetry::binding_upgrade_duration(&dialer.name, started.elapsed());
     Ok(UpstreamStream::Tls(Box::new(tls)))
+}
+
+/// Reads the ingress's answer to a `ConnRequest` off `stream` (exactly its frame: what follows
+/// is the endpoint's) and accepts it or turns it into the refusal. Generic over the stream so
+/// `crate::fuzzing` can feed it hostile bytes.
+pub(crate) async fn read_answer<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    ingress: &str,
+    addr: &str,
+    endpoint: &(dyn std::fmt::Display + Sync),
+) -> Result<(), UpgradeError> {
+    let response: ConnResponse = wire::read_frame(stream)
+        .await
+        .map_err(|e| broken_or_answered(addr, e))?;
+    accept_response(ingress, addr, endpoint, &response).map_err(UpgradeError::Answered)
+}
+
+/// A stream that ended or broke mid-frame is `Broken` (retryable); a frame that arrived but is
+/// not a `ConnResponse` is the ingress's answer.
+fn broken_or_answered(addr: &str, e: FrameError) -> UpgradeError {
+    match e {
+        FrameError::Io(_) | FrameError::Closed | FrameError::Truncated { .. } => {
+            UpgradeError::Broken(UpstreamError::upgrade(addr, e))
+        }
+        other => UpgradeError::Answered(UpstreamError::upgrade(addr, other)),
+    }
 }
 
 /// Logs the ingress's notices and turns a refusal into the error to report.

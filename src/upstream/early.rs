@@ -18,9 +18,10 @@ use super::UpstreamError;
 use super::dial::{IngressTls, accept_response};
 use crate::wire::{ConnResponse, FrameError, FrameReader};
 
-/// An upgraded TLS stream whose `ConnResponse` may still be on its way.
-pub struct EarlyUpgrade {
-    tls: IngressTls,
+/// An upgraded TLS stream whose `ConnResponse` may still be on its way. Generic over the stream
+/// only so `crate::fuzzing` can run it on bytes in memory; the proxy uses TLS to the ingress.
+pub struct EarlyUpgrade<S = IngressTls> {
+    tls: S,
     answer: Answer,
 }
 
@@ -44,15 +45,25 @@ struct PendingResponse {
 /// `connect_timeout`, counted from the request. Without it the wait would be bounded only by the
 /// connection's `idle_timeout` (an hour by default).
 pub(crate) struct AnswerDeadline {
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// `None`: no deadline (in-memory streams outside a runtime, as `crate::fuzzing` drives).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     after: std::time::Duration,
 }
 
 impl AnswerDeadline {
+    /// Starts counting now; needs a tokio runtime.
     pub(crate) fn new(after: std::time::Duration) -> AnswerDeadline {
         AnswerDeadline {
-            sleep: Box::pin(tokio::time::sleep(after)),
+            sleep: Some(Box::pin(tokio::time::sleep(after))),
             after,
+        }
+    }
+
+    /// No deadline at all.
+    pub(crate) fn none() -> AnswerDeadline {
+        AnswerDeadline {
+            sleep: None,
+            after: std::time::Duration::ZERO,
         }
     }
 
@@ -63,7 +74,8 @@ impl AnswerDeadline {
         addr: &str,
     ) -> Option<UpstreamError> {
         use std::future::Future;
-        self.sleep
+        let sleep = self.sleep.as_mut()?;
+        sleep
             .as_mut()
             .poll(cx)
             .is_ready()
@@ -74,7 +86,7 @@ impl AnswerDeadline {
     }
 }
 
-impl std::fmt::Debug for EarlyUpgrade {
+impl<S> std::fmt::Debug for EarlyUpgrade<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EarlyUpgrade")
             .field("accepted", &self.accepted())
@@ -82,14 +94,14 @@ impl std::fmt::Debug for EarlyUpgrade {
     }
 }
 
-impl EarlyUpgrade {
+impl<S> EarlyUpgrade<S> {
     pub(crate) fn new(
-        tls: IngressTls,
+        tls: S,
         ingress: Arc<str>,
         address: Arc<str>,
         endpoint: String,
-        answer_within: std::time::Duration,
-    ) -> EarlyUpgrade {
+        answer_within: AnswerDeadline,
+    ) -> EarlyUpgrade<S> {
         EarlyUpgrade {
             tls,
             answer: Answer::Awaiting(Box::new(PendingResponse {
@@ -97,7 +109,7 @@ impl EarlyUpgrade {
                 address,
                 endpoint,
                 frame: FrameReader::default(),
-                deadline: AnswerDeadline::new(answer_within),
+                deadline: answer_within,
             })),
         }
     }
@@ -106,7 +118,9 @@ impl EarlyUpgrade {
     pub fn accepted(&self) -> bool {
         matches!(self.answer, Answer::Accepted)
     }
+}
 
+impl<S: AsyncRead + Unpin> EarlyUpgrade<S> {
     /// Reads the answer if it is still to come: `Ok` once accepted; a refusal is logged, counted
     /// and returned (once; later calls fail without a word).
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -175,7 +189,7 @@ impl PendingResponse {
     }
 }
 
-impl AsyncRead for EarlyUpgrade {
+impl<S: AsyncRead + Unpin> AsyncRead for EarlyUpgrade<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -187,7 +201,7 @@ impl AsyncRead for EarlyUpgrade {
     }
 }
 
-impl AsyncWrite for EarlyUpgrade {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EarlyUpgrade<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
