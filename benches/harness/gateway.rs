@@ -29,6 +29,16 @@ const HTTP_ROUTES: [&str; 2] = [
     "[ { match: { path_prefix: \"/\" }, cluster: web } ]",
 ];
 
+/// YAML added to a generated config (the soak's limits and admin server); empty for the load
+/// bench.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// Top-level lines (no indentation), e.g. `limits: { max_connections: 20000 }`.
+    pub top_level: String,
+    /// Lines added to every listener, indented as its fields (6 spaces).
+    pub listener: String,
+}
+
 pub enum Prepared {
     /// This build rejects the transport itself.
     NotSupported(String),
@@ -46,6 +56,7 @@ pub struct GatewayConfig {
 /// Writes and validates the config of gateway `name`, whose ingress has `transport` (the value
 /// and any settings lines after it), with an http listener when supported.
 /// `ingress` is the address gateways dial: the sandbox's ingress, or a relay in front of it.
+#[allow(clippy::too_many_arguments)]
 pub async fn prepare(
     bin: &Path,
     dir: &Path,
@@ -53,10 +64,11 @@ pub async fn prepare(
     ingress: SocketAddr,
     name: &str,
     transport: &str,
+    extra: &Extra,
     settings: &Settings,
 ) -> anyhow::Result<Prepared> {
     let path = dir.join(format!("gateway-{name}.yaml"));
-    let base = config_text(sandbox, ingress, transport, None);
+    let base = config_text(sandbox, ingress, transport, extra, None);
     match validate(bin, &path, &base, settings).await? {
         Validation::Ok => {}
         Validation::Unsupported(reason) => return Ok(Prepared::NotSupported(reason)),
@@ -67,7 +79,7 @@ pub async fn prepare(
     let mut rejected = Vec::new();
     let mut outcome = None;
     for routes in HTTP_ROUTES {
-        let text = config_text(sandbox, ingress, transport, Some(routes));
+        let text = config_text(sandbox, ingress, transport, extra, Some(routes));
         match validate(bin, &path, &text, settings).await? {
             Validation::Ok => {
                 outcome = Some((Support::Measured, Some(routes)));
@@ -87,7 +99,7 @@ pub async fn prepare(
         );
     };
     // The file on disk is the last one validated: write the one that will run.
-    let text = config_text(sandbox, ingress, transport, routes);
+    let text = config_text(sandbox, ingress, transport, extra, routes);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Prepared::Config(GatewayConfig {
         path,
@@ -142,15 +154,18 @@ fn config_text(
     sandbox: &SandboxProcess,
     ingress: SocketAddr,
     transport: &str,
+    extra: &Extra,
     http_routes: Option<&str>,
 ) -> String {
+    let listener_extra = &extra.listener;
     let http_listener = http_routes
         .map(|routes| {
             format!(
-                "    - name: {WEB_HTTP}\n      address: 127.0.0.1:0\n      protocol: http\n      routes: {routes}\n"
+                "    - name: {WEB_HTTP}\n      address: 127.0.0.1:0\n      protocol: http\n      routes: {routes}\n{listener_extra}"
             )
         })
         .unwrap_or_default();
+    let top_level = &extra.top_level;
     format!(
         "\
 version: 1
@@ -169,10 +184,10 @@ static_resources:
     - name: {ECHO}
       address: 127.0.0.1:0
       routes: [ {{ cluster: echo }} ]
-    - name: {WEB_TCP}
+{listener_extra}    - name: {WEB_TCP}
       address: 127.0.0.1:0
       routes: [ {{ cluster: web }} ]
-{http_listener}  clusters:
+{listener_extra}{http_listener}  clusters:
     - name: echo
       type: binding_upstream
       endpoint: {ECHO_ENDPOINT}
@@ -181,7 +196,7 @@ static_resources:
       type: binding_upstream
       endpoint: {WEB_ENDPOINT}
       ingress: sandbox
-",
+{top_level}",
         ca = sandbox.ca.display(),
         cert = sandbox.client_cert.display(),
         key = sandbox.client_key.display(),
@@ -191,6 +206,9 @@ static_resources:
 /// A running `bindgate run` and where its listeners are bound.
 pub struct GatewayProcess {
     process: ChildProcess,
+    /// The admin server's address, when the config has one (the soak's does).
+    #[allow(dead_code)] // used by benches/soak.rs, not by the load bench
+    pub admin: Option<SocketAddr>,
     pub echo: SocketAddr,
     pub web_tcp: SocketAddr,
     pub web_http: Result<SocketAddr, Support>,
@@ -226,11 +244,17 @@ impl GatewayProcess {
             other => Err(other.clone()),
         };
         Ok(GatewayProcess {
+            admin: started["admin"].as_str().and_then(|a| a.parse().ok()),
             echo: listener(ECHO)?,
             web_tcp: listener(WEB_TCP)?,
             web_http,
             process,
         })
+    }
+
+    #[allow(dead_code)] // used by benches/soak.rs, not by the load bench
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub async fn stop(self) {

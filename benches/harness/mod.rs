@@ -16,12 +16,14 @@
 //! Every loop is bounded twice, by a count and by a deadline, and every socket operation has a
 //! timeout; everything listens on 127.0.0.1 with OS-chosen ports.
 
-mod gateway;
+pub mod gateway;
 mod http1;
-mod process;
+#[allow(dead_code)] // /proc and /metrics probes of benches/soak.rs, not used by the load bench
+pub mod probe;
+pub mod process;
 pub mod relay;
 mod report;
-mod sandbox;
+pub mod sandbox;
 mod workloads;
 
 use std::net::SocketAddr;
@@ -83,7 +85,7 @@ impl Target {
 
     /// The ingress's `transport:` value and the lines after it (YAML, indented for the ingress);
     /// `None` for the baseline, which has no proxy.
-    fn transport(self) -> Option<&'static str> {
+    pub fn transport(self) -> Option<&'static str> {
         match self {
             Target::Baseline => None,
             Target::Direct => Some("direct\n    session_resumption: false"),
@@ -420,6 +422,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             ingress,
             target.name(),
             transport,
+            &gateway::Extra::default(),
             settings,
         )
         .await?;

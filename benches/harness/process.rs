@@ -66,6 +66,12 @@ impl ChildProcess {
         Ok((ChildProcess { child }, event))
     }
 
+    /// The child's process id (`None` once it has been waited for).
+    #[allow(dead_code)] // used by benches/soak.rs, not by the load bench
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = timeout(Duration::from_secs(10), self.child.wait()).await;
