@@ -33,17 +33,7 @@ async fn get_as(admin: SocketAddr, path: &str, host: &str) -> (u16, String) {
 async fn a_listener_that_cannot_bind_is_reported_and_does_not_block_the_others() {
     let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = occupied.local_addr().unwrap();
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    let echo_addr = common::echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         "\
@@ -264,17 +254,7 @@ static_resources:
 #[tokio::test]
 async fn metrics_parse_and_count_known_traffic() {
     let sandbox = common::start_sandbox("").await;
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    let echo_addr = common::echo_server().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = closed.local_addr().unwrap();
     drop(closed);

@@ -106,16 +106,7 @@ async fn a_reset_mid_stream_closes_only_its_connection() {
 async fn a_port_conflict_fails_only_that_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap();
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_addr = common::echo_server().await;
     let cfg = format!(
         "version: 1
 admin: {{ address: 127.0.0.1:0 }}
@@ -165,16 +156,7 @@ static_resources:
 /// admitted connections keep working.
 #[tokio::test]
 async fn a_low_fd_limit_turns_connections_away_instead_of_failing() {
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_addr = common::echo_server().await;
     let cfg = format!(
         "version: 1
 admin: {{ address: 127.0.0.1:0 }}

@@ -54,20 +54,6 @@ fn save(dir: &std::path::Path, path: &str, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn echo_server() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 /// `/listeners` rows: (name, state, bound address). A moved listener has two rows for a while:
 /// the new socket (`active`) and the old one (`draining`).
 async fn listeners(admin: SocketAddr) -> Vec<(String, String, Option<SocketAddr>)> {
@@ -132,7 +118,7 @@ async fn random_update_sequences_keep_the_invariants() {
     eprintln!("update sequence: BINDGATE_UPDATE_SEED={seed} BINDGATE_UPDATE_STEPS={steps}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let echo = echo_server().await;
+    let echo = common::echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let mut slots: Vec<Option<Slot>> = vec![None; SLOTS];
     slots[0] = Some(Slot { ip: 1, idle_s: 60 });
