@@ -56,11 +56,14 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the gauge reaching 0, and on descriptors and threads returning, after the close.
 const CLOSE_GUARD: Duration = Duration::from_secs(120);
 const SETTLE_GUARD: Duration = Duration::from_secs(30);
-/// The hard (and soft) open-file limit set before children start, when permitted (root): the
-/// sandbox holds about three descriptors per proxied connection, the gateway two (pool).
+/// The hard (and soft) open-file limit set before children start, when permitted (it takes
+/// CAP_SYS_RESOURCE, which a container's root may lack): the gateway holds two descriptors per
+/// proxied connection with `pool`.
 const FD_LIMIT: u64 = 200_000;
 /// The gateway's global and per-listener `max_connections`, at least N.
 const MAX_CONNECTIONS: usize = 20_000;
+/// Descriptors a process needs besides its connections'.
+const FD_RESERVE: u64 = 256;
 /// `bindgate_connections_active`.
 const ACTIVE: &str = "bindgate_connections_active";
 
@@ -555,9 +558,18 @@ async fn soak_target(
 ) -> anyhow::Result<TargetResult> {
     let label = target.name();
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let sandbox = SandboxProcess::start(&settings.bin, dir.path(), settings)
+    // The echo backend in a process of its own (a second sandbox, only its echo is used): the
+    // ingress process then holds one descriptor per proxied connection (plus one per pooled
+    // ingress connection), not three.
+    let echo_dir = dir.path().join("echo");
+    std::fs::create_dir_all(&echo_dir)?;
+    let echo = SandboxProcess::start(&settings.bin, &echo_dir, settings)
         .await
-        .context("starting `bindgate sandbox`")?;
+        .context("starting the echo `bindgate sandbox`")?;
+    let sandbox =
+        SandboxProcess::start_with_echo(&settings.bin, dir.path(), settings, Some(echo.echo))
+            .await
+            .context("starting `bindgate sandbox`")?;
     // The config as this build has it; an older build (the before/after memory comparison)
     // gets the same without the settings it does not know.
     let mut config = None;
@@ -641,6 +653,7 @@ async fn soak_target(
     }
     gw.stop().await;
     sandbox.stop().await;
+    echo.stop().await;
     Ok(TargetResult {
         target: label,
         connections: args.connections,
@@ -703,13 +716,20 @@ fn main() -> ExitCode {
         ),
     };
     let fd_limit = raise_fd_limit();
-    // The sandbox holds about three descriptors per connection, this process one.
-    if fd_limit < 3 * args.connections as u64 + 1024 {
-        eprintln!(
-            "the open-file limit is {fd_limit}: too low for {} connections",
-            args.connections
-        );
-        return ExitCode::FAILURE;
+    // Per connection: this process and the echo process hold one descriptor, the gateway and the
+    // ingress one (multiplex) or two (pool: client and upstream; ingress connection and dial).
+    for &target in &args.targets {
+        let per_connection = if target == Target::Pool { 2 } else { 1 };
+        if fd_limit < per_connection * args.connections as u64 + FD_RESERVE {
+            eprintln!(
+                "the open-file limit is {fd_limit}: {} connections through {} need {per_connection} \
+                 descriptors each in the gateway and the ingress, plus {FD_RESERVE} (a hard limit \
+                 can only be raised with CAP_SYS_RESOURCE)",
+                args.connections,
+                target.name()
+            );
+            return ExitCode::FAILURE;
+        }
     }
     let settings = Settings::new(bin, origin, true);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

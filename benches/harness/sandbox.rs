@@ -28,6 +28,18 @@ pub struct SandboxProcess {
 
 impl SandboxProcess {
     pub async fn start(bin: &Path, dir: &Path, settings: &Settings) -> anyhow::Result<Self> {
+        Self::start_with_echo(bin, dir, settings, None).await
+    }
+
+    /// `start`, with the echo endpoint's target at `echo` (another process's echo backend) when
+    /// set: the soak's 10,000 connections do not fit one process's open-file limit otherwise.
+    pub async fn start_with_echo(
+        bin: &Path,
+        dir: &Path,
+        settings: &Settings,
+        echo: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let echo_target = echo.map_or_else(|| "echo".to_owned(), |a| a.to_string());
         let config = dir.join("sandbox.yaml");
         let text = format!(
             "\
@@ -41,7 +53,7 @@ backends:
   http: 127.0.0.1:0
 endpoints:
   - url: {ECHO_ENDPOINT}
-    target: echo
+    target: {echo_target}
   - url: {WEB_ENDPOINT}
     target: http
 ",
