@@ -293,3 +293,147 @@ async fn sigterm_with_a_thousand_streams_in_flight_loses_no_byte() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+const ECHO: &str = "tcp://echo.e2e:7000";
+
+/// A config registering with `sb` and exposing its endpoints on `ports`, with API calls bounded
+/// by 1 s, and every connection to the ingress a full handshake when `full_handshakes`.
+fn dynamic_config(
+    sb: &common::SandboxProc,
+    dir: &std::path::Path,
+    ports: &(String, String),
+    full_handshakes: bool,
+) -> String {
+    let mut cfg = sb
+        .dynamic_config(&dir.join("state"), ports, "k-e2e", "")
+        .replace(
+            "  api_key: k-e2e\n",
+            "  api_key: k-e2e\n  api_timeout: 1s\n",
+        );
+    if full_handshakes {
+        cfg = cfg.replace(
+            "    server_name: localhost\n",
+            "    server_name: localhost\n    transport: direct\n    session_resumption: false\n",
+        );
+    }
+    assert!(cfg.contains("api_timeout: 1s"), "{cfg}");
+    assert!(
+        !full_handshakes || cfg.contains("transport: direct"),
+        "{cfg}"
+    );
+    cfg
+}
+
+async fn api_faults(sb: &common::SandboxProc, faults: serde_json::Value) {
+    let (code, body) = sb
+        .control(reqwest::Method::PUT, "api_faults", Some(faults))
+        .await;
+    assert_eq!(code, 204, "{body}");
+}
+
+/// The API answers one poll with a body that is not JSON, then never answers the next poll's
+/// tries, then answers slowly: each failed poll is counted once, the endpoints discovered last
+/// keep serving on the same address throughout, and the slow API still delivers a new endpoint.
+#[tokio::test]
+async fn an_api_answering_garbage_nothing_or_slowly_keeps_the_endpoints_serving() {
+    const FAILURES: &str = bindgate::telemetry::DISCOVERY_FAILURES;
+    let sb = common::start_sandbox_api(common::SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dynamic_config(&sb, dir.path(), &common::port_range(10), false);
+    let path = common::write(dir.path(), "bindgate.yaml", &cfg);
+    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let echo = common::wait_endpoint(admin, ECHO).await;
+    wait_for_metric(admin, FAILURES, &[], 0.0).await;
+
+    api_faults(&sb, serde_json::json!({ "garbage_next": 1 })).await;
+    wait_for_metric(admin, FAILURES, &[], 1.0).await;
+    assert_eq!(echo_once(echo, b"after garbage").await, b"after garbage");
+
+    // Every try of one poll hangs until the client's 1 s timeout.
+    let tries = bindgate::ngrok_api::RetryPolicy::default().attempts;
+    api_faults(&sb, serde_json::json!({ "hang_next": tries })).await;
+    assert_eq!(echo_once(echo, b"during hang").await, b"during hang");
+    wait_for_metric(admin, FAILURES, &[], 2.0).await;
+    assert_eq!(echo_once(echo, b"after hang").await, b"after hang");
+
+    // Slow but within the timeout: discovery goes on.
+    api_faults(&sb, serde_json::json!({ "delay": "400ms" })).await;
+    let late = "tcp://late.e2e:7001";
+    let (code, body) = sb
+        .control(
+            reqwest::Method::POST,
+            "endpoints",
+            Some(serde_json::json!({"url": late, "target": "echo"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let late_addr = common::wait_endpoint(admin, late).await;
+    assert_eq!(echo_once(late_addr, b"late").await, b"late");
+    assert_eq!(
+        common::wait_endpoint(admin, ECHO).await,
+        echo,
+        "same address"
+    );
+    let scrape = common::scrape(admin).await;
+    assert_eq!(common::metric(&scrape, FAILURES, &[]), 2.0);
+    let dump = common::admin_json(admin, "/config_dump").await;
+    assert_eq!(dump["control"]["rejected_updates"], 0);
+}
+
+/// The certificate expires while the API is unreachable, so renewal cannot help: a connection
+/// opened before keeps flowing, a new one (a full handshake) is refused by the ingress, and once
+/// the API answers again renewal succeeds and new connections work, with no restart.
+#[tokio::test]
+async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns() {
+    let api = format!("{}  cert_lifetime: 6s\n", common::SANDBOX_API);
+    let sb = common::start_sandbox_api(&api, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dynamic_config(&sb, dir.path(), &common::port_range(10), true);
+    let path = common::write(dir.path(), "bindgate.yaml", &cfg);
+    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let echo = common::wait_endpoint(admin, ECHO).await;
+    let cert_path = dir.path().join("state/tls.crt");
+    let first = std::fs::read_to_string(&cert_path).unwrap();
+    let not_after = bindgate::identity::certificate::inspect(&first)
+        .unwrap()
+        .not_after;
+
+    let mut held = TcpStream::connect(echo).await.unwrap();
+    held.write_all(b"a").await.unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).await.unwrap();
+
+    // Every API request now outlasts the 1 s timeout.
+    api_faults(&sb, serde_json::json!({ "delay": "5s" })).await;
+    let expired_for = not_after + time::Duration::seconds(1) - time::OffsetDateTime::now_utc();
+    // The fault is the clock itself: wait until the certificate is past its end.
+    tokio::time::sleep(expired_for.try_into().unwrap_or_default()).await;
+    assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), first);
+    assert_eq!(
+        echo_once(echo, b"new").await,
+        b"",
+        "an expired certificate is refused"
+    );
+    held.write_all(b"b").await.unwrap();
+    held.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"b", "the connection opened before expiry still flows");
+
+    api_faults(&sb, serde_json::json!({})).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+    let renewed = loop {
+        let now = std::fs::read_to_string(&cert_path).unwrap();
+        if now != first {
+            break now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never renewed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let info = bindgate::identity::certificate::inspect(&renewed).unwrap();
+    assert!(info.not_after > not_after);
+    assert_eq!(echo_once(echo, b"renewed").await, b"renewed");
+    held.write_all(b"c").await.unwrap();
+    held.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"c");
+}

@@ -19,6 +19,9 @@
 //! | 404 | `ERR_NGROK_404` | no operator with that id (sandbox's choice: ngrok's code is unconfirmed) |
 //! | 404 | — | unknown path or method: `{"status_code":404,"msg":"Not Found","details":{"path"}}` |
 //! | 500 | `ERR_NGROK_500` | the `fail_next` fault |
+//! | 200 | — | the `garbage_next` fault: a body that is not JSON |
+//!
+//! The `hang_next` fault answers nothing; `delay` adds a wait before every answer.
 //!
 //! Lists are newest first (ids sort by creation), `limit` caps a page at `page_limit_max`, and
 //! `next_page_uri` carries `before_id` until the last page, where it is `null`. Operators live in
@@ -70,6 +73,8 @@ pub struct Api {
     last_id_stamp: AtomicU64,
     registrations: AtomicU64,
     fail_next: AtomicU32,
+    garbage_next: AtomicU32,
+    hang_next: AtomicU32,
     delay_ms: AtomicU64,
 }
 
@@ -124,6 +129,8 @@ impl Api {
             last_id_stamp: AtomicU64::new(0),
             registrations: AtomicU64::new(0),
             fail_next: AtomicU32::new(faults.fail_next),
+            garbage_next: AtomicU32::new(faults.garbage_next),
+            hang_next: AtomicU32::new(faults.hang_next),
             delay_ms: AtomicU64::new(delay_ms(faults)),
         }
     }
@@ -145,9 +152,12 @@ impl Api {
         }
     }
 
-    /// Replaces the API's fault knobs (the `fail_next` count restarts from the new value).
+    /// Replaces the API's fault knobs (the `*_next` counts restart from the new values).
     pub fn set_faults(&self, faults: &ApiFaultsConfig) {
         self.fail_next.store(faults.fail_next, Ordering::Relaxed);
+        self.garbage_next
+            .store(faults.garbage_next, Ordering::Relaxed);
+        self.hang_next.store(faults.hang_next, Ordering::Relaxed);
         self.delay_ms.store(delay_ms(faults), Ordering::Relaxed);
     }
 
@@ -206,7 +216,9 @@ impl Api {
             return self.admin(&method, &segments[1..], &query, request).await;
         }
         check_version(&request)?;
-        self.inject_faults().await?;
+        if let Some(garbage) = self.inject_faults().await? {
+            return Ok(garbage);
+        }
         let path = request.uri().path().to_string();
         match (&method, segments.as_slice()) {
             (&Method::POST, ["kubernetes_operators"]) => {
@@ -343,23 +355,31 @@ impl Api {
         Ok(())
     }
 
-    async fn inject_faults(&self) -> Result<(), ApiError> {
+    /// Applies the fault knobs to one request: waits, hangs, fails, or answers garbage (the
+    /// returned response); `None` lets the request through.
+    async fn inject_faults(&self) -> Result<Option<Response<Full<Bytes>>>, ApiError> {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        let failing = self
-            .fail_next
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if failing {
+        if take_one(&self.hang_next) {
+            // Dropped with the connection when the client gives up.
+            std::future::pending::<()>().await;
+        }
+        if take_one(&self.fail_next) {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ERR_NGROK_500",
                 "sandbox fault: fail_next",
             ));
         }
-        Ok(())
+        if take_one(&self.garbage_next) {
+            return Ok(Some(with_body(
+                StatusCode::OK,
+                b"{\"endpoints\": [{\"id\": \"ep_1\", <html>502 Bad Gateway</html>".to_vec(),
+            )));
+        }
+        Ok(None)
     }
 
     async fn operator(&self, id: &str) -> Result<Operator, ApiError> {
@@ -545,6 +565,13 @@ impl Api {
             target: endpoint.target.to_string(),
         }
     }
+}
+
+/// Decrements `count` unless it is 0; true when it did.
+fn take_one(count: &AtomicU32) -> bool {
+    count
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 fn delay_ms(faults: &ApiFaultsConfig) -> u64 {

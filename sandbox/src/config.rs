@@ -170,6 +170,11 @@ pub struct ApiFaultsConfig {
     pub fail_next: u32,
     /// Added before every answer.
     pub delay: Option<ConfigDuration>,
+    /// The next N requests (after auth) answer `200` with a body that is not JSON.
+    pub garbage_next: u32,
+    /// The next N requests (after auth) are never answered: the connection stays open and
+    /// silent until the client gives up.
+    pub hang_next: u32,
 }
 
 fn default_state_dir() -> PathBuf {

@@ -117,6 +117,29 @@ impl ApiClient {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> (StatusCode, Value) {
+        let (status, bytes) = self.send_raw(method, target, headers, body).await;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, value)
+    }
+
+    /// The answer's status and body bytes, parsed as nothing.
+    async fn call_raw(&self, method: Method, target: &str) -> (StatusCode, Bytes) {
+        let auth = format!("Bearer {KEY}");
+        let headers = [("authorization", auth.as_str()), ("ngrok-version", "2")];
+        self.send_raw(method, target, &headers, None).await
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> (StatusCode, Bytes) {
         let path = match target.strip_prefix(&self.base) {
             Some(path) => path.to_string(),
             None => {
@@ -152,12 +175,7 @@ impl ApiClient {
             .unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (status, value)
+        (status, bytes)
     }
 }
 
@@ -821,6 +839,29 @@ async fn api_faults_fail_the_next_requests_and_delay_answers() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     let (status, _) = f.api.call(Method::GET, "/kubernetes_operators", None).await;
     assert_eq!(status, StatusCode::OK);
+    f.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_faults_answer_garbage_or_nothing_for_the_next_requests() {
+    let f = Fixture::start("  faults: { garbage_next: 1, hang_next: 1 }\n", "").await;
+    // The hang comes first: this request gets no answer at all.
+    let hung = tokio::time::timeout(
+        Duration::from_millis(500),
+        f.api.call_raw(Method::GET, "/kubernetes_operators"),
+    )
+    .await;
+    assert!(hung.is_err(), "a hung request was answered: {hung:?}");
+    let (status, body) = f.api.call_raw(Method::GET, "/kubernetes_operators").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&body).is_err(),
+        "garbage must not parse: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, body) = f.api.call_raw(Method::GET, "/kubernetes_operators").await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice::<serde_json::Value>(&body).expect("JSON again");
     f.sandbox.shutdown().await;
 }
 

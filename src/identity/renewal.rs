@@ -18,6 +18,9 @@ pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MIN_INTERVAL_AFTER_RENEWAL: Duration = Duration::from_secs(60);
 const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(10);
 const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// Cap on the retry delay once the certificate has expired: every full handshake with the
+/// ingress fails until renewal succeeds, so the API is asked again soon after it returns.
+const EXPIRED_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// How long to wait before checking again, given the current certificate's renewal time.
 /// `None` means renew now.
@@ -38,6 +41,26 @@ pub fn failure_backoff(failures: u32, unit: f64) -> Duration {
         .saturating_mul(1 << exp)
         .min(FAILURE_BACKOFF_MAX);
     full / 2 + (full / 2).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The retry delay after a failed renewal: [`failure_backoff`], capped at
+/// [`EXPIRED_BACKOFF_MAX`] once the certificate (valid until `not_after`) has expired, and never
+/// sleeping past the expiry when that comes sooner than the next try (but not under 1 s).
+pub fn retry_delay(
+    failures: u32,
+    unit: f64,
+    not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Duration {
+    let delay = failure_backoff(failures, unit);
+    match not_after {
+        Some(not_after) if now >= not_after => delay.min(EXPIRED_BACKOFF_MAX),
+        Some(not_after) => {
+            let until = Duration::try_from(not_after - now).unwrap_or(delay);
+            delay.min(until.max(Duration::from_secs(1)))
+        }
+        None => delay,
+    }
 }
 
 /// Renews the client certificate when due (new key + CSR via PATCH), stores it, and swaps it
@@ -74,11 +97,21 @@ pub async fn run_renewal(
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = failure_backoff(failures, rand::random::<f64>());
-                    tracing::warn!(
-                        failures,
-                        "client certificate renewal failed; retrying in {delay:?}: {e}"
-                    );
+                    let now = OffsetDateTime::now_utc();
+                    let not_after = identity.certificate_info().ok().map(|i| i.not_after);
+                    let delay = retry_delay(failures, rand::random::<f64>(), not_after, now);
+                    match not_after {
+                        Some(not_after) if now >= not_after => tracing::error!(
+                            failures,
+                            "client certificate expired at {}: new connections to the ingress \
+                             fail until renewal succeeds; retrying in {delay:?}: {e}",
+                            rfc3339(not_after)
+                        ),
+                        _ => tracing::warn!(
+                            failures,
+                            "client certificate renewal failed; retrying in {delay:?}: {e}"
+                        ),
+                    }
                     delay
                 }
             },
@@ -137,5 +170,21 @@ mod tests {
         assert_eq!(failure_backoff(1, 0.0), Duration::from_secs(5));
         assert_eq!(failure_backoff(3, 1.0), Duration::from_secs(40));
         assert_eq!(failure_backoff(40, 1.0), FAILURE_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn retries_never_sleep_past_expiry_and_stay_brisk_after_it() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1000);
+        let in_a_day = Some(now + time::Duration::days(1));
+        assert_eq!(retry_delay(3, 1.0, in_a_day, now), Duration::from_secs(40));
+        assert_eq!(retry_delay(40, 1.0, in_a_day, now), FAILURE_BACKOFF_MAX);
+        let soon = Some(now + time::Duration::seconds(20));
+        assert_eq!(retry_delay(3, 1.0, soon, now), Duration::from_secs(20));
+        let now_ish = Some(now + time::Duration::milliseconds(10));
+        assert_eq!(retry_delay(3, 1.0, now_ish, now), Duration::from_secs(1));
+        let expired = Some(now - time::Duration::seconds(1));
+        assert_eq!(retry_delay(40, 1.0, expired, now), EXPIRED_BACKOFF_MAX);
+        assert_eq!(retry_delay(1, 0.0, expired, now), Duration::from_secs(5));
+        assert_eq!(retry_delay(40, 1.0, None, now), FAILURE_BACKOFF_MAX);
     }
 }
