@@ -49,6 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     // First of all: a SIGHUP during start-up must not kill the process.
     let hangup = cli::early_hangup();
+    cli::file_size_limit_is_an_error();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -437,3 +437,107 @@ async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns()
     held.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"c");
 }
+
+/// Every file in `dir` with its bytes.
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Sets the running process's file-size limit (`ulimit -f`, soft only): a write past it fails
+/// the way a write to a full disk does.
+fn set_file_size_limit(gw: &Proc, bytes: u64) {
+    let pid = gw.child.id().expect("running") as i32;
+    let (mut soft, mut hard) = (0, 0);
+    rlimit::prlimit(
+        pid,
+        rlimit::Resource::FSIZE,
+        None,
+        Some((&mut soft, &mut hard)),
+    )
+    .unwrap();
+    rlimit::prlimit(pid, rlimit::Resource::FSIZE, Some((bytes, hard)), None).unwrap();
+}
+
+/// Renewal gets a new certificate from the API but cannot save it (its writes fail past the
+/// new key, as on a full disk): the process lives, the certificate in force stays, the saved key
+/// and certificate stay the old matching pair with no temporary file left, traffic flows; once
+/// writes work again the next try renews and saves a matching pair.
+#[tokio::test]
+async fn a_failed_state_write_keeps_the_certificate_in_force_and_the_saved_pair_whole() {
+    use bindgate::telemetry::{CERT_EXPIRY, CERT_RENEWAL_FAILURES, CERT_RENEWALS};
+    let api = format!("{}  cert_lifetime: 6s\n", common::SANDBOX_API);
+    let sb = common::start_sandbox_api(&api, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dynamic_config(&sb, dir.path(), &common::port_range(10), true);
+    let path = common::write(dir.path(), "bindgate.yaml", &cfg);
+    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let echo = common::wait_endpoint(admin, ECHO).await;
+    let state = dir.path().join("state");
+    let before = files(&state);
+    let key_len = before["tls.key"].len() as u64;
+    assert!(
+        before["tls.crt"].len() as u64 > key_len + 16,
+        "the limit falls between the two"
+    );
+    let expiry =
+        bindgate::identity::certificate::inspect(std::str::from_utf8(&before["tls.crt"]).unwrap())
+            .unwrap()
+            .not_after
+            .unix_timestamp();
+    wait_for_metric(admin, CERT_EXPIRY, &[], expiry as f64).await;
+
+    let mut held = TcpStream::connect(echo).await.unwrap();
+    held.write_all(b"a").await.unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).await.unwrap();
+
+    // A new key fits; the certificate after it does not.
+    set_file_size_limit(&gw, key_len + 16);
+    wait_for_metric(admin, CERT_RENEWAL_FAILURES, &[], 1.0).await;
+    assert_eq!(
+        files(&state),
+        before,
+        "the saved files are untouched, no temp file left"
+    );
+    let scrape = common::scrape(admin).await;
+    assert_eq!(common::metric(&scrape, CERT_EXPIRY, &[]), expiry as f64);
+    assert_eq!(echo_once(echo, b"during").await, b"during");
+    held.write_all(b"b").await.unwrap();
+    held.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"b");
+
+    set_file_size_limit(&gw, rlimit::INFINITY);
+    wait_for_metric(admin, CERT_RENEWALS, &[], 1.0).await;
+    let after = files(&state);
+    assert_ne!(after["tls.crt"], before["tls.crt"]);
+    assert!(
+        !after.keys().any(|k| k.ends_with(".tmp")),
+        "{:?}",
+        after.keys()
+    );
+    let cert = std::str::from_utf8(&after["tls.crt"]).unwrap();
+    let key = bindgate::secret::Secret::new(String::from_utf8(after["tls.key"].clone()).unwrap());
+    bindgate::identity::certificate::certified_key(cert, &key).expect("a matching saved pair");
+    let renewed = bindgate::identity::certificate::inspect(cert)
+        .unwrap()
+        .not_after;
+    let scrape = common::scrape(admin).await;
+    assert_eq!(
+        common::metric(&scrape, CERT_EXPIRY, &[]),
+        renewed.unix_timestamp() as f64
+    );
+    assert_eq!(echo_once(echo, b"after").await, b"after");
+    held.write_all(b"c").await.unwrap();
+    held.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"c");
+}

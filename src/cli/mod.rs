@@ -21,6 +21,16 @@ pub fn early_hangup() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     seen
 }
 
+/// Makes a write past the file-size limit (`ulimit -f`) an error (`EFBIG`) that the writer
+/// reports, like a full disk's `ENOSPC`, instead of SIGXFSZ's default action, which kills the
+/// process.
+pub fn file_size_limit_is_an_error() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, seen) {
+        eprintln!("bindgate: cannot handle SIGXFSZ: {e}");
+    }
+}
+
 pub struct ShutdownSignal {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,

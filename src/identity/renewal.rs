@@ -45,7 +45,8 @@ pub fn failure_backoff(failures: u32, unit: f64) -> Duration {
 
 /// The retry delay after a failed renewal: [`failure_backoff`], capped at
 /// [`EXPIRED_BACKOFF_MAX`] once the certificate (valid until `not_after`) has expired, and never
-/// sleeping past the expiry when that comes sooner than the next try (but not under 1 s).
+/// sleeping past half the time left before expiry, so tries come closer together as it nears
+/// (but not under 1 s apart).
 pub fn retry_delay(
     failures: u32,
     unit: f64,
@@ -57,7 +58,7 @@ pub fn retry_delay(
         Some(not_after) if now >= not_after => delay.min(EXPIRED_BACKOFF_MAX),
         Some(not_after) => {
             let until = Duration::try_from(not_after - now).unwrap_or(delay);
-            delay.min(until.max(Duration::from_secs(1)))
+            delay.min((until / 2).max(Duration::from_secs(1)))
         }
         None => delay,
     }
@@ -76,6 +77,9 @@ pub async fn run_renewal(
 ) {
     let mut failures = 0u32;
     let mut just_renewed = false;
+    if let Ok(info) = identity.certificate_info() {
+        crate::telemetry::set_certificate_expiry(info.not_after.unix_timestamp());
+    }
     loop {
         let renew_at = identity
             .certificate_info()
@@ -88,6 +92,8 @@ pub async fn run_renewal(
                 Ok(creds) => {
                     failures = 0;
                     just_renewed = true;
+                    crate::telemetry::certificate_renewal(true);
+                    crate::telemetry::set_certificate_expiry(creds.not_after.unix_timestamp());
                     tracing::info!(
                         operator_id = %creds.operator_id,
                         "client certificate renewed; valid until {}",
@@ -97,6 +103,7 @@ pub async fn run_renewal(
                 }
                 Err(e) => {
                     failures += 1;
+                    crate::telemetry::certificate_renewal(false);
                     let now = OffsetDateTime::now_utc();
                     let not_after = identity.certificate_info().ok().map(|i| i.not_after);
                     let delay = retry_delay(failures, rand::random::<f64>(), not_after, now);
@@ -179,7 +186,7 @@ mod tests {
         assert_eq!(retry_delay(3, 1.0, in_a_day, now), Duration::from_secs(40));
         assert_eq!(retry_delay(40, 1.0, in_a_day, now), FAILURE_BACKOFF_MAX);
         let soon = Some(now + time::Duration::seconds(20));
-        assert_eq!(retry_delay(3, 1.0, soon, now), Duration::from_secs(20));
+        assert_eq!(retry_delay(3, 1.0, soon, now), Duration::from_secs(10));
         let now_ish = Some(now + time::Duration::milliseconds(10));
         assert_eq!(retry_delay(3, 1.0, now_ish, now), Duration::from_secs(1));
         let expired = Some(now - time::Duration::seconds(1));

@@ -158,10 +158,16 @@ impl StateStore {
         })
     }
 
-    /// Writes the key, then the certificate.
+    /// Writes the key and the certificate as a pair: both are written and synced to temporary
+    /// files first, and renamed into place only when both writes succeeded, so a failed write
+    /// (a full disk) leaves the previous pair as it was, never a new key beside an old
+    /// certificate.
     pub fn save_credentials(&self, cert_pem: &str, key: &Secret) -> Result<(), StoreError> {
-        self.write_atomic(KEY_FILE, key.expose().as_bytes())?;
-        self.write_atomic(CERT_FILE, cert_pem.as_bytes())
+        let key = self.stage(KEY_FILE, key.expose().as_bytes())?;
+        let cert = self.stage(CERT_FILE, cert_pem.as_bytes())?;
+        key.commit()?;
+        cert.commit()?;
+        sync_dir(&self.dir)
     }
 
     /// The saved node id, without creating one.
@@ -207,27 +213,54 @@ impl StateStore {
     /// Writes `name` in the state directory atomically (temp file, fsync, rename, directory
     /// fsync) with mode 0600.
     pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let path = self.dir.join(name);
-        let tmp = self
-            .dir
-            .join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&tmp)
-                .map_err(io(&tmp))?;
-            file.write_all(data).map_err(io(&tmp))?;
-            file.sync_all().map_err(io(&tmp))?;
-            drop(file);
-            fs::rename(&tmp, &path).map_err(io(&path))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
+        self.stage(name, data)?.commit()?;
         sync_dir(&self.dir)
+    }
+
+    /// Writes `data` to a synced temporary file beside `name` (mode 0600); nothing changes
+    /// until [`Staged::commit`]. A failed write removes the temporary file.
+    fn stage(&self, name: &str, data: &[u8]) -> Result<Staged, StoreError> {
+        let staged = Staged {
+            committed: false,
+            tmp: self
+                .dir
+                .join(format!(".{name}.{:016x}.tmp", rand::random::<u64>())),
+            path: self.dir.join(name),
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&staged.tmp)
+            .map_err(io(&staged.tmp))?;
+        // From here on, dropping `staged` removes the temporary file.
+        file.write_all(data).map_err(io(&staged.path))?;
+        file.sync_all().map_err(io(&staged.path))?;
+        Ok(staged)
+    }
+}
+
+/// A synced temporary file waiting to replace `path`; removed if dropped uncommitted.
+struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Renames the temporary file over `path` (the caller syncs the directory).
+    fn commit(mut self) -> Result<(), StoreError> {
+        fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -49,6 +49,12 @@ pub const DISCOVERY_POLLS: &str = "bindgate_discovery_polls_total";
 pub const DISCOVERY_FAILURES: &str = "bindgate_discovery_failures_total";
 /// Gauge: bound endpoints in the last good discovery.
 pub const DISCOVERED_ENDPOINTS: &str = "bindgate_discovered_endpoints";
+/// Counter: client certificate renewals that succeeded.
+pub const CERT_RENEWALS: &str = "bindgate_client_certificate_renewals_total";
+/// Counter: client certificate renewals that failed (API, key or state write).
+pub const CERT_RENEWAL_FAILURES: &str = "bindgate_client_certificate_renewal_failures_total";
+/// Gauge: expiry of the registered client certificate in force, in Unix seconds.
+pub const CERT_EXPIRY: &str = "bindgate_client_certificate_expiry_timestamp_seconds";
 
 // Labelled families: a series appears once its listener, cluster or ingress first counts.
 /// Counter `{listener}`: connections admitted by this listener.
@@ -99,7 +105,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 26] = [
+pub const FAMILIES: [(&str, Kind, &str); 29] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -146,6 +152,21 @@ pub const FAMILIES: [(&str, Kind, &str); 26] = [
         DISCOVERED_ENDPOINTS,
         Kind::Gauge,
         "Bound endpoints in the last good discovery.",
+    ),
+    (
+        CERT_RENEWALS,
+        Kind::Counter,
+        "Client certificate renewals that succeeded.",
+    ),
+    (
+        CERT_RENEWAL_FAILURES,
+        Kind::Counter,
+        "Client certificate renewals that failed (API, key or state write).",
+    ),
+    (
+        CERT_EXPIRY,
+        Kind::Gauge,
+        "Expiry of the registered client certificate in force, in Unix seconds (0 without one).",
     ),
     (
         LISTENER_ACCEPTED,
@@ -244,6 +265,9 @@ struct Totals {
     discovery_polls: Counter,
     discovery_failures: Counter,
     discovered_endpoints: Gauge,
+    cert_renewals: Counter,
+    cert_renewal_failures: Counter,
+    cert_expiry: Gauge,
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -283,6 +307,9 @@ fn install() -> Telemetry {
             discovery_polls: metrics::counter!(DISCOVERY_POLLS),
             discovery_failures: metrics::counter!(DISCOVERY_FAILURES),
             discovered_endpoints: metrics::gauge!(DISCOVERED_ENDPOINTS),
+            cert_renewals: metrics::counter!(CERT_RENEWALS),
+            cert_renewal_failures: metrics::counter!(CERT_RENEWAL_FAILURES),
+            cert_expiry: metrics::gauge!(CERT_EXPIRY),
         }
     });
     if metrics::set_global_recorder(recorder).is_err() {
@@ -396,6 +423,21 @@ pub fn discovery_failed() {
 /// Bound endpoints in the last good discovery.
 pub fn set_discovered_endpoints(n: usize) {
     totals().discovered_endpoints.set(n as f64);
+}
+
+/// One client certificate renewal ended, well or not.
+pub fn certificate_renewal(succeeded: bool) {
+    let t = totals();
+    if succeeded {
+        t.cert_renewals.increment(1);
+    } else {
+        t.cert_renewal_failures.increment(1);
+    }
+}
+
+/// The registered client certificate in force expires at `unix_seconds`.
+pub fn set_certificate_expiry(unix_seconds: i64) {
+    totals().cert_expiry.set(unix_seconds as f64);
 }
 
 /// Records one binding upgrade on an established ingress connection (`ConnRequest` written to
