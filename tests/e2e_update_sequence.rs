@@ -11,6 +11,9 @@
 //! - at the end, with everything closed, the process's open file descriptors are back to what
 //!   they were after start-up.
 //!
+//! A second test drives discovered endpoints (added to and removed from the sandbox's API)
+//! interleaved with file edits, with the same invariants.
+//!
 //! `BINDGATE_UPDATE_SEED=N` replays one sequence; `BINDGATE_UPDATE_STEPS` sets its length.
 
 mod common;
@@ -296,4 +299,256 @@ async fn random_update_sequences_keep_the_invariants() {
         open_fds(admin).await <= baseline_fds
     })
     .await;
+}
+
+/// The discovered endpoints `/endpoints` lists: url → (listener name, state, address).
+async fn endpoints(admin: SocketAddr) -> BTreeMap<String, (String, String, Option<SocketAddr>)> {
+    let rows = admin_json(admin, "/endpoints").await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["endpoint"].as_str().unwrap().to_owned(),
+                (
+                    r["listener"].as_str().unwrap().to_owned(),
+                    r["state"].as_str().unwrap_or("").to_owned(),
+                    r["address"].as_str().and_then(|a| a.parse().ok()),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn endpoint_url(k: usize) -> String {
+    format!("tcp://svc{k}.seq:7000")
+}
+
+/// The same shape for the control plane's other source: endpoints appear in and vanish from
+/// the sandbox's API (discovered by polling) while a static listener's file is edited, and
+/// files that do not validate arrive. After every step: `/endpoints` lists exactly the
+/// sandbox's endpoints, active; an endpoint that stayed keeps its address and its held
+/// connection; a removed one's connection keeps flowing and its listener leaves `/listeners`
+/// once that connection closes; the static listener keeps its socket; versions only increase.
+/// At the end, fds are back to the start-up count.
+#[tokio::test]
+async fn random_endpoint_and_file_sequences_keep_the_invariants() {
+    const ENDPOINTS: usize = 4;
+    let seed = std::env::var("BINDGATE_UPDATE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let steps: usize = std::env::var("BINDGATE_UPDATE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    eprintln!("endpoint sequence: BINDGATE_UPDATE_SEED={seed} BINDGATE_UPDATE_STEPS={steps}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let echo = common::echo_server().await;
+    let sb = common::start_sandbox_api(common::SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = common::port_range(12);
+    let file = |idle_s: u32, bad: Option<usize>| {
+        let statics = format!(
+            "static_resources:\n  listeners:\n    - {{ name: s0, address: \"127.0.0.1:0\", idle_timeout: {idle_s}s, routes: [ {{ cluster: c }} ] }}\n  clusters:\n    - {{ name: c, type: static, endpoints: [ \"{echo}\" ] }}\n"
+        );
+        let bad = bad
+            .map(|b| format!("no_such_field_{b}: 1\n"))
+            .unwrap_or_default();
+        sb.discovery_config(
+            &dir.path().join("state"),
+            "k-e2e",
+            &format!(
+                "      mode: port_range\n      address: {}\n      ports: \"{}\"\n",
+                ports.0, ports.1
+            ),
+            "60s",
+            &format!("{statics}{bad}"),
+        )
+    };
+    let mut idle_s = 60;
+    let path = write(dir.path(), "bindgate.yaml", &file(idle_s, None));
+    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = proxy.admin();
+    // The sandbox's own endpoints are there from the start; ours come and go.
+    let fixed: Vec<String> = {
+        let now = until_endpoints(admin, |e| !e.is_empty()).await;
+        now.keys().cloned().collect()
+    };
+    let s0 = active(&listeners(admin).await, "s0").unwrap();
+    let mut s0_stream = EchoStream::open(s0, 64).await;
+    s0_stream.send(1).await;
+    s0_stream.echoed_all().await;
+    let baseline_fds = open_fds(admin).await;
+
+    let mut present = [false; ENDPOINTS];
+    let mut addresses: BTreeMap<String, SocketAddr> = BTreeMap::new();
+    let mut held: BTreeMap<String, EchoStream> = BTreeMap::new();
+    // (listener name, connection) of removed endpoints.
+    let mut draining: Vec<(String, EchoStream)> = Vec::new();
+    let mut listener_of: BTreeMap<String, String> = BTreeMap::new();
+
+    for step in 0..steps {
+        let (version, applied, rejected) = control(admin).await;
+        let k = rng.random_range(0..ENDPOINTS);
+        let url = endpoint_url(k);
+        let op = rng.random_range(0..4u8);
+        eprintln!("step {step}: op {op} on {url} (present: {})", present[k]);
+        match (op, present[k]) {
+            (0 | 1, false) => {
+                let (code, body) = sb
+                    .control(
+                        reqwest::Method::POST,
+                        "endpoints",
+                        Some(serde_json::json!({"url": url, "target": "echo"})),
+                    )
+                    .await;
+                assert_eq!(code, 201, "{body}");
+                present[k] = true;
+            }
+            (0 | 1, true) => {
+                let (code, body) = sb
+                    .control(
+                        reqwest::Method::DELETE,
+                        &format!("endpoints?url={url}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(code, 204, "{body}");
+                present[k] = false;
+            }
+            (2, _) => {
+                idle_s += 1;
+                let text = file(idle_s, None);
+                let tmp = write(dir.path(), ".bindgate.yaml.tmp", &text);
+                std::fs::rename(&tmp, &path).unwrap();
+                until("the edit is applied", || async {
+                    control(admin).await.1 > applied
+                })
+                .await;
+            }
+            _ => {
+                let text = file(idle_s, Some(step));
+                let tmp = write(dir.path(), ".bindgate.yaml.tmp", &text);
+                std::fs::rename(&tmp, &path).unwrap();
+                until("the bad file is rejected", || async {
+                    control(admin).await.2 == rejected + 1
+                })
+                .await;
+            }
+        }
+        // Discovery catches up: exactly the sandbox's endpoints, all active.
+        let mut want: Vec<String> = fixed.clone();
+        want.extend((0..ENDPOINTS).filter(|&j| present[j]).map(endpoint_url));
+        want.sort();
+        let now = until_endpoints(admin, |e| {
+            e.keys().cloned().collect::<Vec<_>>() == want
+                && e.values().all(|(_, state, _)| state == "active")
+        })
+        .await;
+        let (v, _, _) = control(admin).await;
+        assert!(v >= version, "versions only increase: {version} -> {v}");
+        assert_eq!(
+            active(&listeners(admin).await, "s0"),
+            Some(s0),
+            "the static listener kept its socket"
+        );
+        for j in 0..ENDPOINTS {
+            let u = endpoint_url(j);
+            match (present[j], addresses.get(&u).copied()) {
+                (true, Some(addr)) => {
+                    assert_eq!(now[&u].2, Some(addr), "{u} kept its address");
+                }
+                (true, None) => {
+                    let addr = now[&u].2.expect("exposed");
+                    addresses.insert(u.clone(), addr);
+                    listener_of.insert(u.clone(), now[&u].0.clone());
+                    let mut s = EchoStream::open(addr, 64).await;
+                    s.send(1).await;
+                    held.insert(u.clone(), s);
+                }
+                (false, Some(_)) => {
+                    addresses.remove(&u);
+                    let name = listener_of.remove(&u).unwrap();
+                    if let Some(s) = held.remove(&u) {
+                        draining.push((name, s));
+                    }
+                }
+                (false, None) => {}
+            }
+        }
+        for s in held
+            .values_mut()
+            .chain(draining.iter_mut().map(|(_, s)| s))
+            .chain(std::iter::once(&mut s0_stream))
+        {
+            s.send(1).await;
+            s.echoed_all().await;
+        }
+        if !draining.is_empty() && rng.random_bool(0.5) {
+            let (n, s) = draining.remove(0);
+            s.finish().await;
+            if !draining.iter().any(|(m, _)| *m == n) {
+                until("a drained endpoint listener leaves /listeners", || async {
+                    !listeners(admin)
+                        .await
+                        .iter()
+                        .any(|(m, state, _)| *m == n && state == "draining")
+                })
+                .await;
+            }
+        }
+    }
+
+    for (_, s) in draining {
+        s.finish().await;
+    }
+    for (_, s) in held {
+        s.finish().await;
+    }
+    for (j, p) in present.iter().enumerate() {
+        if *p {
+            let (code, _) = sb
+                .control(
+                    reqwest::Method::DELETE,
+                    &format!("endpoints?url={}", endpoint_url(j)),
+                    None,
+                )
+                .await;
+            assert_eq!(code, 204);
+        }
+    }
+    until_endpoints(admin, |e| e.len() == fixed.len()).await;
+    until(
+        "only s0 and the fixed endpoints' listeners are listed",
+        || async { listeners(admin).await.len() == 1 + fixed.len() },
+    )
+    .await;
+    s0_stream.finish().await;
+    common::wait_for_metric(admin, "bindgate_connections_active", &[], 0.0).await;
+    until("open fds back to the start-up count", || async {
+        // The held s0 connection was open at the baseline: 2 fds (client side, upstream).
+        open_fds(admin).await <= baseline_fds - 2.0
+    })
+    .await;
+}
+
+/// Polls `/endpoints` until `done` holds; returns that answer.
+async fn until_endpoints(
+    admin: SocketAddr,
+    mut done: impl FnMut(&BTreeMap<String, (String, String, Option<SocketAddr>)>) -> bool,
+) -> BTreeMap<String, (String, String, Option<SocketAddr>)> {
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    loop {
+        let now = endpoints(admin).await;
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/endpoints never matched: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
