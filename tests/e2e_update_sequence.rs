@@ -454,9 +454,9 @@ async fn random_endpoint_and_file_sequences_keep_the_invariants() {
             Some(s0),
             "the static listener kept its socket"
         );
-        for j in 0..ENDPOINTS {
+        for (j, &is_present) in present.iter().enumerate() {
             let u = endpoint_url(j);
-            match (present[j], addresses.get(&u).copied()) {
+            match (is_present, addresses.get(&u).copied()) {
                 (true, Some(addr)) => {
                     assert_eq!(now[&u].2, Some(addr), "{u} kept its address");
                 }
