@@ -612,3 +612,44 @@ async fn the_admin_server_waits_instead_of_spinning_when_out_of_descriptors() {
         0.0
     );
 }
+
+/// A slow ingress: it answers each upgrade after 400 ms (under the 1 s `connect_timeout`) and
+/// then reads from us at 128 KiB/s. Connections wait for it instead of failing: a 256 KiB
+/// stream arrives byte-exact, nothing is counted as a connect failure, and a fast endpoint
+/// beside it is not held up.
+#[tokio::test]
+async fn a_slow_ingress_is_waited_for_not_failed() {
+    let sb = start_sandbox(
+        "  - { url: 'tcp://slow.e2e:7000', target: echo, faults: { latency: 400ms, read_rate: 131072 } }\n",
+    )
+    .await;
+    for transport in ["pool", "multiplex"] {
+        let ing = ingress(&sb, &format!("    transport: {transport}\n"));
+        let cfg = binding_config(
+            &ing,
+            &[
+                ("slow", "tcp://slow.e2e:7000"),
+                ("echo", "tcp://echo.e2e:7000"),
+            ],
+            "",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = start_proxy(&cfg, dir.path()).await;
+        let mut slow = common::EchoStream::open(proxy.listener("slow"), 16 * 1024).await;
+        slow.send(16).await;
+        // While the slow stream crawls, the fast endpoint answers.
+        assert_eq!(
+            echo_once(proxy.listener("echo"), b"fast").await,
+            b"fast",
+            "{transport}"
+        );
+        slow.echoed_all().await;
+        slow.finish().await;
+        let scrape = common::scrape(proxy.admin()).await;
+        assert_eq!(
+            common::metric(&scrape, "bindgate_upstream_connect_failures_total", &[]),
+            0.0,
+            "{transport}"
+        );
+    }
+}
