@@ -154,7 +154,7 @@ async fn two_hundred_fifty_endpoints_over_three_pages() {
 async fn api_failures_keep_the_last_good_endpoints_serving() {
     let sb = start_sandbox_api(SANDBOX_API, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
+    let gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
     let echo = common::wait_endpoint(gw.admin(), ECHO).await;
 
     let (code, body) = sb
@@ -165,14 +165,27 @@ async fn api_failures_keep_the_last_good_endpoints_serving() {
         )
         .await;
     assert_eq!(code, 204, "{body}");
-    gw.wait_for_log("bound endpoint poll failed; keeping the last good endpoints")
-        .await;
+    // Each poll tries 4 times: 8 failures are exactly 2 failed polls.
+    let failures = bindgate::telemetry::DISCOVERY_FAILURES;
+    common::wait_for_metric(gw.admin(), failures, &[], 2.0).await;
     assert_eq!(
         echo_roundtrip(echo, b"during outage").await,
         b"during outage"
     );
-    gw.wait_for_log("ngrok API reachable again").await;
+    // Discovery resumed: a new endpoint shows up.
+    let late = "tcp://after-outage.e2e:7002";
+    let (code, body) = sb
+        .control(
+            Method::POST,
+            "endpoints",
+            Some(serde_json::json!({"url": late, "target": "echo"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    common::wait_endpoint(gw.admin(), late).await;
     assert_eq!(echo_roundtrip(echo, b"after").await, b"after");
+    let scrape = common::scrape(gw.admin()).await;
+    assert_eq!(common::metric(&scrape, failures, &[]), 2.0);
     let dump = admin_json(gw.admin(), "/config_dump").await;
     assert_eq!(dump["control"]["rejected_updates"], 0);
 }
@@ -199,7 +212,7 @@ async fn certificate_is_renewed_and_connections_work_before_and_after() {
     let api = format!("{SANDBOX_API}  cert_lifetime: 4s\n");
     let sb = start_sandbox_api(&api, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
+    let gw = start_gateway(&sb, dir.path(), &port_range(20), "").await;
     let echo = common::wait_endpoint(gw.admin(), ECHO).await;
     let before = std::fs::read(dir.path().join("state/tls.crt")).unwrap();
     // Opened before the renewal and kept open across it.
@@ -208,7 +221,7 @@ async fn certificate_is_renewed_and_connections_work_before_and_after() {
     let mut b = [0u8; 1];
     held.read_exact(&mut b).await.unwrap();
 
-    gw.wait_for_log("client certificate renewed").await;
+    common::wait_for_metric(gw.admin(), bindgate::telemetry::CERT_RENEWALS, &[], 1.0).await;
     let after = std::fs::read(dir.path().join("state/tls.crt")).unwrap();
     assert_ne!(before, after, "a new certificate was stored");
     let mode = std::fs::metadata(dir.path().join("state/tls.key"))
