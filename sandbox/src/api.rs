@@ -1,6 +1,9 @@
 //! The emulated ngrok API (PROTOCOL.md §3) over HTTPS: `kubernetes_operators` CRUD, the bound
 //! endpoints list, ngrok's error JSON and pagination, plus `/sandbox/*` admin routes that tests
-//! and demos use to change the sandbox at run time.
+//! and demos use to change the sandbox at run time: `POST /sandbox/endpoints` and
+//! `DELETE /sandbox/endpoints?url=` (endpoints come and go), `PUT /sandbox/api_faults` (the
+//! fault knobs), `PUT /sandbox/api_keys` (the accepted keys; the others are revoked) and
+//! `GET /sandbox/stats`.
 //!
 //! Every request needs `Authorization: Bearer <one of api_keys>` (admin routes too). API routes
 //! also need `Ngrok-Version: 2`. Errors are `{"error_code","status_code","msg","details":
@@ -34,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -61,7 +65,8 @@ const FEATURES: [&str; 3] = ["bindings", "ingress", "gateway"];
 /// Shared state of the API server.
 pub struct Api {
     acceptor: TlsAcceptor,
-    api_keys: Vec<String>,
+    /// Replaced at run time through `PUT /sandbox/api_keys` (a key revoked).
+    api_keys: ArcSwap<Vec<String>>,
     account_id: String,
     ca: Arc<SandboxCa>,
     registry: Arc<EndpointRegistry>,
@@ -114,7 +119,7 @@ impl Api {
         let faults = &config.faults;
         Api {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
-            api_keys: config.api_keys.clone(),
+            api_keys: ArcSwap::from_pointee(config.api_keys.clone()),
             account_id,
             ca,
             registry,
@@ -320,6 +325,14 @@ impl Api {
                 self.set_faults(&faults);
                 empty(StatusCode::NO_CONTENT)
             }
+            (&Method::PUT, ["api_keys"]) => {
+                let body: ApiKeys = read_json(request).await?;
+                if body.api_keys.is_empty() {
+                    return Err(ApiError::invalid("`api_keys` needs at least one key"));
+                }
+                self.api_keys.store(Arc::new(body.api_keys));
+                empty(StatusCode::NO_CONTENT)
+            }
             _ => Err(ApiError::no_route(request.uri().path())),
         }
     }
@@ -345,7 +358,8 @@ impl Api {
                     "The ngrok API requires Bearer authentication via the Authorization header; it could not parse the header in this request.",
                 )
             })?;
-        if !self.api_keys.iter().any(|k| k == key) {
+        let known = self.api_keys.load().iter().any(|k| k == key);
+        if !known {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "ERR_NGROK_203",
@@ -565,6 +579,13 @@ impl Api {
             target: endpoint.target.to_string(),
         }
     }
+}
+
+/// `PUT /sandbox/api_keys`: the keys accepted from now on (the others are revoked).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeys {
+    api_keys: Vec<String>,
 }
 
 /// Decrements `count` unless it is 0; true when it did.

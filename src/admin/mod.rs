@@ -32,6 +32,78 @@ pub struct ControlStatus {
     /// Why the most recent rejected update was refused (every error, one per line).
     pub last_rejection: Option<String>,
     pub discovered_endpoints: usize,
+    /// Bound-endpoint discovery, when the config has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// Where bound-endpoint discovery stands.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoveryStatus {
+    pub state: DiscoveryState,
+    /// What `/ready` waits for (the config's `bound_endpoints.ready_when`).
+    pub ready_when: crate::config::ReadyWhen,
+    /// Endpoints loaded at start from the set an earlier run saved in `state_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_endpoints: Option<usize>,
+    /// When a poll last succeeded (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    /// Why the last poll failed, or why discovery stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryState {
+    /// No poll has succeeded and nothing was cached.
+    Waiting,
+    /// Serving the set an earlier run saved; no poll has succeeded yet.
+    Cached,
+    /// The last poll succeeded.
+    Current,
+    /// Polls fail; the last good set serves.
+    Failing,
+    /// The API refused the key: no more polls; the last good set serves.
+    Stopped,
+}
+
+impl DiscoveryStatus {
+    /// Why `/ready` must wait for discovery, if it must.
+    fn not_ready(&self) -> Option<String> {
+        use crate::config::ReadyWhen;
+        let have = match self.ready_when {
+            ReadyWhen::Bound => true,
+            ReadyWhen::Discovered => self.last_success.is_some(),
+            ReadyWhen::Cached => self.last_success.is_some() || self.cached_endpoints.is_some(),
+        };
+        if have {
+            return None;
+        }
+        let waiting = match self.ready_when {
+            ReadyWhen::Discovered => "no bound-endpoint poll has succeeded yet",
+            _ => "no bound-endpoint poll has succeeded yet and no saved set was loaded",
+        };
+        Some(match (self.state, &self.last_error) {
+            (DiscoveryState::Stopped, Some(e)) => format!("discovery stopped: {e}"),
+            (_, Some(e)) => format!("{waiting} (last error: {e})"),
+            _ => waiting.to_string(),
+        })
+    }
+
+    /// A line for a ready instance whose discovery has a problem.
+    fn warning(&self) -> Option<String> {
+        match (self.state, &self.last_error) {
+            (DiscoveryState::Stopped, Some(e)) => Some(format!(
+                "discovery stopped: {e}; the endpoints discovered last keep serving"
+            )),
+            (DiscoveryState::Failing, Some(e)) => Some(format!(
+                "discovery failing: {e}; the endpoints discovered last keep serving"
+            )),
+            _ => None,
+        }
+    }
 }
 
 pub type StatusView = Arc<ArcSwap<ControlStatus>>;
@@ -94,10 +166,18 @@ impl AdminState {
                 )
             })
             .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed.join("; "))
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        match self
+            .control
+            .load()
+            .discovery
+            .as_ref()
+            .and_then(|d| d.not_ready())
+        {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
     }
 }
@@ -218,7 +298,16 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" => match state.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Ok(()) => match state
+                .control
+                .load()
+                .discovery
+                .as_ref()
+                .and_then(|d| d.warning())
+            {
+                Some(warning) => text(StatusCode::OK, format!("ready\n{warning}\n")),
+                None => text(StatusCode::OK, "ready\n"),
+            },
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),

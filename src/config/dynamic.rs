@@ -34,6 +34,24 @@ pub struct BoundEndpoints {
     /// Settings for every discovered endpoint's listener.
     #[serde(default)]
     pub listener: DiscoveredListener,
+    /// When `/ready` may say ready, besides every listener being bound: `cached` (a poll has
+    /// succeeded, or the endpoint set saved by an earlier run was loaded at start), `discovered`
+    /// (a poll has succeeded in this run), or `bound` (do not wait for discovery).
+    #[serde(default)]
+    pub ready_when: ReadyWhen,
+}
+
+/// What `/ready` waits for from discovery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyWhen {
+    /// A successful poll, or the endpoint set saved by an earlier run (loaded at start).
+    #[default]
+    Cached,
+    /// A successful poll in this run.
+    Discovered,
+    /// Nothing from discovery: ready once listeners are bound.
+    Bound,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]

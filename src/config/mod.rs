@@ -22,7 +22,7 @@ pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
 pub use duration::{HumanDuration, parse_duration};
 pub use dynamic::{
     BoundEndpoints, DEFAULT_VIRTUAL_CIDR, DiscoveredListener, DynamicResources, Expose, ExposeMode,
-    ExposeOverride, parse_port_range,
+    ExposeOverride, ReadyWhen, parse_port_range,
 };
 pub use env::{EnvError, expand_yaml};
 pub use ingress::{IngressConfig, MultiplexConfig, MultiplexFallback, PoolConfig, Transport};

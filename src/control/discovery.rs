@@ -65,8 +65,13 @@ pub async fn poll(
                 *interval.borrow()
             }
             Err(e @ ApiError::Unauthorized { .. }) => {
+                telemetry::discovery_failed();
+                tracing::error!(
+                    "discovery stopped: {e}; static listeners and the endpoints discovered last \
+                     keep serving; restart with a valid key to discover again"
+                );
                 let _ = events
-                    .send(ControlEvent::Fatal(format!("discovery: {e}")))
+                    .send(ControlEvent::DiscoveryStopped(e.to_string()))
                     .await;
                 return;
             }
@@ -77,6 +82,13 @@ pub async fn poll(
                     failures,
                     "bound endpoint poll failed; keeping the last good endpoints: {e}"
                 );
+                if events
+                    .send(ControlEvent::DiscoveryFailed(e.to_string()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
                 // Back off up to 4 poll intervals; the API client already retried within the poll.
                 let base = *interval.borrow();
                 base.saturating_mul(failures.min(4))

@@ -2,6 +2,7 @@
 //! listener manager reconcile sockets to them.
 
 pub mod discovery;
+pub mod endpoint_cache;
 mod gateway;
 pub mod plane;
 pub mod registration;
@@ -13,6 +14,11 @@ pub use plane::{ControlError, ControlPlane, ControlStatus, StatusView};
 pub enum ControlEvent {
     /// A complete, successful discovery result.
     Discovered(std::collections::BTreeSet<crate::snapshot::BoundUrl>),
+    /// A poll failed (after the API client's retries); the last good set stays.
+    DiscoveryFailed(String),
+    /// The API refused the key: discovery has ended. Static listeners and the endpoints
+    /// discovered last keep serving.
+    DiscoveryStopped(String),
     /// Something that must stop the process (e.g. the API key was rejected).
     Fatal(String),
 }

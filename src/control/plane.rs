@@ -20,7 +20,8 @@ use crate::retained::Retained;
 use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
 use crate::telemetry;
 
-pub use crate::admin::{ControlStatus, StatusView};
+use super::endpoint_cache::EndpointCache;
+pub use crate::admin::{ControlStatus, DiscoveryState, DiscoveryStatus, StatusView};
 
 pub struct ControlPlane {
     gateway: Gateway,
@@ -46,6 +47,8 @@ pub struct ControlPlane {
     poll_interval: watch::Sender<Duration>,
     shutdown: CancellationToken,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// The discovered set saved in `state_dir` (with discovery and a registration).
+    cache: Option<EndpointCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,13 @@ impl ControlPlane {
             }
             None => None,
         };
+        let cache = match (&store, &registration) {
+            (Some(store), Some(reg)) => Some(EndpointCache::new(
+                store.clone(),
+                reg.credentials.operator_id.clone(),
+            )),
+            _ => None,
+        };
         let allocations = Allocations::load(store);
         let registered = registration.as_ref().map(Registration::for_build);
         let retained = Retained::new();
@@ -93,6 +103,13 @@ impl ControlPlane {
         let status: StatusView = Arc::new(ArcSwap::from_pointee(ControlStatus {
             version: 1,
             applied_updates: 1,
+            discovery: ready_when(&loaded.config).map(|ready_when| DiscoveryStatus {
+                state: DiscoveryState::Waiting,
+                ready_when,
+                cached_endpoints: None,
+                last_success: None,
+                last_error: None,
+            }),
             ..Default::default()
         }));
         telemetry::set_snapshot_version(1);
@@ -123,8 +140,24 @@ impl ControlPlane {
             poll_interval,
             shutdown,
             _watcher: None,
+            cache,
         };
         plane._watcher = plane.watch_file();
+        // The set an earlier run saved serves until the first poll answers.
+        if let Some(saved) = plane.cache.as_mut().and_then(EndpointCache::load) {
+            tracing::info!(
+                endpoints = saved.len(),
+                "exposing the bound endpoints saved by the last run until the API answers"
+            );
+            telemetry::set_discovered_endpoints(saved.len());
+            plane.discovered = saved;
+            plane.rebuild().await;
+            let n = plane.discovered.len();
+            plane.update_discovery(|d| {
+                d.state = DiscoveryState::Cached;
+                d.cached_endpoints = Some(n);
+            });
+        }
         if let Some(reg) = registration {
             reg.spawn_renewal(plane.shutdown.clone());
             if discovery_interval(&plane.loaded.config).is_some() {
@@ -220,6 +253,16 @@ impl ControlPlane {
                 event = self.events.recv() => match event {
                     Some(ControlEvent::Discovered(set)) => {
                         telemetry::set_discovered_endpoints(set.len());
+                        let now = time::OffsetDateTime::now_utc();
+                        telemetry::discovery_succeeded(now.unix_timestamp());
+                        self.update_discovery(|d| {
+                            d.state = DiscoveryState::Current;
+                            d.last_success = Some(crate::identity::registration::rfc3339(now));
+                            d.last_error = None;
+                        });
+                        if let Some(cache) = self.cache.as_mut() {
+                            cache.save(&set);
+                        }
                         if set != self.discovered {
                             log_discovery_change(&self.discovered, &set);
                             self.discovered = set;
@@ -227,6 +270,21 @@ impl ControlPlane {
                         } else {
                             self.retry_hosts_file();
                         }
+                    }
+                    Some(ControlEvent::DiscoveryFailed(why)) => {
+                        self.update_discovery(|d| {
+                            if d.state == DiscoveryState::Current {
+                                d.state = DiscoveryState::Failing;
+                            }
+                            d.last_error = Some(why);
+                        });
+                    }
+                    Some(ControlEvent::DiscoveryStopped(why)) => {
+                        telemetry::discovery_stopped();
+                        self.update_discovery(|d| {
+                            d.state = DiscoveryState::Stopped;
+                            d.last_error = Some(why);
+                        });
                     }
                     Some(ControlEvent::Fatal(msg)) => return Err(ControlError::Fatal(msg)),
                     None => return Ok(()),
@@ -329,6 +387,11 @@ impl ControlPlane {
                 s.version = version;
                 s.applied_updates += 1;
                 s.discovered_endpoints = self.discovered.len();
+                if let (Some(d), Some(ready_when)) =
+                    (s.discovery.as_mut(), ready_when(&self.loaded.config))
+                {
+                    d.ready_when = ready_when;
+                }
                 self.status.store(Arc::new(s));
                 tracing::info!(version, "configuration applied");
                 self.applied_notify.notify_one();
@@ -338,6 +401,15 @@ impl ControlPlane {
                 self.reject(errors.to_string());
                 false
             }
+        }
+    }
+
+    /// Changes the discovery part of the status the admin API shows.
+    fn update_discovery(&self, change: impl FnOnce(&mut DiscoveryStatus)) {
+        let mut s = (**self.status.load()).clone();
+        if let Some(d) = s.discovery.as_mut() {
+            change(d);
+            self.status.store(Arc::new(s));
         }
     }
 
@@ -419,6 +491,14 @@ impl ControlPlane {
         self.shutdown.cancel();
         self.gateway.shutdown().await;
     }
+}
+
+/// `bound_endpoints.ready_when`, when the config discovers endpoints.
+fn ready_when(cfg: &Config) -> Option<crate::config::ReadyWhen> {
+    cfg.dynamic_resources
+        .as_ref()
+        .and_then(|d| d.bound_endpoints.as_ref())
+        .map(|b| b.ready_when)
 }
 
 fn discovery_interval(cfg: &Config) -> Option<Duration> {

@@ -172,7 +172,19 @@ impl Registrar {
                         "the saved ngrok operator no longer exists; registering again"
                     );
                 }
-                Err(e) => return Err(api_failed(format!("look up saved operator {id}"))(e)),
+                Err(e) => {
+                    // Down, slow, or refusing the key: a saved identity still dials the
+                    // ingress, so start with it; discovery and renewal retry in the background.
+                    if let Some(creds) = Self::offline(store, settings, &saved) {
+                        tracing::warn!(
+                            operator_id = %id,
+                            valid_until = %rfc3339(creds.not_after),
+                            "the ngrok API could not be asked ({e}); starting with the saved client certificate"
+                        );
+                        return Ok(creds);
+                    }
+                    return Err(api_failed(format!("look up saved operator {id}"))(e));
+                }
             }
         }
 
@@ -294,6 +306,33 @@ impl Registrar {
             operator_id: id,
             already_gone,
             removed_files,
+        })
+    }
+
+    /// The saved credentials, when they can dial the ingress without the API: key and
+    /// certificate match, the certificate has not expired, and they were issued by the API
+    /// configured now.
+    fn offline(
+        store: &StateStore,
+        settings: &RegistrationSettings,
+        saved: &SavedOperator,
+    ) -> Option<Credentials> {
+        if saved.api_url.is_some() && saved.api_url != settings.api_url {
+            return None;
+        }
+        let (cert_pem, key) = store.load_credentials().ok()??;
+        certificate::certified_key(&cert_pem, &key).ok()?;
+        let info = certificate::inspect(&cert_pem).ok()?;
+        if OffsetDateTime::now_utc() >= info.not_after || saved.ingress_endpoint.is_empty() {
+            return None;
+        }
+        Some(Credentials {
+            operator_id: saved.operator_id.clone(),
+            ingress_endpoint: saved.ingress_endpoint.clone(),
+            cert_pem,
+            key,
+            not_before: info.not_before,
+            not_after: info.not_after,
         })
     }
 

@@ -203,12 +203,34 @@ async fn saved_operator_gone_registers_again() {
 }
 
 #[tokio::test]
-async fn other_errors_on_the_saved_operator_do_not_register() {
+async fn other_errors_on_the_saved_operator_start_with_the_saved_identity_or_fail_without_registering()
+ {
     let s = setup().await;
     let api = s.mock.client();
-    Registrar::ensure(&api, &s.store, &settings())
+    let first = Registrar::ensure(&api, &s.store, &settings())
         .await
         .unwrap();
+    // A 500 (after the client's retries) or a rejected key: the saved, usable certificate is
+    // used as it is, without registering.
+    for _ in 0..4 {
+        s.mock.state().script.push_back((500, "{}".into()));
+    }
+    let offline = Registrar::ensure(&api, &s.store, &settings())
+        .await
+        .unwrap();
+    assert_eq!(offline.operator_id, first.operator_id);
+    assert_eq!(offline.cert_pem, first.cert_pem);
+    assert_eq!(offline.ingress_endpoint, first.ingress_endpoint);
+    s.mock.state().script.push_back((
+        401,
+        r#"{"error_code":"ERR_NGROK_205","msg":"bad key"}"#.into(),
+    ));
+    let offline = Registrar::ensure(&api, &s.store, &settings())
+        .await
+        .unwrap();
+    assert_eq!(offline.cert_pem, first.cert_pem);
+    // Without a usable saved certificate, the error is returned and nothing registers.
+    std::fs::remove_file(s.store.cert_path()).unwrap();
     for _ in 0..4 {
         s.mock.state().script.push_back((500, "{}".into()));
     }

@@ -49,6 +49,10 @@ pub const DISCOVERY_POLLS: &str = "bindgate_discovery_polls_total";
 pub const DISCOVERY_FAILURES: &str = "bindgate_discovery_failures_total";
 /// Gauge: bound endpoints in the last good discovery.
 pub const DISCOVERED_ENDPOINTS: &str = "bindgate_discovered_endpoints";
+/// Gauge: Unix time of the last successful bound-endpoint poll (0 before the first).
+pub const DISCOVERY_LAST_SUCCESS: &str = "bindgate_discovery_last_success_timestamp_seconds";
+/// Gauge: 1 when discovery has stopped because the API refused the key.
+pub const DISCOVERY_STOPPED: &str = "bindgate_discovery_stopped";
 /// Counter: client certificate renewals that succeeded.
 pub const CERT_RENEWALS: &str = "bindgate_client_certificate_renewals_total";
 /// Counter: client certificate renewals that failed (API, key or state write).
@@ -105,7 +109,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 29] = [
+pub const FAMILIES: [(&str, Kind, &str); 31] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -152,6 +156,16 @@ pub const FAMILIES: [(&str, Kind, &str); 29] = [
         DISCOVERED_ENDPOINTS,
         Kind::Gauge,
         "Bound endpoints in the last good discovery.",
+    ),
+    (
+        DISCOVERY_LAST_SUCCESS,
+        Kind::Gauge,
+        "Unix time of the last successful bound-endpoint poll (0 before the first).",
+    ),
+    (
+        DISCOVERY_STOPPED,
+        Kind::Gauge,
+        "1 when discovery has stopped because the API refused the key.",
     ),
     (
         CERT_RENEWALS,
@@ -265,6 +279,8 @@ struct Totals {
     discovery_polls: Counter,
     discovery_failures: Counter,
     discovered_endpoints: Gauge,
+    discovery_last_success: Gauge,
+    discovery_stopped: Gauge,
     cert_renewals: Counter,
     cert_renewal_failures: Counter,
     cert_expiry: Gauge,
@@ -307,6 +323,8 @@ fn install() -> Telemetry {
             discovery_polls: metrics::counter!(DISCOVERY_POLLS),
             discovery_failures: metrics::counter!(DISCOVERY_FAILURES),
             discovered_endpoints: metrics::gauge!(DISCOVERED_ENDPOINTS),
+            discovery_last_success: metrics::gauge!(DISCOVERY_LAST_SUCCESS),
+            discovery_stopped: metrics::gauge!(DISCOVERY_STOPPED),
             cert_renewals: metrics::counter!(CERT_RENEWALS),
             cert_renewal_failures: metrics::counter!(CERT_RENEWAL_FAILURES),
             cert_expiry: metrics::gauge!(CERT_EXPIRY),
@@ -423,6 +441,16 @@ pub fn discovery_failed() {
 /// Bound endpoints in the last good discovery.
 pub fn set_discovered_endpoints(n: usize) {
     totals().discovered_endpoints.set(n as f64);
+}
+
+/// A bound-endpoint poll succeeded at `unix_seconds`.
+pub fn discovery_succeeded(unix_seconds: i64) {
+    totals().discovery_last_success.set(unix_seconds as f64);
+}
+
+/// Discovery has stopped: the API refused the key.
+pub fn discovery_stopped() {
+    totals().discovery_stopped.set(1.0);
 }
 
 /// One client certificate renewal ended, well or not.
