@@ -221,5 +221,19 @@ async fn a_revoked_key_stops_discovery_but_not_the_listeners() {
     assert_eq!(echo_once(local, b"static").await, b"static");
     assert_eq!(echo_once(echo, b"discovered").await, b"discovered");
     assert!(!body.contains("k-gw"), "the key never appears: {body}");
+    let (code, out, err) = common::run_to_end(&["status", "--admin", &admin.to_string()], &[]);
+    assert_eq!(code, 0, "still ready: {out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("discovery: "))
+        .unwrap_or_else(|| panic!("no discovery line: {out}"));
+    assert!(
+        line.starts_with("discovery: stopped, last poll succeeded at "),
+        "{line}"
+    );
+    assert!(
+        line.contains("last error: the API key was rejected"),
+        "{line}"
+    );
     gw.wait_for_log("discovery stopped").await;
 }

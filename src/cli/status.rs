@@ -38,6 +38,8 @@ struct Status {
     listeners: Value,
     clusters: Value,
     endpoints: Value,
+    /// `/config_dump`'s `control.discovery` (null without discovery).
+    discovery: Value,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +57,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "listeners": status.listeners,
             "clusters": status.clusters,
             "endpoints": status.endpoints,
+            "discovery": status.discovery,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&dump)?)?;
     } else {
@@ -116,6 +119,7 @@ async fn fetch(admin: SocketAddr) -> anyhow::Result<Status> {
         listeners: json("/listeners").await?,
         clusters: json("/clusters").await?,
         endpoints: json("/endpoints").await?,
+        discovery: dump["control"]["discovery"].clone(),
     })
 }
 
@@ -151,6 +155,9 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
         "bindgate at {admin}: {ready} (config version {})\n",
         s.version
     ));
+    if let Some(line) = discovery(&s.discovery) {
+        out.push_str(&line);
+    }
 
     let listeners = rows(&s.listeners, |l| {
         let address = match &l["bound_address"] {
@@ -206,6 +213,26 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
         );
     }
     out
+}
+
+/// Discovery in one line: its state, the last success, the last error (`None` without it).
+fn discovery(d: &Value) -> Option<String> {
+    if !d.is_object() {
+        return None;
+    }
+    let mut line = format!("discovery: {}", text(&d["state"]));
+    if let Some(n) = d["cached_endpoints"].as_u64() {
+        line.push_str(&format!(", {n} endpoints loaded from the last run"));
+    }
+    match d["last_success"].as_str() {
+        Some(t) => line.push_str(&format!(", last poll succeeded at {t}")),
+        None => line.push_str(", no poll has succeeded yet"),
+    }
+    if let Some(e) = d["last_error"].as_str() {
+        line.push_str(&format!("; last error: {e}"));
+    }
+    line.push('\n');
+    Some(line)
 }
 
 /// A cluster's circuit breaker in a few words: its state and connections (`-`: none).
