@@ -59,7 +59,7 @@ pub enum ControlError {
 impl ControlPlane {
     /// Builds and applies the first snapshot from `loaded` (already validated by the caller
     /// through `snapshot::build`), starts the file watch and, with `registration`, discovery
-    /// and certificate renewal.
+    /// and the identity's upkeep (renewal, or following the identity directory).
     pub async fn start(
         path: Option<PathBuf>,
         text: String,
@@ -126,11 +126,11 @@ impl ControlPlane {
         };
         plane._watcher = plane.watch_file();
         if let Some(reg) = registration {
-            reg.spawn_renewal(plane.shutdown.clone());
+            reg.spawn_upkeep(plane.shutdown.clone());
             if discovery_interval(&plane.loaded.config).is_some() {
                 tokio::spawn(discovery::poll(
                     reg.api.clone(),
-                    reg.credentials.operator_id.clone(),
+                    reg.operator_id.clone(),
                     poll_rx,
                     plane.events_tx.clone(),
                     plane.shutdown.clone(),
