@@ -12,6 +12,7 @@ Examples:
   bindgate run -c gateway.yaml                serve it
   bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors
   bindgate certs -c gateway.yaml show         the ngrok registration and client certificate
+  bindgate identity issue -c gw.yaml --out /run/identity   write (or renew) a shared identity
   bindgate status -c gateway.yaml             readiness, listeners, clusters of a running instance";
 
 #[derive(Parser)]
@@ -42,6 +43,9 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Show, renew or remove this host's ngrok registration and client certificate.
     Certs(cli::certs::CertsArgs),
+    /// The shared identity of a fleet: `identity issue` registers, adopts or renews it into a
+    /// directory that replicas read through `ngrok.identity_dir`.
+    Identity(cli::identity::IdentityArgs),
     /// Ask a running bindgate's admin API for readiness, listeners, clusters and endpoints.
     Status(cli::status::StatusArgs),
 }
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Certs(args) => block_on(threads, cli::certs::run(args)),
+        Command::Identity(args) => block_on(threads, cli::identity::run(args)),
         Command::Status(args) => block_on(threads, cli::status::run(args)),
     }
 }

@@ -92,6 +92,31 @@ impl Retained {
         made
     }
 
+    /// Like [`Retained::get_or_insert`] for state whose making can fail (nothing is kept then).
+    pub fn get_or_try_insert<T: Any + Send + Sync, E>(
+        &self,
+        key: StateKey,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        {
+            let mut entries = match self.inner.lock() {
+                Ok(e) => e,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(found) = entries
+                .map
+                .get(&key)
+                .and_then(|a| a.clone().downcast::<T>().ok())
+            {
+                entries.touched.insert(key);
+                return Ok(found);
+            }
+        }
+        // Made outside the lock (it may read files); a racing maker loses to the first insert.
+        let made = make()?;
+        Ok(self.get_or_insert(key, || made))
+    }
+
     /// Called once a build has been published: forgets the state no build asked for since the
     /// previous commit.
     pub fn commit(&self) {

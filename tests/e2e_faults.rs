@@ -438,16 +438,19 @@ async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns()
     assert_eq!(&b, b"c");
 }
 
-/// Every file in `dir` with its bytes.
+/// The identity's files in `dir` (key, certificate, operator, node id) with their bytes, and any
+/// temporary file of theirs. (Port allocations and the endpoint cache are written by other
+/// tasks at their own times.)
 fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| {
+        .filter_map(|e| {
             let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = ["tls.key", "tls.crt", "operator.json", "node_id"]
+                .iter()
+                .any(|f| name == *f || name.starts_with(&format!(".{f}.")));
+            ours.then(|| (name, std::fs::read(e.path()).unwrap()))
         })
         .collect()
 }

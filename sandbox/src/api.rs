@@ -77,6 +77,7 @@ pub struct Api {
     operators: Mutex<BTreeMap<String, Operator>>,
     last_id_stamp: AtomicU64,
     registrations: AtomicU64,
+    writes: AtomicU64,
     fail_next: AtomicU32,
     garbage_next: AtomicU32,
     hang_next: AtomicU32,
@@ -98,6 +99,9 @@ impl std::fmt::Debug for Api {
 pub struct ApiStats {
     /// Successful `POST /kubernetes_operators`.
     pub registrations: u64,
+    /// Write requests (POST, PATCH, DELETE) to `/kubernetes_operators...` that reached a
+    /// route (injected faults included), whatever their outcome: a process that must never write can be checked.
+    pub operator_writes: u64,
     /// Operators that exist now.
     pub operators: u64,
     /// Endpoints the sandbox serves now.
@@ -133,6 +137,7 @@ impl Api {
             operators: Mutex::new(BTreeMap::new()),
             last_id_stamp: AtomicU64::new(0),
             registrations: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             fail_next: AtomicU32::new(faults.fail_next),
             garbage_next: AtomicU32::new(faults.garbage_next),
             hang_next: AtomicU32::new(faults.hang_next),
@@ -152,6 +157,7 @@ impl Api {
     pub async fn stats(&self) -> ApiStats {
         ApiStats {
             registrations: self.registrations(),
+            operator_writes: self.writes.load(Ordering::Relaxed),
             operators: self.operators.lock().await.len() as u64,
             endpoints: self.registry.list().len() as u64,
         }
@@ -221,6 +227,9 @@ impl Api {
             return self.admin(&method, &segments[1..], &query, request).await;
         }
         check_version(&request)?;
+        if method != Method::GET && segments.first() == Some(&"kubernetes_operators") {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(garbage) = self.inject_faults().await? {
             return Ok(garbage);
         }

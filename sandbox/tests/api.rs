@@ -444,6 +444,10 @@ async fn patch_renews_the_certificate_and_delete_removes_the_operator() {
         key2.public_key_raw()
     );
     assert_eq!(f.sandbox.registrations(), 1, "PATCH is not a registration");
+    // Both are writes (reads are not): a process that must never write can be checked.
+    let (_, _) = f.api.call(Method::GET, &path, None).await;
+    let (_, stats) = f.api.call(Method::GET, "/sandbox/stats", None).await;
+    assert_eq!(stats["operator_writes"], 2, "{stats}");
 
     // The update form has no deployment.namespace: a strict server refuses it.
     let (status, body) = f
@@ -804,7 +808,7 @@ async fn endpoints_added_and_removed_at_run_time_reach_the_api_and_the_ingress()
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         stats,
-        json!({ "registrations": 1, "operators": 1, "endpoints": 0 })
+        json!({ "registrations": 1, "operator_writes": 1, "operators": 1, "endpoints": 0 })
     );
     f.sandbox.shutdown().await;
 }

@@ -67,7 +67,7 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let registration = registration::register(&loaded).await?;
-    let ingress = registration.credentials.ingress_endpoint.clone();
+    let ingress = registration.ingress_endpoint.clone();
     let mut plane =
         ControlPlane::start(None, PROXY_YAML.to_owned(), loaded, Some(registration)).await?;
     let applied = plane.on_applied();

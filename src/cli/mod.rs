@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod demo;
+pub mod identity;
 pub mod run;
 pub mod sandbox;
 pub mod schema;

@@ -46,7 +46,7 @@ pub async fn run(
         }
     };
     let registration = if registration::needed(&loaded.config) {
-        match registration::register(&loaded).await {
+        match registration::obtain(&loaded).await {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!("{e}");

@@ -27,9 +27,16 @@ pub struct NgrokConfig {
     /// backoff.
     #[serde(default = "default_api_timeout")]
     pub api_timeout: HumanDuration,
-    /// How this host registers as a Kubernetes operator to obtain its client certificate.
+    /// How this host registers as a Kubernetes operator to obtain its client certificate
+    /// (also what `bindgate identity issue` uses to write a shared identity).
     #[serde(default)]
     pub registration: RegistrationConfig,
+    /// Instead of registering: read the operator id and client certificate (`operator_id`,
+    /// `tls.crt`, `tls.key`, optionally `ingress_endpoint`) from this directory, as written by
+    /// `bindgate identity issue`. It may be read-only (a Kubernetes Secret mount); rotations are
+    /// followed without dropping connections, and nothing is ever written to the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_dir: Option<PathBuf>,
 }
 
 /// Registration of this host with the ngrok API (as ngrok's Kubernetes operator does).

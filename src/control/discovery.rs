@@ -36,9 +36,11 @@ pub fn normalize(endpoints: &[Endpoint]) -> (BTreeSet<BoundUrl>, BTreeSet<String
 }
 
 /// Polls every `interval` (read afresh each round, so a reload can change it) until `shutdown`.
+/// `operator_id` is read afresh each round too (a rotated identity directory may name another
+/// operator).
 pub async fn poll(
     api: ApiClient,
-    operator_id: String,
+    operator_id: watch::Receiver<String>,
     interval: watch::Receiver<Duration>,
     events: mpsc::Sender<ControlEvent>,
     shutdown: CancellationToken,
@@ -47,7 +49,8 @@ pub async fn poll(
     let mut last_skipped = BTreeSet::new();
     loop {
         telemetry::discovery_poll();
-        let wait = match api.list_bound_endpoints(&operator_id).await {
+        let operator = operator_id.borrow().clone();
+        let wait = match api.list_bound_endpoints(&operator).await {
             Ok(endpoints) => {
                 if failures > 0 {
                     tracing::info!("ngrok API reachable again; discovery resumed");

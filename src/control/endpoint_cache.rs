@@ -23,7 +23,8 @@ struct Saved {
 
 pub struct EndpointCache {
     store: StateStore,
-    operator_id: String,
+    /// The operator in force (it changes when a shared identity rotates to another one).
+    operator_id: tokio::sync::watch::Receiver<String>,
     /// What the file holds now, as far as this process knows.
     on_disk: Option<BTreeSet<BoundUrl>>,
     /// A save failed and was reported; reported again only after one succeeds.
@@ -31,7 +32,10 @@ pub struct EndpointCache {
 }
 
 impl EndpointCache {
-    pub fn new(store: StateStore, operator_id: String) -> EndpointCache {
+    pub fn new(
+        store: StateStore,
+        operator_id: tokio::sync::watch::Receiver<String>,
+    ) -> EndpointCache {
         EndpointCache {
             store,
             operator_id,
@@ -59,7 +63,7 @@ impl EndpointCache {
                 return None;
             }
         };
-        if saved.operator_id != self.operator_id {
+        if saved.operator_id != *self.operator_id.borrow() {
             tracing::info!(
                 saved_for = %saved.operator_id,
                 "{}: saved for another operator; not used",
@@ -87,7 +91,7 @@ impl EndpointCache {
             return;
         }
         let saved = Saved {
-            operator_id: self.operator_id.clone(),
+            operator_id: self.operator_id.borrow().clone(),
             saved_at: crate::identity::registration::rfc3339(time::OffsetDateTime::now_utc()),
             endpoints: set.iter().map(ToString::to_string).collect(),
         };
@@ -118,6 +122,10 @@ impl EndpointCache {
 mod tests {
     use super::*;
 
+    fn op(id: &str) -> tokio::sync::watch::Receiver<String> {
+        tokio::sync::watch::channel(id.to_string()).1
+    }
+
     fn urls(list: &[&str]) -> BTreeSet<BoundUrl> {
         list.iter()
             .map(|u| BoundUrl::parse(u, None).unwrap())
@@ -129,7 +137,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path().join("state")).unwrap();
         let set = urls(&["tcp://db.prod:5432", "http://web.prod:80"]);
-        let mut cache = EndpointCache::new(store.clone(), "op_1".into());
+        let mut cache = EndpointCache::new(store.clone(), op("op_1"));
         assert_eq!(cache.load(), None, "nothing saved yet");
         cache.save(&set);
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -139,14 +147,11 @@ mod tests {
         );
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(
-            EndpointCache::new(store.clone(), "op_1".into()).load(),
+            EndpointCache::new(store.clone(), op("op_1")).load(),
             Some(set)
         );
-        assert_eq!(
-            EndpointCache::new(store.clone(), "op_2".into()).load(),
-            None
-        );
+        assert_eq!(EndpointCache::new(store.clone(), op("op_2")).load(), None);
         std::fs::write(dir.path().join("state").join(FILE), "{ not json").unwrap();
-        assert_eq!(EndpointCache::new(store, "op_1".into()).load(), None);
+        assert_eq!(EndpointCache::new(store, op("op_1")).load(), None);
     }
 }

@@ -62,7 +62,7 @@ pub enum ControlError {
 impl ControlPlane {
     /// Builds and applies the first snapshot from `loaded` (already validated by the caller
     /// through `snapshot::build`), starts the file watch and, with `registration`, discovery
-    /// and certificate renewal.
+    /// and the identity's upkeep (renewal, or following the identity directory).
     pub async fn start(
         path: Option<PathBuf>,
         text: String,
@@ -83,10 +83,9 @@ impl ControlPlane {
             None => None,
         };
         let cache = match (&store, &registration) {
-            (Some(store), Some(reg)) => Some(EndpointCache::new(
-                store.clone(),
-                reg.credentials.operator_id.clone(),
-            )),
+            (Some(store), Some(reg)) => {
+                Some(EndpointCache::new(store.clone(), reg.operator_id.clone()))
+            }
             _ => None,
         };
         let allocations = Allocations::load(store);
@@ -159,11 +158,11 @@ impl ControlPlane {
             });
         }
         if let Some(reg) = registration {
-            reg.spawn_renewal(plane.shutdown.clone());
+            reg.spawn_upkeep(plane.shutdown.clone());
             if discovery_interval(&plane.loaded.config).is_some() {
                 tokio::spawn(discovery::poll(
                     reg.api.clone(),
-                    reg.credentials.operator_id.clone(),
+                    reg.operator_id.clone(),
                     poll_rx,
                     plane.events_tx.clone(),
                     plane.shutdown.clone(),

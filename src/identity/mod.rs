@@ -10,6 +10,7 @@ pub mod registration;
 pub mod renewal;
 pub mod session_store;
 pub mod store;
+pub mod watched;
 
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ pub use pem::{PemError, load_cert_chain, load_private_key, load_trust_roots, par
 pub use registration::{Credentials, Deregistered, IdentityError, Registrar, RegistrationSettings};
 pub use renewal::run_renewal;
 pub use store::{SavedOperator, StateStore, StoreError};
+pub use watched::{FileRole, FilesError, IdentityFiles, WatchedIdentity};
 
 /// Installs [`crypto_provider`] as the process-wide rustls provider (idempotent).
 pub fn install_crypto_provider() {

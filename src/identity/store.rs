@@ -1,4 +1,5 @@
-//! `StateStore`: the registration's files under `state_dir`.
+//! `StateStore`: the registration's files under `state_dir`, or a shared identity directory
+//! written by `bindgate identity issue` (see [`StateStore::open_identity_dir`]).
 //!
 //! The directory is 0700 (tightened if it exists looser); every file is written atomically
 //! (a temporary file in the same directory, fsync, rename, fsync of the directory) with mode
@@ -19,6 +20,15 @@ pub const OPERATOR_FILE: &str = "operator.json";
 pub const KEY_FILE: &str = "tls.key";
 pub const CERT_FILE: &str = "tls.crt";
 pub const NODE_ID_FILE: &str = "node_id";
+/// A shared identity directory: the operator's id, one line.
+pub const OPERATOR_ID_FILE: &str = "operator_id";
+/// A shared identity directory: the ingress `host:port` the API gave, one line (optional for
+/// readers: an ingress `address` in their config, or the API, can say it instead).
+pub const INGRESS_ENDPOINT_FILE: &str = "ingress_endpoint";
+/// The node id every writer of a shared identity uses: the operator belongs to the deployment
+/// (`deployment.name` and `namespace`), not to the host that happened to run the writer, so a
+/// writer starting from an empty directory adopts the deployment's operator.
+pub const SHARED_NODE_ID: &str = "shared";
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
@@ -55,10 +65,21 @@ pub struct SavedOperator {
     pub api_url: Option<String>,
 }
 
+/// How the directory's files are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `state_dir`: `operator.json`, `node_id`, `tls.key`, `tls.crt` (and other state).
+    StateDir,
+    /// A shared identity (`identity issue --out DIR`, `ngrok.identity_dir`): `operator_id`,
+    /// `ingress_endpoint`, `tls.key`, `tls.crt`, nothing else; the node id is [`SHARED_NODE_ID`].
+    Identity,
+}
+
 /// The state directory.
 #[derive(Clone, Debug)]
 pub struct StateStore {
     dir: PathBuf,
+    layout: Layout,
 }
 
 impl StateStore {
@@ -85,14 +106,50 @@ impl StateStore {
             );
             fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE)).map_err(io(&dir))?;
         }
-        Ok(StateStore { dir })
+        Ok(StateStore {
+            dir,
+            layout: Layout::StateDir,
+        })
+    }
+
+    /// Opens a shared identity directory for writing (`identity issue --out DIR`): created 0700
+    /// when missing; an existing one keeps its mode (it may be prepared for readers of another
+    /// user), with a warning when others can read it.
+    pub fn open_identity_dir(dir: impl Into<PathBuf>) -> Result<StateStore, StoreError> {
+        let dir = dir.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        let meta = fs::metadata(&dir).map_err(io(&dir))?;
+        if !meta.is_dir() {
+            return Err(StoreError::Corrupt {
+                path: dir,
+                reason: "not a directory".into(),
+            });
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "identity directory has mode {mode:o}: other users can list it"
+            );
+        }
+        Ok(StateStore {
+            dir,
+            layout: Layout::Identity,
+        })
     }
 
     /// Opens `dir` if it exists, creating and changing nothing (for read-only commands).
     pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Option<StateStore>, StoreError> {
         let dir = dir.into();
         match fs::metadata(&dir) {
-            Ok(meta) if meta.is_dir() => Ok(Some(StateStore { dir })),
+            Ok(meta) if meta.is_dir() => Ok(Some(StateStore {
+                dir,
+                layout: Layout::StateDir,
+            })),
             Ok(_) => Err(StoreError::Corrupt {
                 path: dir,
                 reason: "not a directory".into(),
@@ -105,8 +162,12 @@ impl StateStore {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// Where the saved operator is: `operator.json`, or `operator_id` in an identity directory.
     pub fn operator_path(&self) -> PathBuf {
-        self.dir.join(OPERATOR_FILE)
+        match self.layout {
+            Layout::StateDir => self.dir.join(OPERATOR_FILE),
+            Layout::Identity => self.dir.join(OPERATOR_ID_FILE),
+        }
     }
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)
@@ -120,6 +181,9 @@ impl StateStore {
 
     /// The saved registration, if any.
     pub fn load_operator(&self) -> Result<Option<SavedOperator>, StoreError> {
+        if self.layout == Layout::Identity {
+            return load_identity_operator(&self.dir);
+        }
         let path = self.operator_path();
         let Some(text) = read_optional(&path)? else {
             return Ok(None);
@@ -139,6 +203,17 @@ impl StateStore {
     }
 
     pub fn save_operator(&self, saved: &SavedOperator) -> Result<(), StoreError> {
+        if self.layout == Layout::Identity {
+            // Rewritten only when they change, so a run with nothing due touches no file.
+            self.write_if_changed(
+                OPERATOR_ID_FILE,
+                format!("{}\n", saved.operator_id).as_bytes(),
+            )?;
+            return self.write_if_changed(
+                INGRESS_ENDPOINT_FILE,
+                format!("{}\n", saved.ingress_endpoint).as_bytes(),
+            );
+        }
         let mut text = serde_json::to_string_pretty(saved).map_err(|e| StoreError::Corrupt {
             path: self.operator_path(),
             reason: e.to_string(),
@@ -172,11 +247,17 @@ impl StateStore {
 
     /// The saved node id, without creating one.
     pub fn existing_node_id(&self) -> Result<Option<String>, StoreError> {
+        if self.layout == Layout::Identity {
+            return Ok(Some(SHARED_NODE_ID.to_owned()));
+        }
         Ok(read_optional(&self.node_id_path())?.map(|t| t.trim().to_owned()))
     }
 
     /// This host's node id: random, created on first use, then stable.
     pub fn node_id(&self) -> Result<String, StoreError> {
+        if self.layout == Layout::Identity {
+            return Ok(SHARED_NODE_ID.to_owned());
+        }
         let path = self.node_id_path();
         if let Some(text) = read_optional(&path)? {
             let id = text.trim();
@@ -197,7 +278,11 @@ impl StateStore {
     /// those that existed. The node id stays: it names this host, not the registration.
     pub fn remove_registration(&self) -> Result<Vec<PathBuf>, StoreError> {
         let mut removed = Vec::new();
-        for path in [self.operator_path(), self.key_path(), self.cert_path()] {
+        let mut paths = vec![self.operator_path(), self.key_path(), self.cert_path()];
+        if self.layout == Layout::Identity {
+            paths.push(self.dir.join(INGRESS_ENDPOINT_FILE));
+        }
+        for path in paths {
             match fs::remove_file(&path) {
                 Ok(()) => removed.push(path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -208,6 +293,14 @@ impl StateStore {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+
+    /// Like [`StateStore::write_atomic`], unless the file already holds exactly `data`.
+    pub fn write_if_changed(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        match fs::read(self.dir.join(name)) {
+            Ok(current) if current == data => Ok(()),
+            _ => self.write_atomic(name, data),
+        }
     }
 
     /// Writes `name` in the state directory atomically (temp file, fsync, rename, directory
@@ -264,12 +357,40 @@ impl Drop for Staged {
     }
 }
 
+/// An identity directory's `operator_id` (and `ingress_endpoint`, empty when absent).
+pub fn load_identity_operator(dir: &Path) -> Result<Option<SavedOperator>, StoreError> {
+    let path = dir.join(OPERATOR_ID_FILE);
+    let Some(text) = read_optional(&path)? else {
+        return Ok(None);
+    };
+    let id = text.trim();
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(StoreError::Corrupt {
+            path,
+            reason: "not an operator id (expected one line of letters, digits, `_` and `-`)".into(),
+        });
+    }
+    let ingress_endpoint = read_optional(&dir.join(INGRESS_ENDPOINT_FILE))?
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
+    Ok(Some(SavedOperator {
+        operator_id: id.to_owned(),
+        ingress_endpoint,
+        not_after: None,
+        api_url: None,
+    }))
+}
+
 /// Makes renames and removals in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -615,10 +615,9 @@ fn ingress_address(address: &str) -> Result<(String, String), String> {
 /// `validate`, which registers nothing: the TLS config then carries no client certificate and
 /// is never used to dial).
 enum ClientAuth {
-    Files(
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    ),
+    /// `client_cert` / `client_key`, followed as they rotate (the same identity is kept across
+    /// builds while the paths stay, so its watch and swaps carry over).
+    Files(Arc<crate::identity::WatchedIdentity>),
     Registered(Arc<crate::identity::ClientIdentity>),
     NotYetRegistered,
 }
@@ -691,15 +690,44 @@ fn build_ingress(
     };
     let identity = match (&ing.client_cert, &ing.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = identity::load_cert_chain(&c.loaded.resolve(cert))
-                .map_err(|e| c.err(format!("{path}.client_cert"), e.to_string()))
-                .ok();
-            let key = identity::load_private_key(&c.loaded.resolve(key))
-                .map_err(|e| c.err(format!("{path}.client_key"), e.to_string()))
-                .ok();
-            chain
-                .zip(key)
-                .map(|(chain, key)| ClientAuth::Files(chain, key))
+            let files = identity::IdentityFiles::client_files(
+                c.loaded.resolve(cert),
+                c.loaded.resolve(key),
+            );
+            let state = crate::retained::StateKey::new(
+                "ingress/client_files",
+                "",
+                &(&files.cert, &files.key),
+            );
+            // Each file is checked on its own first, so both are reported when both are bad.
+            let made = retained.get_or_try_insert(state, || {
+                let mut errors = Vec::new();
+                if let Err(e) = identity::load_cert_chain(&files.cert) {
+                    errors.push(("client_cert", e.to_string()));
+                }
+                if let Err(e) = identity::load_private_key(&files.key) {
+                    errors.push(("client_key", e.to_string()));
+                }
+                if !errors.is_empty() {
+                    return Err(errors);
+                }
+                identity::WatchedIdentity::load(files.clone()).map_err(|e| {
+                    let field = match e.role(&files) {
+                        identity::FileRole::Key => "client_key",
+                        _ => "client_cert",
+                    };
+                    vec![(field, e.to_string())]
+                })
+            });
+            match made {
+                Ok(watched) => Some(ClientAuth::Files(watched)),
+                Err(errors) => {
+                    for (field, message) in errors {
+                        c.err(format!("{path}.{field}"), message);
+                    }
+                    None
+                }
+            }
         }
         (Some(_), None) => {
             c.err(
@@ -740,33 +768,39 @@ fn build_ingress(
         tls.resumption = rustls::client::Resumption::store(Arc::new(TicketStore::new()));
         tls
     };
+    let mut watched = None;
     let tls = match auth {
-        ClientAuth::Files(chain, key) => {
-            builder.with_client_auth_cert(chain, key).map(with_tickets)
+        // Their ticket stores are emptied when the certificate changes (a resumed session
+        // would present the old certificate).
+        ClientAuth::Files(files) => {
+            let tls = files.identity().client_config(roots);
+            watched = Some(files);
+            tls
         }
-        // Its ticket store is emptied on certificate renewal (a resumed session would present
-        // the old certificate).
         ClientAuth::Registered(identity) => identity.client_config(roots),
         ClientAuth::NotYetRegistered => Ok(with_tickets(builder.with_no_client_auth())),
     };
     match tls {
-        Ok(tls) => Some(Ingress::new(
-            IngressDialer::new(
-                &ing.name,
-                &address,
-                server_name,
-                Arc::new(tls),
-                ing.connect_timeout.get(),
-                ing.session_resumption,
+        Ok(tls) => Some(
+            Ingress::new(
+                IngressDialer::new(
+                    &ing.name,
+                    &address,
+                    server_name,
+                    Arc::new(tls),
+                    ing.connect_timeout.get(),
+                    ing.session_resumption,
+                )
+                .with_early_data(ing.early_data),
+                trust,
+                settings,
+                retained.get_or_insert(
+                    crate::retained::StateKey::new("ingress/transports", "", &()),
+                    crate::upstream::Transports::default,
+                ),
             )
-            .with_early_data(ing.early_data),
-            trust,
-            settings,
-            retained.get_or_insert(
-                crate::retained::StateKey::new("ingress/transports", "", &()),
-                crate::upstream::Transports::default,
-            ),
-        )),
+            .with_watched(watched),
+        ),
         Err(e) => {
             c.err(
                 format!("{path}.client_key"),

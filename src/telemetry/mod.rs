@@ -91,6 +91,13 @@ pub const BREAKER_REJECTIONS: &str = "bindgate_circuit_breaker_rejections_total"
 pub const BINDING_UPGRADE_DURATION: &str = "bindgate_binding_upgrade_duration_seconds";
 /// Histogram `{ingress}`: time to take a connection from the warm pool (or find none), seconds.
 pub const POOL_CHECKOUT_DURATION: &str = "bindgate_pool_checkout_duration_seconds";
+/// Counter `{source}`: client identities read from files (`identity_dir`, `client_cert`) that
+/// were swapped in after a rotation.
+pub const IDENTITY_ROTATIONS: &str = "bindgate_identity_rotations_total";
+/// Counter `{source}`: rotated identity files refused (unreadable, half-written, mismatched).
+pub const IDENTITY_REFUSED: &str = "bindgate_identity_refused_total";
+/// Gauge: expiry (Unix seconds) of the certificate in force from `ngrok.identity_dir`.
+pub const IDENTITY_NOT_AFTER: &str = "bindgate_identity_not_after_seconds";
 
 /// Upper bounds (seconds) of every histogram's buckets: 100 µs to 10 s, about 2.5× apart, so a
 /// loopback hop and a slow cross-region dial both land in a bucket of their own.
@@ -109,7 +116,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 31] = [
+pub const FAMILIES: [(&str, Kind, &str); 34] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -256,6 +263,21 @@ pub const FAMILIES: [(&str, Kind, &str); 31] = [
         POOL_CHECKOUT_DURATION,
         Kind::Histogram,
         "Time to take a connection from the warm pool, or find none, in seconds, by ingress.",
+    ),
+    (
+        IDENTITY_ROTATIONS,
+        Kind::Counter,
+        "Client identities read from files that were swapped in after a rotation, by source.",
+    ),
+    (
+        IDENTITY_REFUSED,
+        Kind::Counter,
+        "Rotated client identity files refused (unreadable, half-written, mismatched), by source.",
+    ),
+    (
+        IDENTITY_NOT_AFTER,
+        Kind::Gauge,
+        "Expiry, in Unix seconds, of the client certificate in force from ngrok.identity_dir.",
     ),
 ];
 
@@ -436,6 +458,21 @@ pub fn discovery_poll() {
 /// One bound-endpoint poll failed.
 pub fn discovery_failed() {
     totals().discovery_failures.increment(1);
+}
+
+/// A client identity read from files was rotated (`source`: `identity_dir`, `client_cert`).
+pub fn identity_rotated(source: &'static str) {
+    register(|| metrics::counter!(IDENTITY_ROTATIONS, "source" => source)).increment(1);
+}
+
+/// Rotated identity files were refused.
+pub fn identity_refused(source: &'static str) {
+    register(|| metrics::counter!(IDENTITY_REFUSED, "source" => source)).increment(1);
+}
+
+/// The expiry of the `identity_dir` certificate in force.
+pub fn set_identity_not_after(unix_seconds: i64) {
+    register(|| metrics::gauge!(IDENTITY_NOT_AFTER)).set(unix_seconds as f64);
 }
 
 /// Bound endpoints in the last good discovery.

@@ -26,6 +26,8 @@ pub struct Ingress {
     pub transport: IngressTransport,
     /// The control plane's transports: activation retires the predecessor.
     transports: Arc<Transports>,
+    /// Static `client_cert` / `client_key` files, followed from activation on.
+    watched: Option<Arc<crate::identity::WatchedIdentity>>,
 }
 
 impl Ingress {
@@ -51,13 +53,26 @@ impl Ingress {
             connect_timeout,
             transport,
             transports,
+            watched: None,
         }
+    }
+
+    /// Files whose rotation this ingress follows once activated.
+    pub fn with_watched(
+        mut self,
+        watched: Option<Arc<crate::identity::WatchedIdentity>>,
+    ) -> Ingress {
+        self.watched = watched;
+        self
     }
 
     /// Makes this ingress's transport the one serving its name (starts it, retires the one it
     /// replaces). Idempotent.
     pub fn activate(&self) {
         self.transports.activate(&self.transport, &self.name);
+        if let Some(w) = &self.watched {
+            w.watch();
+        }
     }
 }
 

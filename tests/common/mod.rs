@@ -333,6 +333,13 @@ impl SandboxProc {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// `GET /sandbox/stats`: `registrations`, `operator_writes`, `operators`, `endpoints`.
+    pub async fn stats(&self) -> serde_json::Value {
+        let (code, body) = self.control(reqwest::Method::GET, "stats", None).await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     pub async fn registrations(&self) -> u64 {
         let (code, body) = self.control(reqwest::Method::GET, "stats", None).await;
         assert_eq!(code, 200, "{body}");
