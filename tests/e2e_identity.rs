@@ -222,6 +222,34 @@ async fn identity_issue_writes_once_then_is_a_no_op_and_adopts_into_an_empty_dir
         (1, 1, 2),
         "one PATCH, no registration"
     );
+
+    // A shared identity takes no fleet settings (peers would reap it, a writer could delete it).
+    let fleet = write(
+        dir.path(),
+        "fleet.yaml",
+        &std::fs::read_to_string(&config).unwrap().replace(
+            "    description: shared gw\n",
+            "    description: shared gw\n    fleet: gw\n",
+        ),
+    );
+    let (code, stdout, stderr) = common::run_to_end(
+        &[
+            "identity",
+            "issue",
+            "-c",
+            &fleet,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("`ngrok.registration.fleet`"), "{stderr}");
+    assert_eq!(
+        api_counts(&sb).await,
+        (1, 1, 2),
+        "refused before any API call"
+    );
 }
 
 #[tokio::test]
@@ -327,13 +355,14 @@ async fn readers_share_one_identity_follow_its_renewal_and_never_write() {
     held.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"after");
 
-    // Scale 5 -> 1 -> 5, and restart the one left: still one operator, no reader wrote.
+    // Scale 5 -> 1, restart the one left 10 times, scale back to 5: still one operator, and no
+    // reader wrote.
     let mut survivors = procs.split_off(1);
     for (p, _) in survivors.drain(..) {
         let (status, _) = p.terminate().await;
         assert!(status.success());
     }
-    for _ in 0..3 {
+    for _ in 0..10 {
         let (p, _) = procs.pop().unwrap();
         let (status, _) = p.terminate().await;
         assert!(status.success());

@@ -72,6 +72,22 @@ async fn issue(config_path: &Path, out: &Path) -> anyhow::Result<ExitCode> {
             config_path.display()
         );
     };
+    // A shared identity is no fleet member: nobody would keep its heartbeat, and peers would
+    // reap it; nor may one stopping writer delete what every replica uses.
+    let r = &ngrok.registration;
+    for (field, set) in [
+        ("fleet", r.fleet.is_some()),
+        ("deregister_on_shutdown", r.deregister_on_shutdown),
+        ("reap_after", r.reap_after.is_some()),
+        ("heartbeat_interval", r.heartbeat_interval.is_some()),
+    ] {
+        if set {
+            anyhow::bail!(
+                "{}: `ngrok.registration.{field}` is for a process with its own operator; a shared identity written by `identity issue` takes none of the fleet settings",
+                config_path.display()
+            );
+        }
+    }
     // The writer may run on any host (any pod of a Job): the host name is no part of the
     // identity, so an unset namespace is `default`, the same on every run.
     if ngrok.registration.deployment_namespace.is_none() {

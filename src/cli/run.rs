@@ -56,11 +56,18 @@ pub async fn run(
     } else {
         None
     };
+    let deregistration = registration
+        .as_ref()
+        .and_then(registration::Registration::deregistration);
     let mut plane =
         ControlPlane::start(Some(args.config.clone()), text, loaded, registration).await?;
     announce(plane.gateway());
+    let mut clean_stop = false;
     let outcome = tokio::select! {
-        _ = signals.recv() => Ok(()),
+        _ = signals.recv() => {
+            clean_stop = true;
+            Ok(())
+        }
         r = plane.run(hangup, early_hangup) => r,
     };
     let drain = plane.gateway().current().max_drain_timeout();
@@ -69,8 +76,16 @@ pub async fn run(
     }
     tracing::info!("shutting down: no new connections; draining open ones for up to {drain:?}");
     plane.shutdown().await;
+    // After the drain (renewal and heartbeats are stopped): the certificate dies with it.
+    let mut deregistered = true;
+    if let (true, Some(d)) = (clean_stop, deregistration) {
+        if let Err(e) = d.run().await {
+            tracing::error!("{e}");
+            deregistered = false;
+        }
+    }
     tracing::info!("stopped");
-    Ok(if outcome.is_ok() {
+    Ok(if outcome.is_ok() && deregistered {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -8,7 +8,7 @@ mod dynamic;
 mod env;
 mod ingress;
 mod listener;
-mod ngrok;
+pub mod ngrok;
 mod source_map;
 
 use std::fmt;

@@ -68,7 +68,28 @@ pub struct RegistrationConfig {
     /// `default` when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_namespace: Option<String>,
+    /// Labels the operator as a member of this fleet (in its `metadata`, with a heartbeat
+    /// written every `heartbeat_interval`), so that members which stop without deregistering
+    /// are reaped by their peers (`reap_after`). Adoption, renewal and reaping never touch an
+    /// operator outside the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
+    /// Delete this host's operator on a clean stop (SIGTERM/SIGINT): for ephemeral hosts.
+    #[serde(default)]
+    pub deregister_on_shutdown: bool,
+    /// With `fleet`: delete fleet members whose heartbeat is older than this, on start and
+    /// at every heartbeat after (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reap_after: Option<HumanDuration>,
+    /// With `fleet`: how often the heartbeat in the operator's metadata is written (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<HumanDuration>,
 }
+
+/// Default `reap_after` of a fleet member.
+pub const DEFAULT_REAP_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Default `heartbeat_interval` of a fleet member.
+pub const DEFAULT_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
@@ -79,6 +100,10 @@ impl Default for RegistrationConfig {
             endpoint_selectors: default_endpoint_selectors(),
             deployment_name: default_deployment_name(),
             deployment_namespace: None,
+            fleet: None,
+            deregister_on_shutdown: false,
+            reap_after: None,
+            heartbeat_interval: None,
         }
     }
 }

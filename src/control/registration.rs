@@ -39,7 +39,7 @@ enum Source {
     /// This process registered and renews.
     Registered {
         store: StateStore,
-        settings: RegistrationSettings,
+        settings: Box<RegistrationSettings>,
     },
     /// Read from `ngrok.identity_dir`.
     Mounted(Arc<WatchedIdentity>),
@@ -141,7 +141,10 @@ pub async fn register(loaded: &LoadedConfig) -> Result<Registration, Registratio
         identity,
         ingress_endpoint: credentials.ingress_endpoint,
         operator_id,
-        source: Source::Registered { store, settings },
+        source: Source::Registered {
+            store,
+            settings: Box::new(settings),
+        },
     })
 }
 
@@ -208,7 +211,43 @@ pub async fn mount(loaded: &LoadedConfig, dir: PathBuf) -> Result<Registration, 
     })
 }
 
+/// What `deregister_on_shutdown: true` does on a clean stop: delete our operator.
+pub struct Deregistration {
+    api: ApiClient,
+    store: StateStore,
+}
+
+impl Deregistration {
+    /// Deletes the operator (which invalidates its certificate) and its files in `state_dir`.
+    pub async fn run(self) -> Result<(), RegistrationError> {
+        match Registrar::deregister(&self.api, &self.store).await {
+            Ok(done) => {
+                tracing::info!(
+                    operator_id = %done.operator_id,
+                    already_gone = done.already_gone,
+                    "deleted this host's ngrok operator (deregister_on_shutdown)"
+                );
+                Ok(())
+            }
+            Err(e) => Err(classify("deregister_on_shutdown", e)),
+        }
+    }
+}
+
 impl Registration {
+    /// `Some` when the config asks to delete our own operator on a clean stop.
+    pub fn deregistration(&self) -> Option<Deregistration> {
+        match &self.source {
+            Source::Registered { store, settings } if settings.deregister_on_shutdown => {
+                Some(Deregistration {
+                    api: self.api.clone(),
+                    store: store.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     pub fn for_build(&self) -> RegisteredIdentity {
         RegisteredIdentity {
             identity: self.identity.clone(),
@@ -221,10 +260,18 @@ impl Registration {
     pub fn spawn_upkeep(&self, shutdown: CancellationToken) {
         match &self.source {
             Source::Registered { store, settings } => {
+                if settings.fleet.is_some() {
+                    tokio::spawn(crate::identity::fleet::run_fleet(
+                        self.api.clone(),
+                        store.clone(),
+                        (**settings).clone(),
+                        shutdown.clone(),
+                    ));
+                }
                 tokio::spawn(crate::identity::run_renewal(
                     self.api.clone(),
                     store.clone(),
-                    settings.clone(),
+                    (**settings).clone(),
                     self.identity.clone(),
                     shutdown,
                 ));

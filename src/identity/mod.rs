@@ -5,6 +5,7 @@
 
 pub mod certificate;
 pub mod client_identity;
+pub mod fleet;
 pub mod pem;
 pub mod registration;
 pub mod renewal;

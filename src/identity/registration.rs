@@ -68,6 +68,12 @@ pub struct RegistrationSettings {
     pub deployment_namespace: String,
     /// Recorded in `operator.json` for people reading it; not sent.
     pub api_url: Option<String>,
+    /// `registration.fleet`: written in the metadata with a heartbeat; only operators of the
+    /// same fleet (or none, when `None`) are adopted.
+    pub fleet: Option<String>,
+    pub deregister_on_shutdown: bool,
+    pub reap_after: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 impl RegistrationSettings {
@@ -83,6 +89,16 @@ impl RegistrationSettings {
                 .clone()
                 .unwrap_or_else(default_namespace),
             api_url: None,
+            fleet: cfg.fleet.clone(),
+            deregister_on_shutdown: cfg.deregister_on_shutdown,
+            reap_after: cfg
+                .reap_after
+                .map(|d| d.get())
+                .unwrap_or(crate::config::ngrok::DEFAULT_REAP_AFTER),
+            heartbeat_interval: cfg
+                .heartbeat_interval
+                .map(|d| d.get())
+                .unwrap_or(crate::config::ngrok::DEFAULT_HEARTBEAT_INTERVAL),
         }
     }
 }
@@ -214,7 +230,7 @@ impl Registrar {
         let csr = certificate::csr_for(&key).map_err(IdentityError::Key)?;
         let create = OperatorCreate {
             description: settings.description.clone(),
-            metadata: metadata(&node_id),
+            metadata: metadata_for(settings, &node_id),
             enabled_features: vec!["bindings".into()],
             region: "global".into(),
             deployment: DeploymentCreate {
@@ -464,6 +480,36 @@ pub fn metadata(node_id: &str) -> String {
     serde_json::json!({"bindgate": {"node_id": node_id, "version": VERSION}}).to_string()
 }
 
+/// The operator's `metadata` for these settings: with a `fleet`, also the fleet's name and a
+/// heartbeat (now).
+pub fn metadata_for(settings: &RegistrationSettings, node_id: &str) -> String {
+    match &settings.fleet {
+        None => metadata(node_id),
+        Some(fleet) => serde_json::json!({"bindgate": {
+            "node_id": node_id,
+            "version": VERSION,
+            "fleet": fleet,
+            "heartbeat": rfc3339(OffsetDateTime::now_utc()),
+        }})
+        .to_string(),
+    }
+}
+
+/// The metadata without its heartbeat, to compare what the config decides.
+fn without_heartbeat(metadata: &str) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    if let Some(b) = v.get_mut("bindgate").and_then(|b| b.as_object_mut()) {
+        b.remove("heartbeat");
+    }
+    Some(v)
+}
+
+/// The fleet an operator's metadata names, if any.
+pub fn metadata_fleet(metadata: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    v.get("bindgate")?.get("fleet")?.as_str().map(str::to_owned)
+}
+
 pub(crate) fn metadata_node_id(metadata: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(metadata).ok()?;
     v.get("bindgate")?
@@ -479,6 +525,7 @@ fn is_ours(op: &Operator, settings: &RegistrationSettings, node_id: &str) -> boo
     d.name == settings.deployment_name
         && d.namespace == settings.deployment_namespace
         && metadata_node_id(&op.metadata).as_deref() == Some(node_id)
+        && metadata_fleet(&op.metadata) == settings.fleet
 }
 
 /// Whether the operator's mutable settings differ from what the config says.
@@ -491,7 +538,7 @@ fn needs_sync(op: &Operator, settings: &RegistrationSettings, node_id: &str) -> 
     let version = op.deployment.as_ref().map(|d| d.version.as_str());
     op.description != settings.description
         || selectors != settings.endpoint_selectors.as_slice()
-        || op.metadata != metadata(node_id)
+        || without_heartbeat(&op.metadata) != without_heartbeat(&metadata_for(settings, node_id))
         || version != Some(VERSION)
 }
 
@@ -502,7 +549,7 @@ fn update_for(
 ) -> OperatorUpdate {
     OperatorUpdate {
         description: Some(settings.description.clone()),
-        metadata: Some(metadata(node_id)),
+        metadata: Some(metadata_for(settings, node_id)),
         deployment: Some(DeploymentUpdate {
             name: Some(settings.deployment_name.clone()),
             version: Some(VERSION.into()),

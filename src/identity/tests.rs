@@ -25,6 +25,10 @@ fn settings() -> RegistrationSettings {
         deployment_name: "bindgate".into(),
         deployment_namespace: "testns".into(),
         api_url: None,
+        fleet: None,
+        deregister_on_shutdown: false,
+        reap_after: crate::config::ngrok::DEFAULT_REAP_AFTER,
+        heartbeat_interval: crate::config::ngrok::DEFAULT_HEARTBEAT_INTERVAL,
     }
 }
 

@@ -106,6 +106,10 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         );
     }
 
+    if let Some(ngrok) = &cfg.ngrok {
+        check_ngrok(&mut c, ngrok);
+    }
+
     let admin = cfg.admin.as_ref().and_then(|a| match a.address.parse::<SocketAddr>() {
         Ok(addr) if addr.ip().is_loopback() || a.allow_non_loopback => Some(addr),
         Ok(addr) => {
@@ -391,6 +395,76 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         max_connections,
         config: Arc::new(cfg.clone()),
     })
+}
+
+/// `ngrok:`: an identity directory excludes what only a registering process does (fleet
+/// membership, deregistration); fleet settings need a fleet and must not reap live members.
+fn check_ngrok(c: &mut Checker<'_>, ngrok: &crate::config::NgrokConfig) {
+    let r = &ngrok.registration;
+    let own_identity_only = [
+        ("fleet", r.fleet.is_some()),
+        ("deregister_on_shutdown", r.deregister_on_shutdown),
+        ("reap_after", r.reap_after.is_some()),
+        ("heartbeat_interval", r.heartbeat_interval.is_some()),
+    ];
+    if ngrok.identity_dir.is_some() {
+        for (field, set) in own_identity_only {
+            if set {
+                c.err(
+                    format!("ngrok.registration.{field}"),
+                    format!("`{field}` is for a process that registers its own operator, but `ngrok.identity_dir` is set: this process reads a shared identity and never registers (use one or the other)"),
+                );
+            }
+        }
+        return;
+    }
+    match &r.fleet {
+        Some(fleet) => {
+            let ok = !fleet.is_empty()
+                && fleet.len() <= 63
+                && fleet
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+            if !ok {
+                c.err(
+                    "ngrok.registration.fleet",
+                    format!("`{fleet}`: a fleet name is 1 to 63 letters, digits, `-`, `_` or `.`"),
+                );
+            }
+        }
+        None => {
+            for field in ["reap_after", "heartbeat_interval"] {
+                let set = own_identity_only.iter().any(|(f, set)| *f == field && *set);
+                if set {
+                    c.err(
+                        format!("ngrok.registration.{field}"),
+                        format!(
+                            "`{field}` needs `fleet`: only members of a fleet heartbeat and reap"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let heartbeat = r
+        .heartbeat_interval
+        .map(|d| d.get())
+        .unwrap_or(crate::config::ngrok::DEFAULT_HEARTBEAT_INTERVAL);
+    let reap_after = r
+        .reap_after
+        .map(|d| d.get())
+        .unwrap_or(crate::config::ngrok::DEFAULT_REAP_AFTER);
+    if heartbeat.is_zero() {
+        c.err(
+            "ngrok.registration.heartbeat_interval",
+            "must be more than 0s",
+        );
+    } else if r.fleet.is_some() && reap_after <= heartbeat * 2 {
+        c.err(
+            "ngrok.registration.reap_after",
+            format!("must be more than twice `heartbeat_interval` ({heartbeat:?}), or live members would be reaped between two heartbeats"),
+        );
+    }
 }
 
 /// `dynamic_resources.bound_endpoints.expose`: the mode's fields, overrides and hosts file.

@@ -1,0 +1,141 @@
+//! Fleet hygiene for hosts that register their own operator (`ngrok.registration.fleet`): a
+//! heartbeat in the operator's `metadata`, and reaping of fleet members whose heartbeat stopped
+//! (a host killed without deregistering leaves a ghost operator behind, and ngrok keeps it).
+//!
+//! Only operators whose metadata names the same fleet are ever deleted, and never our own.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
+
+use super::registration::{RegistrationSettings, metadata_fleet, metadata_for, rfc3339};
+use super::store::StateStore;
+use crate::ngrok_api::{ApiClient, Operator, OperatorUpdate};
+
+/// The heartbeat an operator's metadata carries, if any.
+pub fn heartbeat(metadata: &str) -> Option<OffsetDateTime> {
+    let v: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    let text = v.get("bindgate")?.get("heartbeat")?.as_str()?;
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// The members of `fleet` other than `ours` silent for longer than `reap_after` at `now`, with
+/// when they were last heard of. A member without a heartbeat counts from its `updated_at`.
+pub fn silent_members<'a>(
+    operators: &'a [Operator],
+    fleet: &str,
+    ours: &str,
+    reap_after: Duration,
+    now: OffsetDateTime,
+) -> Vec<(&'a Operator, OffsetDateTime)> {
+    operators
+        .iter()
+        .filter(|op| op.id != ours && metadata_fleet(&op.metadata).as_deref() == Some(fleet))
+        .filter_map(|op| {
+            let last = heartbeat(&op.metadata)
+                .or_else(|| OffsetDateTime::parse(&op.updated_at, &Rfc3339).ok())?;
+            (now - last > reap_after).then_some((op, last))
+        })
+        .collect()
+}
+
+/// Writes the heartbeat every `heartbeat_interval` and reaps silent members (on start, then
+/// after every heartbeat), until `shutdown`. Failures are logged and tried again next round.
+pub async fn run_fleet(
+    api: ApiClient,
+    store: StateStore,
+    settings: RegistrationSettings,
+    shutdown: CancellationToken,
+) {
+    let Some(fleet) = settings.fleet.clone() else {
+        return;
+    };
+    loop {
+        // Read each round: a renewal that found our operator gone registers a new one.
+        match (store.load_operator(), store.node_id()) {
+            (Ok(Some(saved)), Ok(node_id)) => {
+                let ours = saved.operator_id;
+                let update = OperatorUpdate {
+                    metadata: Some(metadata_for(&settings, &node_id)),
+                    ..Default::default()
+                };
+                if let Err(e) = api.update_operator(&ours, &update).await {
+                    tracing::warn!(operator_id = %ours, "fleet heartbeat failed: {e}");
+                }
+                reap(&api, &fleet, &ours, settings.reap_after).await;
+            }
+            (Ok(None), _) => {}
+            (Err(e), _) | (_, Err(e)) => tracing::warn!("fleet heartbeat: {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(settings.heartbeat_interval) => {}
+        }
+    }
+}
+
+async fn reap(api: &ApiClient, fleet: &str, ours: &str, reap_after: Duration) {
+    let operators = match api.list_operators().await {
+        Ok(ops) => ops,
+        Err(e) => {
+            tracing::warn!("fleet {fleet}: cannot list operators to reap silent members: {e}");
+            return;
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    for (op, last) in silent_members(&operators, fleet, ours, reap_after, now) {
+        match api.delete_operator(&op.id).await {
+            Ok(()) => tracing::info!(
+                operator_id = %op.id,
+                fleet,
+                "reaped a silent fleet member (last heartbeat {})",
+                rfc3339(last)
+            ),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(operator_id = %op.id, fleet, "cannot reap a silent fleet member: {e}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: &str, metadata: &str, updated_at: &str) -> Operator {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "metadata": metadata, "updated_at": updated_at,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_silent_members_of_the_same_fleet_other_than_us_are_reaped() {
+        let now = OffsetDateTime::parse("2026-12-06T12:00:00Z", &Rfc3339).unwrap();
+        let old = r#"{"bindgate":{"node_id":"a","fleet":"gw","heartbeat":"2026-12-06T10:00:00Z"}}"#;
+        let fresh =
+            r#"{"bindgate":{"node_id":"b","fleet":"gw","heartbeat":"2026-12-06T11:59:00Z"}}"#;
+        let other =
+            r#"{"bindgate":{"node_id":"c","fleet":"other","heartbeat":"2020-01-01T00:00:00Z"}}"#;
+        let ops = [
+            op("old", old, "2026-12-06T10:00:00Z"),
+            op("fresh", fresh, "2026-12-06T11:59:00Z"),
+            op("other", other, "2020-01-01T00:00:00Z"),
+            op("plain", "", "2020-01-01T00:00:00Z"),
+            op("us", old, "2026-12-06T10:00:00Z"),
+            op(
+                "no-beat",
+                r#"{"bindgate":{"fleet":"gw"}}"#,
+                "2026-12-06T09:00:00Z",
+            ),
+        ];
+        let reaped: Vec<&str> = silent_members(&ops, "gw", "us", Duration::from_secs(3600), now)
+            .iter()
+            .map(|(o, _)| o.id.as_str())
+            .collect();
+        assert_eq!(reaped, ["old", "no-beat"]);
+    }
+}
