@@ -327,13 +327,7 @@ async fn readers_share_one_identity_follow_its_renewal_and_never_write() {
             1.0,
         )
         .await;
-        common::wait_for_metric(
-            p.admin(),
-            "bindgate_identity_not_after_seconds",
-            &[],
-            not_after,
-        )
-        .await;
+        common::wait_for_metric(p.admin(), bindgate::telemetry::CERT_EXPIRY, &[], not_after).await;
     }
     held.write_all(b"across").await.unwrap();
     let mut got = [0u8; 6];

@@ -222,7 +222,7 @@ impl WatchedIdentity {
             }
         })?;
         if files.source == "identity_dir" {
-            telemetry::set_identity_not_after(info.not_after.unix_timestamp());
+            telemetry::set_certificate_expiry(info.not_after.unix_timestamp());
         }
         Ok(WatchedIdentity {
             operator_id: watch::Sender::new(contents.operator_id.clone().unwrap_or_default()),
@@ -303,7 +303,7 @@ impl WatchedIdentity {
         });
         telemetry::identity_rotated(self.files.source);
         if self.files.source == "identity_dir" {
-            telemetry::set_identity_not_after(info.not_after.unix_timestamp());
+            telemetry::set_certificate_expiry(info.not_after.unix_timestamp());
         }
         tracing::info!(
             source = self.files.source,

@@ -57,7 +57,8 @@ pub const DISCOVERY_STOPPED: &str = "bindgate_discovery_stopped";
 pub const CERT_RENEWALS: &str = "bindgate_client_certificate_renewals_total";
 /// Counter: client certificate renewals that failed (API, key or state write).
 pub const CERT_RENEWAL_FAILURES: &str = "bindgate_client_certificate_renewal_failures_total";
-/// Gauge: expiry of the registered client certificate in force, in Unix seconds.
+/// Gauge: expiry of the client certificate in force (registered or from `ngrok.identity_dir`),
+/// in Unix seconds.
 pub const CERT_EXPIRY: &str = "bindgate_client_certificate_expiry_timestamp_seconds";
 
 // Labelled families: a series appears once its listener, cluster or ingress first counts.
@@ -96,8 +97,6 @@ pub const POOL_CHECKOUT_DURATION: &str = "bindgate_pool_checkout_duration_second
 pub const IDENTITY_ROTATIONS: &str = "bindgate_identity_rotations_total";
 /// Counter `{source}`: rotated identity files refused (unreadable, half-written, mismatched).
 pub const IDENTITY_REFUSED: &str = "bindgate_identity_refused_total";
-/// Gauge: expiry (Unix seconds) of the certificate in force from `ngrok.identity_dir`.
-pub const IDENTITY_NOT_AFTER: &str = "bindgate_identity_not_after_seconds";
 
 /// Upper bounds (seconds) of every histogram's buckets: 100 µs to 10 s, about 2.5× apart, so a
 /// loopback hop and a slow cross-region dial both land in a bucket of their own.
@@ -116,7 +115,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 34] = [
+pub const FAMILIES: [(&str, Kind, &str); 33] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -187,7 +186,7 @@ pub const FAMILIES: [(&str, Kind, &str); 34] = [
     (
         CERT_EXPIRY,
         Kind::Gauge,
-        "Expiry of the registered client certificate in force, in Unix seconds (0 without one).",
+        "Expiry of the client certificate in force (registered or from ngrok.identity_dir), in Unix seconds (0 without one).",
     ),
     (
         LISTENER_ACCEPTED,
@@ -273,11 +272,6 @@ pub const FAMILIES: [(&str, Kind, &str); 34] = [
         IDENTITY_REFUSED,
         Kind::Counter,
         "Rotated client identity files refused (unreadable, half-written, mismatched), by source.",
-    ),
-    (
-        IDENTITY_NOT_AFTER,
-        Kind::Gauge,
-        "Expiry, in Unix seconds, of the client certificate in force from ngrok.identity_dir.",
     ),
 ];
 
@@ -468,11 +462,6 @@ pub fn identity_rotated(source: &'static str) {
 /// Rotated identity files were refused.
 pub fn identity_refused(source: &'static str) {
     register(|| metrics::counter!(IDENTITY_REFUSED, "source" => source)).increment(1);
-}
-
-/// The expiry of the `identity_dir` certificate in force.
-pub fn set_identity_not_after(unix_seconds: i64) {
-    register(|| metrics::gauge!(IDENTITY_NOT_AFTER)).set(unix_seconds as f64);
 }
 
 /// Bound endpoints in the last good discovery.
