@@ -97,14 +97,7 @@ async fn endpoints_added_and_removed_at_run_time() {
     common::wait_endpoint(admin, ECHO).await;
 
     let late = "tcp://late.e2e:7100";
-    let (code, body) = sb
-        .control(
-            Method::POST,
-            "endpoints",
-            Some(serde_json::json!({"url": late, "target": "echo"})),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
+    sb.add_endpoint(late, "echo").await;
     let late_addr = common::wait_endpoint(admin, late).await;
     assert_eq!(echo_roundtrip(late_addr, b"late").await, b"late");
 
@@ -174,14 +167,7 @@ async fn api_failures_keep_the_last_good_endpoints_serving() {
     );
     // Discovery resumed: a new endpoint shows up.
     let late = "tcp://after-outage.e2e:7002";
-    let (code, body) = sb
-        .control(
-            Method::POST,
-            "endpoints",
-            Some(serde_json::json!({"url": late, "target": "echo"})),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
+    sb.add_endpoint(late, "echo").await;
     common::wait_endpoint(gw.admin(), late).await;
     assert_eq!(echo_roundtrip(echo, b"after").await, b"after");
     let scrape = common::scrape(gw.admin()).await;

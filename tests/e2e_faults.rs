@@ -360,14 +360,7 @@ async fn an_api_answering_garbage_nothing_or_slowly_keeps_the_endpoints_serving(
     // Slow but within the timeout: discovery goes on.
     api_faults(&sb, serde_json::json!({ "delay": "400ms" })).await;
     let late = "tcp://late.e2e:7001";
-    let (code, body) = sb
-        .control(
-            reqwest::Method::POST,
-            "endpoints",
-            Some(serde_json::json!({"url": late, "target": "echo"})),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
+    sb.add_endpoint(late, "echo").await;
     let late_addr = common::wait_endpoint(admin, late).await;
     assert_eq!(echo_once(late_addr, b"late").await, b"late");
     assert_eq!(
@@ -381,17 +374,24 @@ async fn an_api_answering_garbage_nothing_or_slowly_keeps_the_endpoints_serving(
     assert_eq!(dump["control"]["rejected_updates"], 0);
 }
 
-/// The certificate expires while the API is unreachable, so renewal cannot help: a connection
-/// opened before keeps flowing, a new one (a full handshake) is refused by the ingress, and once
-/// the API answers again renewal succeeds and new connections work, with no restart.
-#[tokio::test]
-async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns() {
+/// A sandbox issuing 6-second certificates (renewal due after 3 s) and a gateway registered
+/// with it that makes a full handshake for every connection, running in its temp dir.
+async fn short_lived_certificate_gateway() -> (common::SandboxProc, tempfile::TempDir, Proc) {
     let api = format!("{}  cert_lifetime: 6s\n", common::SANDBOX_API);
     let sb = common::start_sandbox_api(&api, "").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dynamic_config(&sb, dir.path(), &common::port_range(10), true);
     let path = common::write(dir.path(), "bindgate.yaml", &cfg);
     let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    (sb, dir, gw)
+}
+
+/// The certificate expires while the API is unreachable, so renewal cannot help: a connection
+/// opened before keeps flowing, a new one (a full handshake) is refused by the ingress, and once
+/// the API answers again renewal succeeds and new connections work, with no restart.
+#[tokio::test]
+async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns() {
+    let (sb, dir, gw) = short_lived_certificate_gateway().await;
     let admin = gw.admin();
     let echo = common::wait_endpoint(admin, ECHO).await;
     let cert_path = dir.path().join("state/tls.crt");
@@ -477,12 +477,7 @@ fn set_file_size_limit(gw: &Proc, bytes: u64) {
 #[tokio::test]
 async fn a_failed_state_write_keeps_the_certificate_in_force_and_the_saved_pair_whole() {
     use bindgate::telemetry::{CERT_EXPIRY, CERT_RENEWAL_FAILURES, CERT_RENEWALS};
-    let api = format!("{}  cert_lifetime: 6s\n", common::SANDBOX_API);
-    let sb = common::start_sandbox_api(&api, "").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dynamic_config(&sb, dir.path(), &common::port_range(10), true);
-    let path = common::write(dir.path(), "bindgate.yaml", &cfg);
-    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let (_sb, dir, gw) = short_lived_certificate_gateway().await;
     let admin = gw.admin();
     let echo = common::wait_endpoint(admin, ECHO).await;
     let state = dir.path().join("state");

@@ -124,14 +124,7 @@ async fn with_the_api_down_a_restart_serves_the_saved_identity_and_endpoints() {
     // The API returns: discovery resumes and finds a new endpoint.
     api_faults(&sb, serde_json::json!({})).await;
     let late = "tcp://late.e2e:7001";
-    let (code, body) = sb
-        .control(
-            Method::POST,
-            "endpoints",
-            Some(serde_json::json!({"url": late, "target": "echo"})),
-        )
-        .await;
-    assert_eq!(code, 201, "{body}");
+    sb.add_endpoint(late, "echo").await;
     let late_addr = common::wait_endpoint(admin, late).await;
     assert_eq!(echo_once(late_addr, b"late").await, b"late");
     assert_eq!(discovery(admin).await["state"], "current");

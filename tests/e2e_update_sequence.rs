@@ -108,8 +108,9 @@ async fn open_fds(admin: SocketAddr) -> f64 {
     common::metric(&common::scrape(admin).await, "process_open_fds", &[])
 }
 
-#[tokio::test]
-async fn random_update_sequences_keep_the_invariants() {
+/// The sequence's random source and length: `BINDGATE_UPDATE_SEED` (else a fresh seed, printed
+/// for replay) and `BINDGATE_UPDATE_STEPS` (else 30).
+fn sequence(label: &str) -> (rand::rngs::StdRng, usize) {
     let seed = std::env::var("BINDGATE_UPDATE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -118,8 +119,33 @@ async fn random_update_sequences_keep_the_invariants() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    eprintln!("update sequence: BINDGATE_UPDATE_SEED={seed} BINDGATE_UPDATE_STEPS={steps}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    eprintln!("{label}: BINDGATE_UPDATE_SEED={seed} BINDGATE_UPDATE_STEPS={steps}");
+    (rand::rngs::StdRng::seed_from_u64(seed), steps)
+}
+
+/// Closes the oldest connection held through a draining listener (checking every byte came
+/// back); once no connection holds a draining listener of that name, its row must leave
+/// `/listeners`.
+async fn close_one_draining(admin: SocketAddr, draining: &mut Vec<(String, EchoStream)>) {
+    if draining.is_empty() {
+        return;
+    }
+    let (n, s) = draining.remove(0);
+    s.finish().await;
+    if !draining.iter().any(|(m, _)| *m == n) {
+        until("a drained listener leaves /listeners", || async {
+            !listeners(admin)
+                .await
+                .iter()
+                .any(|(m, state, _)| *m == n && state == "draining")
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn random_update_sequences_keep_the_invariants() {
+    let (mut rng, steps) = sequence("update sequence");
 
     let echo = common::echo_server().await;
     let dir = tempfile::tempdir().unwrap();
@@ -257,18 +283,8 @@ async fn random_update_sequences_keep_the_invariants() {
         }
         // Close one draining connection now and then: once no connection holds a draining
         // listener of that name, its row leaves the table.
-        if !draining.is_empty() && rng.random_bool(0.5) {
-            let (n, s) = draining.remove(0);
-            s.finish().await;
-            if !draining.iter().any(|(m, _)| *m == n) {
-                until("a drained listener leaves /listeners", || async {
-                    !listeners(admin)
-                        .await
-                        .iter()
-                        .any(|(m, state, _)| *m == n && state == "draining")
-                })
-                .await;
-            }
+        if rng.random_bool(0.5) {
+            close_one_draining(admin, &mut draining).await;
         }
     }
 
@@ -334,16 +350,7 @@ fn endpoint_url(k: usize) -> String {
 #[tokio::test]
 async fn random_endpoint_and_file_sequences_keep_the_invariants() {
     const ENDPOINTS: usize = 4;
-    let seed = std::env::var("BINDGATE_UPDATE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let steps: usize = std::env::var("BINDGATE_UPDATE_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
-    eprintln!("endpoint sequence: BINDGATE_UPDATE_SEED={seed} BINDGATE_UPDATE_STEPS={steps}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut rng, steps) = sequence("endpoint sequence");
 
     let echo = common::echo_server().await;
     let sb = common::start_sandbox_api(common::SANDBOX_API, "").await;
@@ -397,14 +404,7 @@ async fn random_endpoint_and_file_sequences_keep_the_invariants() {
         eprintln!("step {step}: op {op} on {url} (present: {})", present[k]);
         match (op, present[k]) {
             (0 | 1, false) => {
-                let (code, body) = sb
-                    .control(
-                        reqwest::Method::POST,
-                        "endpoints",
-                        Some(serde_json::json!({"url": url, "target": "echo"})),
-                    )
-                    .await;
-                assert_eq!(code, 201, "{body}");
+                sb.add_endpoint(&url, "echo").await;
                 present[k] = true;
             }
             (0 | 1, true) => {
@@ -486,18 +486,8 @@ async fn random_endpoint_and_file_sequences_keep_the_invariants() {
             s.send(1).await;
             s.echoed_all().await;
         }
-        if !draining.is_empty() && rng.random_bool(0.5) {
-            let (n, s) = draining.remove(0);
-            s.finish().await;
-            if !draining.iter().any(|(m, _)| *m == n) {
-                until("a drained endpoint listener leaves /listeners", || async {
-                    !listeners(admin)
-                        .await
-                        .iter()
-                        .any(|(m, state, _)| *m == n && state == "draining")
-                })
-                .await;
-            }
+        if rng.random_bool(0.5) {
+            close_one_draining(admin, &mut draining).await;
         }
     }
 

@@ -85,20 +85,7 @@ pub struct StateStore {
 impl StateStore {
     /// Opens `dir`, creating it 0700, or tightening an existing one to 0700.
     pub fn open(dir: impl Into<PathBuf>) -> Result<StateStore, StoreError> {
-        let dir = dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&dir)
-            .map_err(io(&dir))?;
-        let meta = fs::metadata(&dir).map_err(io(&dir))?;
-        if !meta.is_dir() {
-            return Err(StoreError::Corrupt {
-                path: dir,
-                reason: "not a directory".into(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o777;
+        let (dir, mode) = create_dir(dir.into())?;
         if mode != DIR_MODE {
             tracing::warn!(
                 dir = %dir.display(),
@@ -116,20 +103,7 @@ impl StateStore {
     /// when missing; an existing one keeps its mode (it may be prepared for readers of another
     /// user), with a warning when others can read it.
     pub fn open_identity_dir(dir: impl Into<PathBuf>) -> Result<StateStore, StoreError> {
-        let dir = dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&dir)
-            .map_err(io(&dir))?;
-        let meta = fs::metadata(&dir).map_err(io(&dir))?;
-        if !meta.is_dir() {
-            return Err(StoreError::Corrupt {
-                path: dir,
-                reason: "not a directory".into(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o777;
+        let (dir, mode) = create_dir(dir.into())?;
         if mode & 0o007 != 0 {
             tracing::warn!(
                 dir = %dir.display(),
@@ -383,6 +357,24 @@ pub fn load_identity_operator(dir: &Path) -> Result<Option<SavedOperator>, Store
         not_after: None,
         api_url: None,
     }))
+}
+
+/// Creates `dir` (0700, with its parents) when missing; returns it with its permission bits.
+fn create_dir(dir: PathBuf) -> Result<(PathBuf, u32), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    let meta = fs::metadata(&dir).map_err(io(&dir))?;
+    if !meta.is_dir() {
+        return Err(StoreError::Corrupt {
+            path: dir,
+            reason: "not a directory".into(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    Ok((dir, mode))
 }
 
 /// Makes renames and removals in `dir` durable.

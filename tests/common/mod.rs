@@ -340,6 +340,18 @@ impl SandboxProc {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Adds a bound endpoint to the sandbox at run time (`target`: `echo`, `http` or an address).
+    pub async fn add_endpoint(&self, url: &str, target: &str) {
+        let (code, body) = self
+            .control(
+                reqwest::Method::POST,
+                "endpoints",
+                Some(serde_json::json!({"url": url, "target": target})),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+
     pub async fn registrations(&self) -> u64 {
         let (code, body) = self.control(reqwest::Method::GET, "stats", None).await;
         assert_eq!(code, 200, "{body}");
