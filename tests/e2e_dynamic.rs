@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use common::{
     Proc, SANDBOX_API, SandboxProc, admin_json, endpoint_address, port_range, start_sandbox_api,
@@ -17,18 +15,6 @@ use tokio::net::TcpStream;
 
 const ECHO: &str = "tcp://echo.e2e:7000";
 const WEB: &str = "http://web.e2e:80";
-
-async fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(msg).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    got
-}
 
 async fn start_gateway(
     sb: &SandboxProc,
@@ -50,7 +36,7 @@ async fn registers_once_discovers_and_keeps_ports_across_restarts() {
     let admin = gw.admin();
     let echo = common::wait_endpoint(admin, ECHO).await;
     let web = endpoint_address(admin, WEB).await.expect("web exposed");
-    assert_eq!(echo_roundtrip(echo, b"discovered").await, b"discovered");
+    assert_eq!(common::echo_once(echo, b"discovered").await, b"discovered");
     let mut c = TcpStream::connect(web).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHost: web.e2e\r\nConnection: close\r\n\r\n")
         .await
@@ -85,7 +71,7 @@ async fn registers_once_discovers_and_keeps_ports_across_restarts() {
     );
     assert_eq!(endpoint_address(gw.admin(), WEB).await, Some(web));
     assert_eq!(sb.registrations().await, 1, "no second registration");
-    assert_eq!(echo_roundtrip(echo, b"again").await, b"again");
+    assert_eq!(common::echo_once(echo, b"again").await, b"again");
 }
 
 #[tokio::test]
@@ -99,7 +85,7 @@ async fn endpoints_added_and_removed_at_run_time() {
     let late = "tcp://late.e2e:7100";
     sb.add_endpoint(late, "echo").await;
     let late_addr = common::wait_endpoint(admin, late).await;
-    assert_eq!(echo_roundtrip(late_addr, b"late").await, b"late");
+    assert_eq!(common::echo_once(late_addr, b"late").await, b"late");
 
     // A connection streaming through `echo` when it is removed completes byte-exact.
     let echo = endpoint_address(admin, ECHO).await.unwrap();
@@ -116,7 +102,7 @@ async fn endpoints_added_and_removed_at_run_time() {
     stream.send(16).await;
     stream.finish().await;
     // The other endpoints are untouched.
-    assert_eq!(echo_roundtrip(late_addr, b"still").await, b"still");
+    assert_eq!(common::echo_once(late_addr, b"still").await, b"still");
 }
 
 #[tokio::test]
@@ -140,7 +126,7 @@ async fn two_hundred_fifty_endpoints_over_three_pages() {
     let last = endpoint_address(gw.admin(), "tcp://svc247.many:7000")
         .await
         .unwrap();
-    assert_eq!(echo_roundtrip(last, b"page three").await, b"page three");
+    assert_eq!(common::echo_once(last, b"page three").await, b"page three");
 }
 
 #[tokio::test]
@@ -162,14 +148,14 @@ async fn api_failures_keep_the_last_good_endpoints_serving() {
     let failures = bindgate::telemetry::DISCOVERY_FAILURES;
     common::wait_for_metric(gw.admin(), failures, &[], 2.0).await;
     assert_eq!(
-        echo_roundtrip(echo, b"during outage").await,
+        common::echo_once(echo, b"during outage").await,
         b"during outage"
     );
     // Discovery resumed: a new endpoint shows up.
     let late = "tcp://after-outage.e2e:7002";
     sb.add_endpoint(late, "echo").await;
     common::wait_endpoint(gw.admin(), late).await;
-    assert_eq!(echo_roundtrip(echo, b"after").await, b"after");
+    assert_eq!(common::echo_once(echo, b"after").await, b"after");
     let scrape = common::scrape(gw.admin()).await;
     assert_eq!(common::metric(&scrape, failures, &[]), 2.0);
     let dump = admin_json(gw.admin(), "/config_dump").await;
@@ -216,7 +202,7 @@ async fn certificate_is_renewed_and_connections_work_before_and_after() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(echo_roundtrip(echo, b"new cert").await, b"new cert");
+    assert_eq!(common::echo_once(echo, b"new cert").await, b"new cert");
     held.write_all(b"old conn").await.unwrap();
     held.shutdown().await.unwrap();
     let mut rest = Vec::new();

@@ -16,13 +16,6 @@ fn ingress(sb: &common::SandboxProc, extra: &str) -> String {
         + extra
 }
 
-async fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(data).await.unwrap();
-    c.shutdown().await.unwrap();
-    read_all(&mut c).await
-}
-
 /// The ingress takes the connection and the client's early bytes, then never answers: the
 /// client is closed after the ingress's `connect_timeout` (not the hour-long `idle_timeout`),
 /// the failure is counted once, and other endpoints keep working.
@@ -58,7 +51,7 @@ async fn an_ingress_that_never_answers_after_early_data_is_given_up_on() {
         )
         .await;
         assert_eq!(
-            echo_once(proxy.listener("echo"), b"still here").await,
+            common::echo_once(proxy.listener("echo"), b"still here").await,
             b"still here",
             "{transport}"
         );
@@ -142,7 +135,7 @@ static_resources:
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(echo_once(free, b"ok").await, b"ok");
+    assert_eq!(common::echo_once(free, b"ok").await, b"ok");
     let ready = reqwest::get(format!("http://{}/ready", proxy.admin()))
         .await
         .unwrap();
@@ -231,7 +224,10 @@ async fn a_sighup_storm_changes_nothing_for_traffic() {
     let after = common::admin_json(proxy.admin(), "/config_dump").await["version_info"].clone();
     let version = |v: &serde_json::Value| v.as_str().unwrap().parse::<u64>().unwrap();
     assert!(version(&after) >= version(&before), "{before} -> {after}");
-    assert_eq!(echo_once(proxy.listener("echo"), b"after").await, b"after");
+    assert_eq!(
+        common::echo_once(proxy.listener("echo"), b"after").await,
+        b"after"
+    );
 }
 
 /// SIGTERM with 1,000 streams in flight: no new connections, every stream finishes with every
@@ -348,21 +344,27 @@ async fn an_api_answering_garbage_nothing_or_slowly_keeps_the_endpoints_serving(
 
     api_faults(&sb, serde_json::json!({ "garbage_next": 1 })).await;
     wait_for_metric(admin, FAILURES, &[], 1.0).await;
-    assert_eq!(echo_once(echo, b"after garbage").await, b"after garbage");
+    assert_eq!(
+        common::echo_once(echo, b"after garbage").await,
+        b"after garbage"
+    );
 
     // Every try of one poll hangs until the client's 1 s timeout.
     let tries = bindgate::ngrok_api::RetryPolicy::default().attempts;
     api_faults(&sb, serde_json::json!({ "hang_next": tries })).await;
-    assert_eq!(echo_once(echo, b"during hang").await, b"during hang");
+    assert_eq!(
+        common::echo_once(echo, b"during hang").await,
+        b"during hang"
+    );
     wait_for_metric(admin, FAILURES, &[], 2.0).await;
-    assert_eq!(echo_once(echo, b"after hang").await, b"after hang");
+    assert_eq!(common::echo_once(echo, b"after hang").await, b"after hang");
 
     // Slow but within the timeout: discovery goes on.
     api_faults(&sb, serde_json::json!({ "delay": "400ms" })).await;
     let late = "tcp://late.e2e:7001";
     sb.add_endpoint(late, "echo").await;
     let late_addr = common::wait_endpoint(admin, late).await;
-    assert_eq!(echo_once(late_addr, b"late").await, b"late");
+    assert_eq!(common::echo_once(late_addr, b"late").await, b"late");
     assert_eq!(
         common::wait_endpoint(admin, ECHO).await,
         echo,
@@ -412,7 +414,7 @@ async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns()
     tokio::time::sleep(expired_for.try_into().unwrap_or_default()).await;
     assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), first);
     assert_eq!(
-        echo_once(echo, b"new").await,
+        common::echo_once(echo, b"new").await,
         b"",
         "an expired certificate is refused"
     );
@@ -432,7 +434,7 @@ async fn a_certificate_expiring_while_the_api_is_down_recovers_when_it_returns()
     };
     let info = bindgate::identity::certificate::inspect(&renewed).unwrap();
     assert!(info.not_after > not_after);
-    assert_eq!(echo_once(echo, b"renewed").await, b"renewed");
+    assert_eq!(common::echo_once(echo, b"renewed").await, b"renewed");
     held.write_all(b"c").await.unwrap();
     held.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"c");
@@ -509,7 +511,7 @@ async fn a_failed_state_write_keeps_the_certificate_in_force_and_the_saved_pair_
     );
     let scrape = common::scrape(admin).await;
     assert_eq!(common::metric(&scrape, CERT_EXPIRY, &[]), expiry as f64);
-    assert_eq!(echo_once(echo, b"during").await, b"during");
+    assert_eq!(common::echo_once(echo, b"during").await, b"during");
     held.write_all(b"b").await.unwrap();
     held.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"b");
@@ -534,7 +536,7 @@ async fn a_failed_state_write_keeps_the_certificate_in_force_and_the_saved_pair_
         common::metric(&scrape, CERT_EXPIRY, &[]),
         renewed.unix_timestamp() as f64
     );
-    assert_eq!(echo_once(echo, b"after").await, b"after");
+    assert_eq!(common::echo_once(echo, b"after").await, b"after");
     held.write_all(b"c").await.unwrap();
     held.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"c");
@@ -637,7 +639,7 @@ async fn a_slow_ingress_is_waited_for_not_failed() {
         slow.send(16).await;
         // While the slow stream crawls, the fast endpoint answers.
         assert_eq!(
-            echo_once(proxy.listener("echo"), b"fast").await,
+            common::echo_once(proxy.listener("echo"), b"fast").await,
             b"fast",
             "{transport}"
         );

@@ -18,18 +18,6 @@ use tokio::net::TcpStream;
 const ECHO: &str = "tcp://echo.e2e:7000";
 const IDENTITY_FILES: [&str; 4] = ["ingress_endpoint", "operator_id", "tls.crt", "tls.key"];
 
-async fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(msg).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    got
-}
-
 /// `bindgate identity issue -c CONFIG --out DIR`; asserts exit 0 and returns its JSON line.
 fn issue(config: &str, out: &Path) -> serde_json::Value {
     let (code, stdout, stderr) = common::run_to_end(
@@ -131,7 +119,7 @@ impl Reader {
     async fn start(&self) -> (Proc, SocketAddr) {
         let p = Proc::start(&["run", "-c", &self.config], &[]).await;
         let echo = common::wait_endpoint(p.admin(), ECHO).await;
-        assert_eq!(echo_roundtrip(echo, b"reader").await, b"reader");
+        assert_eq!(common::echo_once(echo, b"reader").await, b"reader");
         (p, echo)
     }
 }
@@ -303,7 +291,7 @@ async fn readers_share_one_identity_follow_its_renewal_and_never_write() {
             1.0,
         )
         .await;
-        assert_eq!(echo_roundtrip(*echo, b"kept").await, b"kept");
+        assert_eq!(common::echo_once(*echo, b"kept").await, b"kept");
     }
 
     // The writer renews once it is due (until then each run is a no-op).
@@ -341,7 +329,7 @@ async fn readers_share_one_identity_follow_its_renewal_and_never_write() {
         tokio::time::sleep(Duration::from_secs_f64(first_expiry + 1.0 - now)).await;
     }
     for (_, echo) in &procs {
-        assert_eq!(echo_roundtrip(*echo, b"renewed").await, b"renewed");
+        assert_eq!(common::echo_once(*echo, b"renewed").await, b"renewed");
     }
     held.write_all(b"after").await.unwrap();
     held.shutdown().await.unwrap();
@@ -411,7 +399,7 @@ async fn static_client_files_follow_rotation_and_refuse_a_mismatched_pair() {
     let cfg = common::binding_config(&ingress, &[("echo", ECHO)], "");
     let p = common::start_proxy(&cfg, dir.path()).await;
     let echo = p.listener("echo");
-    assert_eq!(echo_roundtrip(echo, b"first").await, b"first");
+    assert_eq!(common::echo_once(echo, b"first").await, b"first");
     let mut held = TcpStream::connect(echo).await.unwrap();
     held.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
@@ -427,7 +415,7 @@ async fn static_client_files_follow_rotation_and_refuse_a_mismatched_pair() {
         1.0,
     )
     .await;
-    assert_eq!(echo_roundtrip(echo, b"kept").await, b"kept");
+    assert_eq!(common::echo_once(echo, b"kept").await, b"kept");
 
     mount.publish("v3", &pair(&second));
     common::wait_for_metric(
@@ -437,7 +425,7 @@ async fn static_client_files_follow_rotation_and_refuse_a_mismatched_pair() {
         1.0,
     )
     .await;
-    assert_eq!(echo_roundtrip(echo, b"second").await, b"second");
+    assert_eq!(common::echo_once(echo, b"second").await, b"second");
     held.write_all(b"across").await.unwrap();
     held.shutdown().await.unwrap();
     let mut rest = Vec::new();

@@ -9,17 +9,8 @@ use std::path::Path;
 
 use common::{Proc, SandboxProc, admin_json, start_sandbox_api, write};
 use reqwest::Method;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const ECHO: &str = "tcp://echo.e2e:7000";
-
-async fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(data).await.unwrap();
-    c.shutdown().await.unwrap();
-    common::read_all(&mut c).await
-}
 
 async fn api_faults(sb: &SandboxProc, faults: serde_json::Value) {
     let (code, body) = sb.control(Method::PUT, "api_faults", Some(faults)).await;
@@ -106,7 +97,7 @@ async fn with_the_api_down_a_restart_serves_the_saved_identity_and_endpoints() {
         echo,
         "the same address"
     );
-    assert_eq!(echo_once(echo, b"offline").await, b"offline");
+    assert_eq!(common::echo_once(echo, b"offline").await, b"offline");
     let (code, body) = ready(admin).await;
     assert_eq!(
         code, 200,
@@ -126,7 +117,7 @@ async fn with_the_api_down_a_restart_serves_the_saved_identity_and_endpoints() {
     let late = "tcp://late.e2e:7001";
     sb.add_endpoint(late, "echo").await;
     let late_addr = common::wait_endpoint(admin, late).await;
-    assert_eq!(echo_once(late_addr, b"late").await, b"late");
+    assert_eq!(common::echo_once(late_addr, b"late").await, b"late");
     assert_eq!(discovery(admin).await["state"], "current");
     assert_eq!(
         sb.registrations().await,
@@ -211,8 +202,8 @@ async fn a_revoked_key_stops_discovery_but_not_the_listeners() {
     let (code, body) = ready(admin).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("discovery stopped"), "{body}");
-    assert_eq!(echo_once(local, b"static").await, b"static");
-    assert_eq!(echo_once(echo, b"discovered").await, b"discovered");
+    assert_eq!(common::echo_once(local, b"static").await, b"static");
+    assert_eq!(common::echo_once(echo, b"discovered").await, b"discovered");
     assert!(!body.contains("k-gw"), "the key never appears: {body}");
     let (code, out, err) = common::run_to_end(&["status", "--admin", &admin.to_string()], &[]);
     assert_eq!(code, 0, "still ready: {out}{err}");

@@ -16,29 +16,7 @@ fn save(dir: &std::path::Path, path: &str, text: &str) {
 
 /// The value of `name{labels}` in `/metrics` (0 when the series is not there yet).
 async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    bindgate::identity::install_crypto_provider();
-    let body = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape =
-        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses");
-    scrape
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == name
-                && s.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
-        .map_or(0.0, |s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name}: not a single value"),
-        })
+    common::sample(&common::scrape(admin).await, name, labels).unwrap_or(0.0)
 }
 
 fn config(dead: std::net::SocketAddr, extra_listener: &str) -> String {

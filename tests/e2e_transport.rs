@@ -78,19 +78,6 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Sends `data` through the echo listener, half-closes, and returns everything echoed.
-async fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let work = async {
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(data).await.unwrap();
-        c.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        c.read_to_end(&mut back).await.unwrap();
-        back
-    };
-    tokio::time::timeout(GUARD, work).await.expect("echo hung")
-}
-
 /// Sends a few bytes to a listener whose upstream is unreachable: returns what came back before
 /// the proxy closed the connection (by EOF or reset: it closes without reading).
 async fn refused(addr: SocketAddr) -> Vec<u8> {
@@ -126,7 +113,7 @@ async fn echo_and_http(sb: &SandboxProc, transport: &str) -> (Proc, Logs) {
     let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
     let logs = proxy.logs();
     let data = pattern(100_000, 7);
-    assert!(echo_once(proxy.listener("echo"), &data).await == data);
+    assert!(common::echo_once(proxy.listener("echo"), &data).await == data);
     let reply = http_get(proxy.listener("web")).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("GET /transport HTTP/1.1"), "{reply}");
@@ -158,7 +145,7 @@ async fn direct_resumes_tls_sessions_unless_told_not_to() {
         let proxy = start_proxy(&cfg, sb.dir.path(), file).await;
         for seed in 0..4 {
             let data = pattern(1000, seed);
-            assert!(echo_once(proxy.listener("echo"), &data).await == data);
+            assert!(common::echo_once(proxy.listener("echo"), &data).await == data);
         }
         let metrics = admin_text(proxy.admin(), "/metrics").await;
         let count = |session: &str| {
@@ -199,7 +186,7 @@ async fn the_ingress_host_name_is_looked_up_once_for_many_connections() {
         let proxy = start_proxy(&cfg, sb.dir.path(), file).await;
         for seed in 0..5 {
             let data = pattern(1000, seed);
-            assert!(echo_once(proxy.listener("echo"), &data).await == data);
+            assert!(common::echo_once(proxy.listener("echo"), &data).await == data);
         }
         let metrics = admin_text(proxy.admin(), "/metrics").await;
         let lookups = metric_value(
@@ -304,7 +291,10 @@ async fn the_pool_never_hands_out_a_connection_the_ingress_closed_while_idle() {
     let addr = proxy.listener("echo");
     for i in 0..50u64 {
         let data = pattern(4096, i);
-        assert!(echo_once(addr, &data).await == data, "connection {i}");
+        assert!(
+            common::echo_once(addr, &data).await == data,
+            "connection {i}"
+        );
     }
     let t = transport_of(&proxy, "echo").await;
     let stats = &t["stats"];
@@ -385,7 +375,10 @@ async fn goaway_moves_new_streams_to_a_new_connection() {
     let addr = proxy.listener("echo");
     for i in 0..18u64 {
         let data = pattern(4096, 5_000 + i);
-        assert!(echo_once(addr, &data).await == data, "connection {i}");
+        assert!(
+            common::echo_once(addr, &data).await == data,
+            "connection {i}"
+        );
     }
     let t = transport_of(&proxy, "echo").await;
     let stats = &t["stats"];
@@ -428,7 +421,7 @@ async fn multiplex_falls_back_to_the_pool_when_the_ingress_refuses_h2() {
     let mut logs = proxy.logs();
     for i in 0..3u64 {
         let data = pattern(10_000, 9_000 + i);
-        assert!(echo_once(proxy.listener("echo"), &data).await == data);
+        assert!(common::echo_once(proxy.listener("echo"), &data).await == data);
     }
     let line = logs.wait_for("did not negotiate HTTP/2").await;
     assert!(line.contains("INFO"), "{line}");

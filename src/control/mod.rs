@@ -19,8 +19,6 @@ pub enum ControlEvent {
     /// The API refused the key: discovery has ended. Static listeners and the endpoints
     /// discovered last keep serving.
     DiscoveryStopped(String),
-    /// Something that must stop the process (e.g. the API key was rejected).
-    Fatal(String),
 }
 
 pub use gateway::{Gateway, StartError};

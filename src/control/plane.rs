@@ -285,7 +285,6 @@ impl ControlPlane {
                             d.last_error = Some(why);
                         });
                     }
-                    Some(ControlEvent::Fatal(msg)) => return Err(ControlError::Fatal(msg)),
                     None => return Ok(()),
                 }
             }
@@ -492,19 +491,17 @@ impl ControlPlane {
     }
 }
 
-/// `bound_endpoints.ready_when`, when the config discovers endpoints.
+/// `dynamic_resources.bound_endpoints`, when the config discovers endpoints.
+fn bound_endpoints(cfg: &Config) -> Option<&crate::config::BoundEndpoints> {
+    cfg.dynamic_resources.as_ref()?.bound_endpoints.as_ref()
+}
+
 fn ready_when(cfg: &Config) -> Option<crate::config::ReadyWhen> {
-    cfg.dynamic_resources
-        .as_ref()
-        .and_then(|d| d.bound_endpoints.as_ref())
-        .map(|b| b.ready_when)
+    bound_endpoints(cfg).map(|b| b.ready_when)
 }
 
 fn discovery_interval(cfg: &Config) -> Option<Duration> {
-    cfg.dynamic_resources
-        .as_ref()
-        .and_then(|d| d.bound_endpoints.as_ref())
-        .map(|b| b.poll_interval.get())
+    bound_endpoints(cfg).map(|b| b.poll_interval.get())
 }
 
 fn log_discovery_change(old: &BTreeSet<BoundUrl>, new: &BTreeSet<BoundUrl>) {

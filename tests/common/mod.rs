@@ -632,6 +632,16 @@ pub async fn start_proxy(config: &str, dir: &Path) -> Proc {
 }
 
 /// Reads until EOF (or an error); returns what arrived.
+/// Connects to `addr`, sends `data`, half-closes, and returns everything that came back before
+/// the peer closed (a refused or reset connection returns what arrived, often nothing).
+pub async fn echo_once(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(data).await.unwrap();
+    c.shutdown().await.unwrap();
+    read_all(&mut c).await
+}
+
 pub async fn read_all(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
@@ -667,6 +677,24 @@ pub async fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
 }
 
 /// The value of the one sample `name` whose labels are exactly `labels`.
+/// The value of the first sample `name` whose labels are exactly `labels`, if there is one.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    use prometheus_parse::Value;
+    let found = scrape.samples.iter().find(|s| {
+        s.metric == name
+            && s.labels.len() == labels.len()
+            && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+    })?;
+    match found.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+        ref other => panic!("{name}: not a single value: {other:?}"),
+    }
+}
+
 pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     use prometheus_parse::Value;
     let found: Vec<_> = scrape
@@ -690,20 +718,8 @@ pub async fn wait_for_metric(admin: SocketAddr, name: &str, labels: &[(&str, &st
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         let s = scrape(admin).await;
-        let now = s.samples.iter().find(|x| {
-            x.metric == name
-                && x.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-        });
-        if let Some(
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v),
-        ) = now.map(|x| &x.value)
-        {
-            if *v == want {
-                return;
-            }
+        if sample(&s, name, labels) == Some(want) {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
