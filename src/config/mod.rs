@@ -84,6 +84,9 @@ pub struct StaticResources {
 /// One problem in a config: where (path, line) and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file the error is in when it is not the config file itself (a file of a `path`
+    /// config source, a REST source's document).
+    pub file: Option<String>,
     /// Dotted path of the field (`static_resources.listeners[0].address`); empty for the file.
     pub path: String,
     pub line: Option<usize>,
@@ -93,6 +96,9 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
         match (self.line, self.column) {
             (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
             (Some(l), None) => write!(f, "line {l}: ")?,
@@ -150,6 +156,7 @@ impl LoadedConfig {
             None => (None, None),
         };
         ConfigError {
+            file: None,
             path,
             line,
             column,
@@ -173,6 +180,7 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         source: source.clone(),
         errors: vec![ConfigError {
+            file: None,
             path: String::new(),
             line: None,
             column: None,
@@ -211,6 +219,7 @@ pub fn parse(
                 return Err(fail(
                     errs.into_iter()
                         .map(|e| ConfigError {
+                            file: None,
                             path: String::new(),
                             line: Some(e.line),
                             column: Some(e.column),
@@ -232,6 +241,7 @@ pub fn parse(
     if fell_back && result.is_ok() {
         // The two YAML readers disagree: never use a config with its references unexpanded.
         return Err(fail(vec![ConfigError {
+            file: None,
             path: String::new(),
             line: None,
             column: None,
@@ -254,6 +264,7 @@ pub fn parse(
         };
         let message = strip_location(&inner.to_string());
         fail(vec![ConfigError {
+            file: None,
             message: strip_path_prefix(&message, &path),
             path,
             line,
