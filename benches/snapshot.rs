@@ -133,6 +133,7 @@ impl Fixture {
             discovered: &self.discovered,
             retained,
             registered: None,
+            sources: &[],
             version,
         })
         .unwrap_or_else(|e| panic!("the bench config builds: {e}"))

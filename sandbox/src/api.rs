@@ -2,8 +2,9 @@
 //! endpoints list, ngrok's error JSON and pagination, plus `/sandbox/*` admin routes that tests
 //! and demos use to change the sandbox at run time: `POST /sandbox/endpoints` and
 //! `DELETE /sandbox/endpoints?url=` (endpoints come and go), `PUT /sandbox/api_faults` (the
-//! fault knobs), `PUT /sandbox/api_keys` (the accepted keys; the others are revoked) and
-//! `GET /sandbox/stats`.
+//! fault knobs), `PUT /sandbox/api_keys` (the accepted keys; the others are revoked),
+//! `GET /sandbox/stats`, and `/sandbox/config_docs/{name}` (documents for bindgate's REST
+//! config sources; see `config_docs`).
 //!
 //! Every request needs `Authorization: Bearer <one of api_keys>` (admin routes too). API routes
 //! also need `Ngrok-Version: 2`. Errors are `{"error_code","status_code","msg","details":
@@ -41,7 +42,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,7 @@ use tracing::debug;
 
 use super::ca::SandboxCa;
 use super::config::{ApiConfig, ApiFaultsConfig, EndpointConfig};
+use super::config_docs::{ConfigDocs, MAX_DOC, Served};
 use super::endpoints::{BoundEndpoint, EndpointError, EndpointRegistry};
 
 /// Request bodies larger than this are refused (a CSR and metadata fit in a few KiB).
@@ -82,6 +84,8 @@ pub struct Api {
     garbage_next: AtomicU32,
     hang_next: AtomicU32,
     delay_ms: AtomicU64,
+    /// Documents for REST config sources (`/sandbox/config_docs/...`).
+    config_docs: ConfigDocs,
 }
 
 impl std::fmt::Debug for Api {
@@ -142,6 +146,7 @@ impl Api {
             garbage_next: AtomicU32::new(faults.garbage_next),
             hang_next: AtomicU32::new(faults.hang_next),
             delay_ms: AtomicU64::new(delay_ms(faults)),
+            config_docs: ConfigDocs::default(),
         }
     }
 
@@ -341,6 +346,74 @@ impl Api {
                 }
                 self.api_keys.store(Arc::new(body.api_keys));
                 empty(StatusCode::NO_CONTENT)
+            }
+            (&Method::PUT, ["config_docs", name]) => {
+                let content_type = request
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = Limited::new(request.into_body(), MAX_DOC)
+                    .collect()
+                    .await
+                    .map_err(|e| ApiError::invalid(format!("reading the body: {e}")))?
+                    .to_bytes();
+                let etag = self
+                    .config_docs
+                    .put(name, body.to_vec(), content_type.as_deref());
+                let mut r = empty(StatusCode::NO_CONTENT)?;
+                if let Ok(v) = HeaderValue::from_str(&etag) {
+                    r.headers_mut().insert(ETAG, v);
+                }
+                Ok(r)
+            }
+            (&Method::DELETE, ["config_docs", name]) => {
+                if self.config_docs.delete(name) {
+                    empty(StatusCode::NO_CONTENT)
+                } else {
+                    Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "ERR_NGROK_404",
+                        format!("no config document `{name}`"),
+                    ))
+                }
+            }
+            (&Method::GET, ["config_docs", name, "requests"]) => {
+                json(StatusCode::OK, &self.config_docs.requests(name))
+            }
+            (&Method::GET, ["config_docs", name]) => {
+                let if_none_match = request
+                    .headers()
+                    .get(IF_NONE_MATCH)
+                    .and_then(|v| v.to_str().ok());
+                let query = request.uri().query().unwrap_or("");
+                match self.config_docs.get(name, query, if_none_match) {
+                    Served::Body {
+                        body,
+                        content_type,
+                        etag,
+                    } => {
+                        let mut r = with_body(StatusCode::OK, body);
+                        for (k, v) in [(CONTENT_TYPE, content_type), (ETAG, etag)] {
+                            if let Ok(v) = HeaderValue::from_str(&v) {
+                                r.headers_mut().insert(k, v);
+                            }
+                        }
+                        Ok(r)
+                    }
+                    Served::NotModified { etag } => {
+                        let mut r = empty(StatusCode::NOT_MODIFIED)?;
+                        if let Ok(v) = HeaderValue::from_str(&etag) {
+                            r.headers_mut().insert(ETAG, v);
+                        }
+                        Ok(r)
+                    }
+                    Served::Missing => Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "ERR_NGROK_404",
+                        format!("no config document `{name}`"),
+                    )),
+                }
             }
             _ => Err(ApiError::no_route(request.uri().path())),
         }

@@ -17,6 +17,7 @@ pub mod api;
 pub mod backends;
 pub mod ca;
 pub mod config;
+pub mod config_docs;
 pub mod endpoints;
 pub mod faults;
 pub mod h2;

@@ -20,6 +20,33 @@ pub fn render_with(snapshot: &Snapshot) -> String {
     out
 }
 
+/// Name of the gauge computed at each scrape from the control status.
+pub const SOURCE_SECONDS_SINCE_SUCCESS: &str = "bindgate_config_source_seconds_since_success";
+
+/// `bindgate_config_source_seconds_since_success{source}`: seconds since each config source's
+/// last applied update, as of this scrape (sources that never applied one have no sample).
+pub fn render_sources(sources: &[super::ConfigSourceStatus], out: &mut String) {
+    use std::fmt::Write;
+    if sources.is_empty() {
+        return;
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let _ = writeln!(
+        out,
+        "# HELP {SOURCE_SECONDS_SINCE_SUCCESS} Seconds since the config source's last applied update, as of this scrape.\n# TYPE {SOURCE_SECONDS_SINCE_SUCCESS} gauge"
+    );
+    for s in sources {
+        if let Some(at) = s.last_success_unix {
+            let name = s.name.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "{SOURCE_SECONDS_SINCE_SUCCESS}{{source=\"{name}\"}} {}",
+                (now - at).max(0)
+            );
+        }
+    }
+}
+
 /// One sample: its labels (`name="value"` pairs) and value.
 type Sample = (Vec<(&'static str, &'static str)>, u64);
 

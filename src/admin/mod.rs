@@ -35,6 +35,67 @@ pub struct ControlStatus {
     /// Bound-endpoint discovery, when the config has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,
+    /// Each config source, in config order (shown at the top of `/config_dump`).
+    #[serde(skip)]
+    pub config_sources: Vec<ConfigSourceStatus>,
+}
+
+/// Where one config source stands (Envoy's per-resource ACK/NACK, per source here).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConfigSourceStatus {
+    pub name: String,
+    /// `path` or `rest`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The directory, or the URL.
+    pub location: String,
+    pub state: SourceState,
+    /// The version in force from this source (a REST answer's `version_info`; for a `path`
+    /// source a digest of its files' names and contents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_info: Option<String>,
+    /// With `NACKED`: the version that was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_version_info: Option<String>,
+    /// With `NACKED`: why (every error, one per line, each with its file and line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When an update was last applied or refused (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
+    /// When an update was last applied (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    /// Why the last fetch failed (cleared by the next one that succeeds); the resources in
+    /// force stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_error: Option<String>,
+    /// Resources in force from this source.
+    pub resources: SourceCounts,
+    /// Their names.
+    pub listeners: Vec<String>,
+    pub clusters: Vec<String>,
+    /// Unix time of `last_success`, for `seconds since` at scrape time.
+    #[serde(skip)]
+    pub last_success_unix: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct SourceCounts {
+    pub listeners: usize,
+    pub clusters: usize,
+}
+
+/// A config source's state, as Envoy's xDS names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SourceState {
+    /// Nothing has been read from the source yet.
+    Waiting,
+    /// The last update was applied.
+    Acked,
+    /// The last update was refused; the previous one (if any) stays in force.
+    Nacked,
 }
 
 /// Where bound-endpoint discovery stands.
@@ -169,13 +230,21 @@ impl AdminState {
         if !failed.is_empty() {
             return Err(failed.join("; "));
         }
-        match self
-            .control
-            .load()
-            .discovery
-            .as_ref()
-            .and_then(|d| d.not_ready())
-        {
+        let control = self.control.load();
+        // Like Envoy's initial fetch: wait for each source's first answer, applied or not.
+        let waiting: Vec<String> = control
+            .config_sources
+            .iter()
+            .filter(|s| s.state == SourceState::Waiting)
+            .map(|s| match &s.fetch_error {
+                Some(e) => format!("config source `{}` has not answered yet ({e})", s.name),
+                None => format!("config source `{}` has not answered yet", s.name),
+            })
+            .collect();
+        if !waiting.is_empty() {
+            return Err(waiting.join("; "));
+        }
+        match control.discovery.as_ref().and_then(|d| d.not_ready()) {
             Some(why) => Err(why),
             None => Ok(()),
         }
@@ -323,11 +392,13 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/config_dump" => {
             let snap = state.snapshot.load();
             // Secrets (the API key) serialize as "<redacted>".
+            let control = state.control.load();
             json(&serde_json::json!({
                 "version_info": snap.version.to_string(),
+                "config_sources": &control.config_sources,
                 "config": &*snap.config,
                 "chains": snap.chains(),
-                "control": &**state.control.load(),
+                "control": &**control,
             }))
         }
         "/endpoints" => {
@@ -350,7 +421,9 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             json(&serde_json::Value::Array(rows))
         }
         "/metrics" | "/stats/prometheus" => {
-            let mut r = text(StatusCode::OK, metrics::render_with(&state.snapshot.load()));
+            let mut body = metrics::render_with(&state.snapshot.load());
+            metrics::render_sources(&state.control.load().config_sources, &mut body);
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::control::{ControlPlane, Gateway, registration};
-use crate::{config, snapshot};
+use crate::config;
+use crate::control::{ControlPlane, Gateway, registration, sources};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -38,7 +38,11 @@ pub async fn run(
     // Validate fully (same path as `validate`) before registering or binding anything.
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;
-    let loaded = match snapshot::check(config::load_file(&args.config)) {
+    // The file with its `path` sources' resources (a source whose files do not build with it is
+    // refused and left out; the file itself must build).
+    let checked = config::load_file(&args.config)
+        .and_then(|loaded| sources::initial(&loaded).map(|initial| (loaded, initial)));
+    let (loaded, initial) = match checked {
         Ok(l) => l,
         Err(errors) => {
             eprint!("{errors}");
@@ -60,7 +64,7 @@ pub async fn run(
         .as_ref()
         .and_then(registration::Registration::deregistration);
     let mut plane =
-        ControlPlane::start(Some(args.config.clone()), text, loaded, registration).await?;
+        ControlPlane::start(Some(args.config.clone()), text, loaded, initial, registration).await?;
     announce(plane.gateway());
     let mut clean_stop = false;
     let outcome = tokio::select! {

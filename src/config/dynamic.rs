@@ -16,6 +16,11 @@ pub struct DynamicResources {
     /// Bound endpoints discovered from the ngrok API, each exposed as a local listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_endpoints: Option<BoundEndpoints>,
+    /// Named sources of listeners and clusters (a watched directory, a polled REST API), merged
+    /// with `static_resources` and the bound endpoints into one snapshot. Each source is ACKed
+    /// or NACKed on its own: a bad update keeps that source's last good resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_sources: Vec<super::ConfigSourceConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]

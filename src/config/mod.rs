@@ -10,6 +10,7 @@ mod ingress;
 mod listener;
 pub mod ngrok;
 mod source_map;
+mod sources;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,10 @@ pub use ingress::{IngressConfig, MultiplexConfig, MultiplexFallback, PoolConfig,
 pub use listener::{Limits, ListenerConfig, Protocol, RouteConfig, RouteMatch};
 pub use ngrok::*;
 pub use source_map::SourceMap;
+pub use sources::{
+    ConfigSourceConfig, ResourceDoc, ResourceSet, RestDocument, RestSourceConfig, SourceResources,
+    parse_resource_file, parse_rest_document,
+};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -6,6 +6,7 @@ pub mod endpoint_cache;
 mod gateway;
 pub mod plane;
 pub mod registration;
+pub mod sources;
 
 pub use plane::{ControlError, ControlPlane, ControlStatus, StatusView};
 
@@ -19,6 +20,14 @@ pub enum ControlEvent {
     /// The API refused the key: discovery has ended. Static listeners and the endpoints
     /// discovered last keep serving.
     DiscoveryStopped(String),
+    /// A config source answered (a changed directory, a new REST document).
+    SourceAnswer(Box<sources::SourceAnswer>),
+    /// A config source could not be read; its resources in force stay.
+    SourceFailed {
+        source: String,
+        generation: u64,
+        why: String,
+    },
 }
 
 pub use gateway::{Gateway, StartError};

@@ -21,6 +21,8 @@ use crate::snapshot::{self, BoundUrl, BuildInput, RegisteredIdentity};
 use crate::telemetry;
 
 use super::endpoint_cache::EndpointCache;
+use super::sources::{InitialSource, SourceAnswer, Sources};
+use crate::config::SourceResources;
 pub use crate::admin::{ControlStatus, DiscoveryState, DiscoveryStatus, StatusView};
 
 pub struct ControlPlane {
@@ -39,7 +41,10 @@ pub struct ControlPlane {
     /// The `expose.hosts_file` writer (remembers which failure it already reported).
     hosts_file: HostsFile,
     registered: Option<RegisteredIdentity>,
-    applied: (Arc<Config>, Vec<Placement>),
+    /// The inputs of the snapshot in force: the file, the placements, each source's resources.
+    applied: (Arc<Config>, Vec<Placement>, Vec<Arc<SourceResources>>),
+    /// The config sources: their resources in force, their tasks and their status.
+    sources: Sources,
     status: StatusView,
     events: mpsc::Receiver<ControlEvent>,
     events_tx: mpsc::Sender<ControlEvent>,
@@ -63,10 +68,13 @@ impl ControlPlane {
     /// Builds and applies the first snapshot from `loaded` (already validated by the caller
     /// through `snapshot::build`), starts the file watch and, with `registration`, discovery
     /// and the identity's upkeep (renewal, or following the identity directory).
+    /// `initial`: the config sources as read and checked at start-up
+    /// ([`super::sources::initial`]).
     pub async fn start(
         path: Option<PathBuf>,
         text: String,
         loaded: LoadedConfig,
+        initial: Vec<InitialSource>,
         registration: Option<Registration>,
     ) -> Result<ControlPlane, ControlError> {
         // Port allocations persist only where discovery runs (a static config writes nothing).
@@ -91,11 +99,16 @@ impl ControlPlane {
         let allocations = Allocations::load(store);
         let registered = registration.as_ref().map(Registration::for_build);
         let retained = Retained::new();
+        let (events_tx, events) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let sources = Sources::start(&loaded, initial, events_tx.clone(), shutdown.clone());
+        let in_force = sources.in_force(&loaded);
         let first = snapshot::build_with(BuildInput {
             loaded: &loaded,
             discovered: &[],
             retained: &retained,
             registered: registered.as_ref(),
+            sources: &in_force,
             version: 1,
         })
         .map_err(|e| ControlError::Fatal(e.to_string()))?;
@@ -109,14 +122,13 @@ impl ControlPlane {
                 last_success: None,
                 last_error: None,
             }),
+            config_sources: sources.statuses(),
             ..Default::default()
         }));
         telemetry::set_snapshot_version(1);
         telemetry::config_applied();
         let gateway = Gateway::start(first, status.clone()).await?;
         retained.commit();
-        let (events_tx, events) = mpsc::channel(16);
-        let shutdown = CancellationToken::new();
         let poll = discovery_interval(&loaded.config).unwrap_or(Duration::from_secs(10));
         let (poll_interval, poll_rx) = watch::channel(poll);
         let mut plane = ControlPlane {
@@ -125,7 +137,8 @@ impl ControlPlane {
             path,
             applied_notify: Arc::new(Notify::new()),
             last_text: text,
-            applied: (Arc::new(loaded.config.clone()), Vec::new()),
+            applied: (Arc::new(loaded.config.clone()), Vec::new(), in_force),
+            sources,
             loaded,
             discovered: BTreeSet::new(),
             allocations,
@@ -285,6 +298,12 @@ impl ControlPlane {
                             d.last_error = Some(why);
                         });
                     }
+                    Some(ControlEvent::SourceAnswer(answer)) => self.source_answer(*answer).await,
+                    Some(ControlEvent::SourceFailed { source, generation, why }) => {
+                        if self.sources.fetch_failed(&source, generation, why) {
+                            self.publish_sources();
+                        }
+                    }
                     None => return Ok(()),
                 }
             }
@@ -338,7 +357,11 @@ impl ControlPlane {
                     self.poll_interval.send_replace(d);
                 }
                 let previous = std::mem::replace(&mut self.loaded, loaded);
-                if !self.rebuild_forced(force).await {
+                if self.rebuild_forced(force).await {
+                    // Sources the file no longer declares stop; new ones start.
+                    self.sources.reconcile(&self.loaded);
+                    self.publish_sources();
+                } else {
                     self.loaded = previous;
                 }
             }
@@ -353,53 +376,115 @@ impl ControlPlane {
     /// Builds from the current inputs and applies the result if they changed (or `force`).
     /// Returns false when the build was rejected.
     async fn rebuild_forced(&mut self, force: bool) -> bool {
-        let placements = self.place();
-        let unchanged = *self.applied.0 == self.loaded.config && self.applied.1 == placements;
-        if unchanged && !force {
-            tracing::debug!("rebuild produced identical inputs; not swapping");
-            self.retry_hosts_file();
-            return true;
-        }
-        let current = self.gateway.current();
-        let version = current.version + 1;
-        let built = snapshot::build_with(BuildInput {
-            loaded: &self.loaded,
-            discovered: &placements,
-            retained: &self.retained,
-            registered: self.registered.as_ref(),
-            version,
-        });
-        match built {
-            Ok(next) => {
-                let names = hosts_file::entries(&next.discovered);
-                self.gateway.apply(next).await;
-                self.retained.commit();
-                self.allocations.save();
-                if let Some(path) = self.hosts_file_path() {
-                    self.hosts_file.sync(&path, &names);
-                }
-                self.applied = (Arc::new(self.loaded.config.clone()), placements);
-                telemetry::config_applied();
-                telemetry::set_snapshot_version(version);
-                let mut s = (**self.status.load()).clone();
-                s.version = version;
-                s.applied_updates += 1;
-                s.discovered_endpoints = self.discovered.len();
-                if let (Some(d), Some(ready_when)) =
-                    (s.discovery.as_mut(), ready_when(&self.loaded.config))
-                {
-                    d.ready_when = ready_when;
-                }
-                self.status.store(Arc::new(s));
-                tracing::info!(version, "configuration applied");
-                self.applied_notify.notify_one();
-                true
-            }
+        match self.apply_inputs(force).await {
+            Ok(()) => true,
             Err(errors) => {
                 self.reject(errors.to_string());
                 false
             }
         }
+    }
+
+    /// Builds the file, the placed endpoints and the sources in force into a snapshot and
+    /// applies it when they changed (or `force`); a build that fails leaves everything as it was.
+    async fn apply_inputs(&mut self, force: bool) -> Result<(), crate::config::ConfigErrors> {
+        let placements = self.place();
+        let sources = self.sources.in_force(&self.loaded);
+        let same_sources = self.applied.2.len() == sources.len()
+            && self
+                .applied
+                .2
+                .iter()
+                .zip(&sources)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        let unchanged =
+            *self.applied.0 == self.loaded.config && self.applied.1 == placements && same_sources;
+        if unchanged && !force {
+            tracing::debug!("rebuild produced identical inputs; not swapping");
+            self.retry_hosts_file();
+            return Ok(());
+        }
+        let current = self.gateway.current();
+        let version = current.version + 1;
+        let next = snapshot::build_with(BuildInput {
+            loaded: &self.loaded,
+            discovered: &placements,
+            retained: &self.retained,
+            registered: self.registered.as_ref(),
+            sources: &sources,
+            version,
+        })?;
+        let names = hosts_file::entries(&next.discovered);
+        self.gateway.apply(next).await;
+        self.retained.commit();
+        self.allocations.save();
+        if let Some(path) = self.hosts_file_path() {
+            self.hosts_file.sync(&path, &names);
+        }
+        self.applied = (Arc::new(self.loaded.config.clone()), placements, sources);
+        telemetry::config_applied();
+        telemetry::set_snapshot_version(version);
+        let mut s = (**self.status.load()).clone();
+        s.version = version;
+        s.applied_updates += 1;
+        s.discovered_endpoints = self.discovered.len();
+        if let (Some(d), Some(ready_when)) =
+            (s.discovery.as_mut(), ready_when(&self.loaded.config))
+        {
+            d.ready_when = ready_when;
+        }
+        self.status.store(Arc::new(s));
+        tracing::info!(version, "configuration applied");
+        self.applied_notify.notify_one();
+        Ok(())
+    }
+
+    /// Tries a source's answer in a full build with everything else in force: applied and
+    /// ACKed when it builds, else NACKed with the source's previous resources kept.
+    async fn source_answer(&mut self, answer: SourceAnswer) {
+        let SourceAnswer {
+            source,
+            generation,
+            version_info,
+            docs,
+        } = answer;
+        if !self.sources.is_current(&source, generation) {
+            return; // from a source a reload removed or restarted
+        }
+        match docs {
+            Err(errors) => {
+                let why = super::sources::source_errors(&source, errors);
+                self.sources.nacked(&source, generation, version_info, why);
+            }
+            Ok(docs) => {
+                let candidate = Arc::new(SourceResources {
+                    source: source.clone(),
+                    version_info: version_info.clone(),
+                    docs,
+                });
+                let Some(previous) = self.sources.try_accept(generation, candidate) else {
+                    return;
+                };
+                match self.apply_inputs(false).await {
+                    Ok(()) => self.sources.acked(&source, generation),
+                    Err(errors) => {
+                        self.sources.revert(&source, generation, previous);
+                        self.sources
+                            .nacked(&source, generation, version_info, errors.to_string());
+                    }
+                }
+            }
+        }
+        self.publish_sources();
+        // Waiters on `on_applied` also learn of a refused source answer.
+        self.applied_notify.notify_one();
+    }
+
+    /// Publishes every source's status to the admin API.
+    fn publish_sources(&self) {
+        let mut s = (**self.status.load()).clone();
+        s.config_sources = self.sources.statuses();
+        self.status.store(Arc::new(s));
     }
 
     /// Changes the discovery part of the status the admin API shows.

@@ -11,7 +11,7 @@ use super::routes::{RouteCompiler, RouteTable, SniRoutes};
 use super::{BoundUrl, ListenerSpec, Snapshot};
 use crate::config::{
     ClusterConfig, ClusterKind, ConfigError, ConfigErrors, Expose, IngressConfig, Limits,
-    LoadedConfig, Protocol, RetryConfig, Transport,
+    LoadedConfig, Protocol, ResourceDoc, ResourceSet, RetryConfig, SourceResources, Transport,
 };
 use crate::filters::CheckCtx;
 use crate::filters::connect::{self, CircuitBreakerConfig, ConnectStack};
@@ -30,13 +30,70 @@ use crate::upstream::{
 pub(super) struct Checker<'a> {
     pub(super) loaded: &'a LoadedConfig,
     pub(super) errors: Vec<ConfigError>,
+    /// The source document being checked; `None` for the config file.
+    doc: Option<&'a ResourceDoc>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    /// Whether referenced files are left unread (`validate --offline`).
+    pub(super) fn offline(&self) -> bool {
+        false
+    }
+
     pub(super) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        let e = self.loaded.error_at(path, message);
+        let e = match self.doc {
+            Some(doc) => doc.error_at(path, message),
+            None => self.loaded.error_at(path, message),
+        };
         self.errors.push(e);
     }
+
+    /// Where a resource was defined, for errors that name two places.
+    fn origin(&self, at: &Origin<'a>) -> String {
+        match at.doc {
+            Some((source, doc)) => format!("source `{source}` ({})", doc.describe(&at.path)),
+            None => match self.loaded.source_map.locate(&at.path) {
+                Some((line, _)) => format!("{} ({}, line {line})", at.path, self.loaded.source),
+                None => format!("{} ({})", at.path, self.loaded.source),
+            },
+        }
+    }
+}
+
+/// A listener or cluster and where it was written.
+struct Origin<'a> {
+    /// The source's name and document; `None` for `static_resources`.
+    doc: Option<(&'a str, &'a ResourceDoc)>,
+    /// The resource's path in its document (`static_resources.listeners[3]`, `clusters[0]`).
+    path: String,
+}
+
+/// Every listener (or cluster) of the config file and the sources, in order, with its origin.
+fn with_origins<'a, T>(
+    statics: &'a [T],
+    static_prefix: &str,
+    sources: &'a [Arc<SourceResources>],
+    pick: impl Fn(&'a ResourceSet) -> &'a [T],
+    kind: &str,
+) -> Vec<(Origin<'a>, &'a T)> {
+    let mut all: Vec<(Origin<'a>, &'a T)> = statics
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let path = format!("{static_prefix}{kind}[{i}]");
+            (Origin { doc: None, path }, r)
+        })
+        .collect();
+    for src in sources {
+        for doc in &src.docs {
+            for (i, r) in pick(&doc.resources).iter().enumerate() {
+                let path = format!("{}{kind}[{i}]", doc.prefix);
+                let doc = Some((src.source.as_str(), doc));
+                all.push((Origin { doc, path }, r));
+            }
+        }
+    }
+    all
 }
 
 /// What a build combines.
@@ -49,6 +106,9 @@ pub struct BuildInput<'a> {
     pub retained: &'a Retained,
     /// The identity from ngrok registration, for ingresses without `client_cert`.
     pub registered: Option<&'a RegisteredIdentity>,
+    /// The resources of each config source that are in force (or on trial), merged with the
+    /// file's `static_resources`.
+    pub sources: &'a [Arc<SourceResources>],
     pub version: u64,
 }
 
@@ -74,6 +134,7 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
         discovered: &[],
         retained: &Retained::new(),
         registered: None,
+        sources: &[],
         version,
     })
 }
@@ -87,6 +148,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         discovered,
         retained,
         registered,
+        sources,
         version,
     } = input;
     let base_dir = loaded.base_dir.as_path();
@@ -94,6 +156,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     let mut c = Checker {
         loaded,
         errors: Vec::new(),
+        doc: None,
     };
 
     if cfg.version != 1 {
@@ -154,33 +217,59 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
 
     let mut clusters: BTreeMap<String, Arc<Cluster>> = BTreeMap::new();
     let mut cluster_names = HashSet::new();
-    for (i, cl) in cfg.static_resources.clusters.iter().enumerate() {
-        let path = format!("static_resources.clusters[{i}]");
-        if !cluster_names.insert(cl.name.as_str()) {
+    let mut cluster_origins: HashMap<&str, Origin<'_>> = HashMap::new();
+    let all_clusters = with_origins(
+        &cfg.static_resources.clusters,
+        "static_resources.",
+        sources,
+        |r| &r.clusters,
+        "clusters",
+    );
+    for (origin, cl) in all_clusters {
+        c.doc = origin.doc.map(|(_, d)| d);
+        let path = &origin.path;
+        if let Some(first) = cluster_origins.get(cl.name.as_str()) {
+            let first = c.origin(first);
             c.err(
                 format!("{path}.name"),
-                format!("duplicate cluster name `{}`", cl.name),
+                format!("duplicate cluster name `{}`: also defined by {first}", cl.name),
             );
             continue;
         }
-        if let Some(built) = build_cluster(&mut c, &path, cl, &ingresses, retained) {
+        cluster_names.insert(cl.name.as_str());
+        if let Some(built) = build_cluster(&mut c, path, cl, &ingresses, retained) {
             clusters.insert(cl.name.clone(), Arc::new(built));
         }
+        cluster_origins.insert(cl.name.as_str(), origin);
     }
+    c.doc = None;
 
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
     let mut route_compiler = RouteCompiler::new(&clusters, &cluster_names, retained, base_dir);
     let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
-    for (i, l) in cfg.static_resources.listeners.iter().enumerate() {
-        let path = format!("static_resources.listeners[{i}]");
+    let mut listener_origins: HashMap<&str, Origin<'_>> = HashMap::new();
+    let all_listeners = with_origins(
+        &cfg.static_resources.listeners,
+        "static_resources.",
+        sources,
+        |r| &r.listeners,
+        "listeners",
+    );
+    for (origin, l) in all_listeners {
+        c.doc = origin.doc.map(|(_, d)| d);
+        let path = origin.path.clone();
         if l.name.is_empty() {
             c.err(format!("{path}.name"), "a listener needs a non-empty name");
-        } else if !listener_names.insert(l.name.as_str()) {
+        } else if let Some(first) = listener_origins.get(l.name.as_str()) {
+            let first = c.origin(first);
             c.err(
                 format!("{path}.name"),
-                format!("duplicate listener name `{}`", l.name),
+                format!("duplicate listener name `{}`: also defined by {first}", l.name),
             );
+        } else {
+            listener_names.insert(l.name.as_str());
+            listener_origins.insert(l.name.as_str(), origin);
         }
         let address = match l.address.parse::<SocketAddr>() {
             Ok(a) => {
@@ -253,11 +342,15 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             ));
         }
     }
+    c.doc = None;
 
     let dynamic = cfg
         .dynamic_resources
         .as_ref()
         .and_then(|d| d.bound_endpoints.as_ref());
+    if let Some(d) = &cfg.dynamic_resources {
+        super::config_sources::check(&mut c, &d.config_sources);
+    }
     if let Some(d) = dynamic {
         let path = "dynamic_resources.bound_endpoints";
         if !ingress_names.contains(d.ingress.as_str()) {
@@ -373,7 +466,14 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
 
     if !c.errors.is_empty() {
         let mut errors = c.errors;
-        errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
+        // The config file's errors first, then each other file's, each in line order.
+        errors.sort_by(|a, b| {
+            (&a.file, a.line.unwrap_or(usize::MAX), a.column.unwrap_or(0)).cmp(&(
+                &b.file,
+                b.line.unwrap_or(usize::MAX),
+                b.column.unwrap_or(0),
+            ))
+        });
         return Err(ConfigErrors {
             source: loaded.source.clone(),
             errors,
@@ -1138,6 +1238,7 @@ dynamic_resources:
             discovered: &placed,
             retained,
             registered: None,
+            sources: &[],
             version: 2,
         })
         .unwrap()

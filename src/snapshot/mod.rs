@@ -4,6 +4,7 @@
 //! it. It reads referenced files (certificates, keys, CAs) but binds nothing and calls nobody.
 
 mod build;
+pub(crate) mod config_sources;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap};

@@ -948,6 +948,7 @@ mod tests {
             discovered: &[],
             retained: &retained,
             registered: None,
+            sources: &[],
             version: 1,
         })
         .unwrap();
@@ -996,6 +997,7 @@ mod tests {
             discovered: &[],
             retained: &retained,
             registered: None,
+            sources: &[],
             version: 2,
         })
         .unwrap();

@@ -97,6 +97,15 @@ pub const POOL_CHECKOUT_DURATION: &str = "bindgate_pool_checkout_duration_second
 pub const IDENTITY_ROTATIONS: &str = "bindgate_identity_rotations_total";
 /// Counter `{source}`: rotated identity files refused (unreadable, half-written, mismatched).
 pub const IDENTITY_REFUSED: &str = "bindgate_identity_refused_total";
+/// Counter `{source,result}`: config source updates `applied` (ACKed) or `rejected` (NACKed).
+pub const SOURCE_UPDATES: &str = "bindgate_config_source_updates_total";
+/// Counter `{source,result}`: fetches of a config source: `changed` (a new document),
+/// `unchanged` (a REST `304`, or the same content) or `failed`.
+pub const SOURCE_FETCHES: &str = "bindgate_config_source_fetches_total";
+/// Gauge `{source}`: Unix time of the config source's last applied update.
+pub const SOURCE_LAST_SUCCESS: &str = "bindgate_config_source_last_success_timestamp_seconds";
+/// Gauge `{source,kind}`: listeners and clusters in force from the config source.
+pub const SOURCE_RESOURCES: &str = "bindgate_config_source_resources";
 
 /// Upper bounds (seconds) of every histogram's buckets: 100 µs to 10 s, about 2.5× apart, so a
 /// loopback hop and a slow cross-region dial both land in a bucket of their own.
@@ -115,7 +124,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 33] = [
+pub const FAMILIES: [(&str, Kind, &str); 37] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -272,6 +281,26 @@ pub const FAMILIES: [(&str, Kind, &str); 33] = [
         IDENTITY_REFUSED,
         Kind::Counter,
         "Rotated client identity files refused (unreadable, half-written, mismatched), by source.",
+    ),
+    (
+        SOURCE_UPDATES,
+        Kind::Counter,
+        "Config source updates applied (ACKed) or rejected (NACKed), by source and result.",
+    ),
+    (
+        SOURCE_FETCHES,
+        Kind::Counter,
+        "Fetches of a config source: changed, unchanged (304 or same content) or failed.",
+    ),
+    (
+        SOURCE_LAST_SUCCESS,
+        Kind::Gauge,
+        "Unix time of the config source's last applied update.",
+    ),
+    (
+        SOURCE_RESOURCES,
+        Kind::Gauge,
+        "Listeners and clusters in force from the config source, by kind.",
     ),
 ];
 
@@ -462,6 +491,31 @@ pub fn identity_rotated(source: &'static str) {
 /// Rotated identity files were refused.
 pub fn identity_refused(source: &'static str) {
     register(|| metrics::counter!(IDENTITY_REFUSED, "source" => source)).increment(1);
+}
+
+/// A config source update was applied (`true`) or rejected.
+pub fn source_update(source: &str, applied: bool) {
+    let result = if applied { "applied" } else { "rejected" };
+    register(|| metrics::counter!(SOURCE_UPDATES, "source" => label(source), "result" => result))
+        .increment(1);
+}
+
+/// A config source was fetched: `changed`, `unchanged` or `failed`.
+pub fn source_fetch(source: &str, result: &'static str) {
+    register(|| metrics::counter!(SOURCE_FETCHES, "source" => label(source), "result" => result))
+        .increment(1);
+}
+
+/// A config source's update was applied at `unix_seconds`, leaving these resources in force.
+pub fn source_applied(source: &str, unix_seconds: i64, listeners: usize, clusters: usize) {
+    register(|| metrics::gauge!(SOURCE_LAST_SUCCESS, "source" => label(source)))
+        .set(unix_seconds as f64);
+    for (kind, n) in [("listeners", listeners), ("clusters", clusters)] {
+        register(
+            || metrics::gauge!(SOURCE_RESOURCES, "source" => label(source), "kind" => kind),
+        )
+        .set(n as f64);
+    }
 }
 
 /// Bound endpoints in the last good discovery.

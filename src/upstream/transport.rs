@@ -428,6 +428,7 @@ static_resources:
             discovered: &[],
             retained,
             registered: None,
+            sources: &[],
             version: 1,
         })
         .unwrap()

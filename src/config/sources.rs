@@ -1,0 +1,287 @@
+//! `dynamic_resources.config_sources`: where listeners and clusters come from besides the config
+//! file, and the documents those sources serve.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterConfig, ConfigError, HumanDuration, ListenerConfig, SourceMap};
+use crate::secret::Secret;
+
+/// One named source: exactly one of `path` and `rest`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSourceConfig {
+    /// Unique name, shown in `/config_dump`, metrics, logs and errors.
+    pub name: String,
+    /// A directory: every `*.yaml`, `*.yml` and `*.json` file in it (not in subdirectories;
+    /// names starting with `.` are skipped) is one `{listeners: [...], clusters: [...]}`
+    /// document. Watched, including a Kubernetes ConfigMap's `..data` symlink swap. Relative to
+    /// the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// An HTTP(S) endpoint polled for `{"version_info": "...", "resources": {"listeners": [...],
+    /// "clusters": [...]}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestSourceConfig>,
+}
+
+/// A REST source.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestSourceConfig {
+    /// `https://` (verified with the system roots plus `ca`), or `http://` to a loopback address.
+    pub url: String,
+    /// How often the document is asked for (each wait is jittered by up to a tenth). A failed
+    /// fetch is retried sooner, backing off from 1s up to this interval.
+    #[serde(default = "default_rest_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// Request headers, e.g. `authorization: "Bearer ${CONFIG_TOKEN}"`. Values are secrets:
+    /// never logged, `<redacted>` in `/config_dump`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Secret>,
+    /// A PEM CA bundle trusted in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// How long one fetch may take, connect to last byte.
+    #[serde(default = "default_rest_timeout")]
+    pub timeout: HumanDuration,
+    /// Report each answer's fate back in the next poll's query string, as Envoy's REST xDS
+    /// does: `version_info` (the version in force from this source) and, after a rejected
+    /// answer, `error_detail` (why, first line, at most 512 bytes).
+    #[serde(default)]
+    pub report_status: bool,
+}
+
+fn default_rest_poll_interval() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+fn default_rest_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+/// What a source file holds, and what a REST answer's `resources` holds.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSet {
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// A REST source's answer.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestDocument {
+    /// The server's name for this version (shown in `/config_dump`, reported back).
+    pub version_info: String,
+    #[serde(default)]
+    pub resources: ResourceSet,
+}
+
+/// One parsed document of a source (a file of a `path` source, a REST answer), with what is
+/// needed to point an error at its line.
+#[derive(Debug)]
+pub struct ResourceDoc {
+    /// The file's path, or the REST source's URL.
+    pub file: String,
+    /// Where the resources sit in the document: `""` for a file, `"resources."` for REST.
+    pub prefix: &'static str,
+    pub resources: ResourceSet,
+    /// The text, kept to locate errors found after parsing (the map is built on first use, so
+    /// a good document never pays for it).
+    text: Arc<str>,
+    map: OnceLock<SourceMap>,
+}
+
+impl ResourceDoc {
+    /// A located error for `path` (a full path inside the document).
+    pub fn error_at(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let path = path.into();
+        let (line, column) = match self.source_map().locate(&path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        };
+        ConfigError {
+            file: Some(self.file.clone()),
+            path,
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// Where the resource at `path` starts: `file, line N`.
+    pub fn describe(&self, path: &str) -> String {
+        match self.source_map().locate(path) {
+            Some((line, _)) => format!("{}, line {line}", self.file),
+            None => self.file.clone(),
+        }
+    }
+
+    fn source_map(&self) -> &SourceMap {
+        self.map.get_or_init(|| SourceMap::build(&self.text))
+    }
+}
+
+/// What one source provides at one version.
+#[derive(Debug)]
+pub struct SourceResources {
+    /// The source's name.
+    pub source: String,
+    pub version_info: String,
+    pub docs: Vec<ResourceDoc>,
+}
+
+impl SourceResources {
+    pub fn listeners(&self) -> usize {
+        self.docs.iter().map(|d| d.resources.listeners.len()).sum()
+    }
+
+    pub fn clusters(&self) -> usize {
+        self.docs.iter().map(|d| d.resources.clusters.len()).sum()
+    }
+}
+
+/// Parses one file of a `path` source (YAML, which includes JSON). `${VAR}` is not expanded in
+/// source documents: what a source serves must not be able to pull this host's secrets out.
+pub fn parse_resource_file(text: &str, file: &str) -> Result<ResourceDoc, Vec<ConfigError>> {
+    let resources: ResourceSet = if text.trim().is_empty() {
+        ResourceSet::default()
+    } else {
+        deserialize_located(text, file, true)?
+    };
+    Ok(ResourceDoc {
+        file: file.to_owned(),
+        prefix: "",
+        resources,
+        text: text.into(),
+        map: OnceLock::new(),
+    })
+}
+
+/// Parses a REST source's answer: JSON, or YAML when `yaml`. Returns its `version_info` and
+/// the resources.
+pub fn parse_rest_document(
+    text: &str,
+    url: &str,
+    yaml: bool,
+) -> Result<(String, ResourceDoc), Vec<ConfigError>> {
+    let doc: RestDocument = deserialize_located(text, url, yaml)?;
+    Ok((
+        doc.version_info,
+        ResourceDoc {
+            file: url.to_owned(),
+            prefix: "resources.",
+            resources: doc.resources,
+            text: text.into(),
+            map: OnceLock::new(),
+        },
+    ))
+}
+
+/// Strict deserialization with the error located: the field's own line when the path is
+/// known, else the parser's position.
+fn deserialize_located<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    yaml: bool,
+) -> Result<T, Vec<ConfigError>> {
+    let (path, message, position) = if yaml {
+        match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let pos = inner.location().map(|l| (l.line(), l.column()));
+                (path, super::strip_location(&inner.to_string()), pos)
+            }
+        }
+    } else {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let trim = |msg: String| match msg.rfind(" at line ") {
+            Some(i) => msg[..i].to_owned(),
+            None => msg,
+        };
+        let at = |e: &serde_json::Error| (e.line() > 0).then(|| (e.line(), e.column()));
+        match serde_path_to_error::deserialize(&mut de) {
+            Ok(v) => match de.end() {
+                Ok(()) => return Ok(v),
+                Err(e) => (String::new(), trim(e.to_string()), at(&e)),
+            },
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                (path, trim(inner.to_string()), at(&inner))
+            }
+        }
+    };
+    let path = if path == "." { String::new() } else { path };
+    let map = SourceMap::build(text);
+    let (line, column) = match (map.exact(&path), position) {
+        (Some(p), _) | (None, Some(p)) => (Some(p.0), Some(p.1)),
+        (None, None) => match map.locate(&path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        },
+    };
+    Err(vec![ConfigError {
+        file: Some(file.to_owned()),
+        message: super::strip_path_prefix(&message, &path),
+        path,
+        line,
+        column,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_error_names_file_field_and_line() {
+        let text = "listeners:\n  - name: a\n    address: 127.0.0.1:0\n    routes: [{cluster: c}]\n    idle_timeout: soon\n";
+        let errs = parse_resource_file(text, "/d/a.yaml").unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(e.file.as_deref(), Some("/d/a.yaml"));
+        assert_eq!(e.path, "listeners[0].idle_timeout");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("`soon`"), "{e}");
+    }
+
+    #[test]
+    fn a_rest_document_parses_as_json_or_yaml() {
+        let json = r#"{"version_info": "v7", "resources": {"clusters": [{"name": "c", "type": "static", "endpoints": ["127.0.0.1:1"]}]}}"#;
+        let (v, doc) = parse_rest_document(json, "http://127.0.0.1/r", false).unwrap();
+        assert_eq!(v, "v7");
+        assert_eq!(doc.resources.clusters[0].name, "c");
+        let yaml = "version_info: v8\nresources:\n  clusters:\n    - name: c\n      type: static\n      endpoints: [127.0.0.1:1]\n";
+        let (v, _) = parse_rest_document(yaml, "http://127.0.0.1/r", true).unwrap();
+        assert_eq!(v, "v8");
+        // A typo in JSON: named with its line.
+        let bad = "{\"version_info\": \"v9\",\n \"resources\": {\"clusters\": [\n  {\"name\": \"c\", \"typo\": 1}]}}";
+        let e = &parse_rest_document(bad, "u", false).unwrap_err()[0];
+        assert!(e.message.contains("unknown field `typo`"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        // Trailing garbage is refused, not ignored.
+        assert!(parse_rest_document("{\"version_info\": \"1\"} x", "u", false).is_err());
+    }
+
+    #[test]
+    fn errors_found_after_parsing_are_located_lazily() {
+        let doc = parse_resource_file(
+            "clusters:\n  - name: c\n    type: static\n    endpoints: [127.0.0.1:1]\n",
+            "/d/c.yaml",
+        )
+        .unwrap();
+        assert_eq!(doc.describe("clusters[0]"), "/d/c.yaml, line 2");
+        let e = doc.error_at("clusters[0].endpoints", "bad");
+        assert_eq!((e.line, e.file.as_deref()), (Some(4), Some("/d/c.yaml")));
+    }
+}
