@@ -118,26 +118,6 @@ async fn identical_rewrite_does_not_swap() {
     );
 }
 
-/// Publishes `text` the way the kubelet updates a ConfigMap volume: a new timestamped
-/// directory, a `..data_tmp` symlink to it renamed over `..data` (one atomic switch), then the
-/// old directory removed. `config.yaml` itself is a symlink to `..data/config.yaml` throughout.
-fn kubelet_publish(dir: &std::path::Path, generation: u32, text: &str) {
-    use std::os::unix::fs::symlink;
-    let data = dir.join(format!("..2026_12_06_00_00_{generation:02}.000000001"));
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("config.yaml"), text).unwrap();
-    let tmp = dir.join("..data_tmp");
-    symlink(data.file_name().unwrap(), &tmp).unwrap();
-    let old = std::fs::read_link(dir.join("..data")).ok();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old)).unwrap();
-    }
-    if !dir.join("config.yaml").exists() {
-        symlink("..data/config.yaml", dir.join("config.yaml")).unwrap();
-    }
-}
-
 /// A config mounted from a Kubernetes ConfigMap: the kubelet never writes `config.yaml`, it
 /// re-points the `..data` symlink. A good update applies (a listener added, the other keeping
 /// its socket and its open stream); a bad one is refused with its line, and the config in force
@@ -157,7 +137,7 @@ async fn a_configmap_symlink_swap_applies_and_a_bad_one_is_refused() {
             "version: 1\nadmin: {{ address: 127.0.0.1:0 }}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n    - {{ name: c, type: static, endpoints: [ \"{echo}\" ] }}\n{extra}"
         )
     };
-    kubelet_publish(dir.path(), 1, &config(&["a"], ""));
+    common::kubelet_publish(dir.path(), 1, &[("config.yaml", &config(&["a"], ""))]);
     let path = dir.path().join("config.yaml");
     let gw = Proc::start(&["run", "-c", path.to_str().unwrap()], &[]).await;
     let admin = gw.admin();
@@ -166,7 +146,7 @@ async fn a_configmap_symlink_swap_applies_and_a_bad_one_is_refused() {
     stream.send(4).await;
     stream.echoed_all().await;
 
-    kubelet_publish(dir.path(), 2, &config(&["a", "b"], ""));
+    common::kubelet_publish(dir.path(), 2, &[("config.yaml", &config(&["a", "b"], ""))]);
     let b = common::wait_listener(admin, "b", "active").await.unwrap();
     assert_eq!(common::wait_listener(admin, "a", "active").await, Some(a));
     let mut c = TcpStream::connect(b).await.unwrap();
@@ -174,7 +154,11 @@ async fn a_configmap_symlink_swap_applies_and_a_bad_one_is_refused() {
     c.shutdown().await.unwrap();
     assert_eq!(common::read_all(&mut c).await, b"via b");
 
-    kubelet_publish(dir.path(), 3, &config(&["a"], "unknown_top_level: 1\n"));
+    common::kubelet_publish(
+        dir.path(),
+        3,
+        &[("config.yaml", &config(&["a"], "unknown_top_level: 1\n"))],
+    );
     let dump = common::wait_control(admin, "rejected_updates", 1).await;
     let why = dump["control"]["last_rejection"].as_str().unwrap();
     assert!(why.contains("unknown_top_level"), "{why}");

@@ -120,9 +120,10 @@ impl ConfigDocs {
 /// `If-None-Match`: `*`, or a list of tags one of which is the current one (weak tags compare
 /// weakly, as RFC 9110 says for this header).
 fn etag_matches(header: &str, current: &str) -> bool {
-    header.split(',').map(str::trim).any(|t| {
-        t == "*" || t.strip_prefix("W/").unwrap_or(t) == current
-    })
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == current)
 }
 
 #[cfg(test)]
@@ -144,7 +145,9 @@ mod tests {
         ));
         let tag2 = docs.put("a", b"{ }".to_vec(), Some("application/yaml"));
         assert_ne!(tag, tag2);
-        assert!(matches!(docs.get("a", "", Some(&tag)), Served::Body { ref content_type, .. } if content_type == "application/yaml"));
+        assert!(
+            matches!(docs.get("a", "", Some(&tag)), Served::Body { ref content_type, .. } if content_type == "application/yaml")
+        );
         assert!(docs.delete("a"));
         assert!(matches!(docs.get("a", "", None), Served::Missing));
         let statuses: Vec<u16> = docs.requests("a").iter().map(|r| r.status).collect();

@@ -68,14 +68,14 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     let registration = registration::register(&loaded).await?;
     let ingress = registration.ingress_endpoint.clone();
-    let mut plane =
-        ControlPlane::start(
-            None,
-            PROXY_YAML.to_owned(),
-            loaded,
-            Vec::new(),
-            Some(registration),
-        ).await?;
+    let mut plane = ControlPlane::start(
+        None,
+        PROXY_YAML.to_owned(),
+        loaded,
+        Vec::new(),
+        Some(registration),
+    )
+    .await?;
     let applied = plane.on_applied();
     let board = plane.gateway().board();
     let admin = plane

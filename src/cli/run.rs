@@ -63,8 +63,14 @@ pub async fn run(
     let deregistration = registration
         .as_ref()
         .and_then(registration::Registration::deregistration);
-    let mut plane =
-        ControlPlane::start(Some(args.config.clone()), text, loaded, initial, registration).await?;
+    let mut plane = ControlPlane::start(
+        Some(args.config.clone()),
+        text,
+        loaded,
+        initial,
+        registration,
+    )
+    .await?;
     announce(plane.gateway());
     let mut clean_stop = false;
     let outcome = tokio::select! {

@@ -40,6 +40,8 @@ struct Status {
     endpoints: Value,
     /// `/config_dump`'s `control.discovery` (null without discovery).
     discovery: Value,
+    /// `/config_dump`'s `config_sources`.
+    sources: Value,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -58,6 +60,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "clusters": status.clusters,
             "endpoints": status.endpoints,
             "discovery": status.discovery,
+            "config_sources": status.sources,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&dump)?)?;
     } else {
@@ -120,6 +123,7 @@ async fn fetch(admin: SocketAddr) -> anyhow::Result<Status> {
         clusters: json("/clusters").await?,
         endpoints: json("/endpoints").await?,
         discovery: dump["control"]["discovery"].clone(),
+        sources: dump["config_sources"].clone(),
     })
 }
 
@@ -157,6 +161,46 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
     ));
     if let Some(line) = discovery(&s.discovery) {
         out.push_str(&line);
+    }
+    let sources = rows(&s.sources, |c| {
+        let error = c["fetch_error"]
+            .as_str()
+            .or_else(|| c["error"].as_str())
+            .and_then(|e| {
+                // The first error itself, not the "N errors" heading above it.
+                e.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.ends_with(" error") && !l.ends_with(" errors"))
+            })
+            .unwrap_or_default();
+        vec![
+            text(&c["name"]),
+            text(&c["type"]),
+            text(&c["state"]),
+            c["version_info"].as_str().unwrap_or("-").to_owned(),
+            format!(
+                "{}/{}",
+                c["resources"]["listeners"], c["resources"]["clusters"]
+            ),
+            c["last_update"].as_str().unwrap_or("-").to_owned(),
+            error.to_owned(),
+        ]
+    });
+    if !sources.is_empty() {
+        table(
+            &mut out,
+            "config sources",
+            &[
+                "NAME",
+                "TYPE",
+                "STATE",
+                "VERSION",
+                "LISTENERS/CLUSTERS",
+                "LAST UPDATE",
+                "ERROR",
+            ],
+            sources,
+        );
     }
 
     let listeners = rows(&s.listeners, |l| {

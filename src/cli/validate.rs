@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::{config, snapshot};
+use crate::config;
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -13,7 +13,9 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: &ValidateArgs) -> ExitCode {
-    match snapshot::check(config::load_file(&args.config)) {
+    let checked = config::load_file(&args.config)
+        .and_then(|loaded| crate::control::sources::validate(&loaded, false));
+    match checked {
         Ok(_) => {
             println!("OK");
             ExitCode::SUCCESS

@@ -22,8 +22,8 @@ use crate::telemetry;
 
 use super::endpoint_cache::EndpointCache;
 use super::sources::{InitialSource, SourceAnswer, Sources};
-use crate::config::SourceResources;
 pub use crate::admin::{ControlStatus, DiscoveryState, DiscoveryStatus, StatusView};
+use crate::config::SourceResources;
 
 pub struct ControlPlane {
     gateway: Gateway,
@@ -428,8 +428,7 @@ impl ControlPlane {
         s.version = version;
         s.applied_updates += 1;
         s.discovered_endpoints = self.discovered.len();
-        if let (Some(d), Some(ready_when)) =
-            (s.discovery.as_mut(), ready_when(&self.loaded.config))
+        if let (Some(d), Some(ready_when)) = (s.discovery.as_mut(), ready_when(&self.loaded.config))
         {
             d.ready_when = ready_when;
         }

@@ -150,7 +150,10 @@ pub fn validate(loaded: &LoadedConfig, offline: bool) -> Result<(), ConfigErrors
     build_with_sources(loaded, &all, offline)
 }
 
-fn build_check(loaded: &LoadedConfig, sources: &[Arc<SourceResources>]) -> Result<(), ConfigErrors> {
+fn build_check(
+    loaded: &LoadedConfig,
+    sources: &[Arc<SourceResources>],
+) -> Result<(), ConfigErrors> {
     build_with_sources(loaded, sources, false)
 }
 
@@ -577,7 +580,10 @@ async fn watch_dir(
             wake.notify_one();
         }
     })
-    .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+    .and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
     let _watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
@@ -655,13 +661,40 @@ struct RestTask {
 }
 
 /// What one GET brought.
-enum Fetched {
+pub enum Fetched {
+    /// `304`: the document is the one fetched last.
     NotModified,
     Body {
         text: String,
+        /// The `Content-Type` says YAML.
         yaml: bool,
         etag: Option<String>,
     },
+}
+
+/// The HTTP side of a REST source: its client (headers, CA, timeout) and the last `ETag`.
+pub struct RestFetcher {
+    client: reqwest::Client,
+    etag: Option<String>,
+}
+
+impl RestFetcher {
+    /// `ca`: `config.ca` resolved against the config file's directory.
+    pub fn new(config: &RestSourceConfig, ca: Option<&Path>) -> Result<RestFetcher, String> {
+        Ok(RestFetcher {
+            client: rest_client(config, ca)?,
+            etag: None,
+        })
+    }
+
+    /// One GET of `url`, conditional on the last answer's `ETag`.
+    pub async fn fetch(&mut self, url: &str) -> Result<Fetched, String> {
+        let fetched = fetch(&self.client, url, self.etag.as_deref()).await?;
+        if let Fetched::Body { etag, .. } = &fetched {
+            self.etag.clone_from(etag);
+        }
+        Ok(fetched)
+    }
 }
 
 /// Polls a REST source until stopped: every `poll_interval` (jittered) while it answers, backing
@@ -675,8 +708,8 @@ async fn poll_rest(task: RestTask, stop: CancellationToken) {
         events,
         report,
     } = task;
-    let client = match rest_client(&config, ca.as_deref()) {
-        Ok(c) => c,
+    let mut fetcher = match RestFetcher::new(&config, ca.as_deref()) {
+        Ok(f) => f,
         Err(why) => {
             let _ = events
                 .send(ControlEvent::SourceFailed {
@@ -688,13 +721,12 @@ async fn poll_rest(task: RestTask, stop: CancellationToken) {
             return;
         }
     };
-    let mut etag: Option<String> = None;
     let mut last_body: Option<u64> = None;
     let mut failures: u32 = 0;
     loop {
         let url = report_url(&config, &report.borrow());
         let outcome = tokio::select! {
-            r = fetch(&client, &url, etag.as_deref()) => r,
+            r = fetcher.fetch(&url) => r,
             _ = stop.cancelled() => return,
         };
         let event = match outcome {
@@ -704,13 +736,8 @@ async fn poll_rest(task: RestTask, stop: CancellationToken) {
                 tracing::debug!(source = %name, "config source not modified");
                 None
             }
-            Ok(Fetched::Body {
-                text,
-                yaml,
-                etag: new_etag,
-            }) => {
+            Ok(Fetched::Body { text, yaml, .. }) => {
                 failures = 0;
-                etag = new_etag;
                 let mut h = DefaultHasher::new();
                 text.hash(&mut h);
                 let hash = h.finish();
@@ -720,8 +747,7 @@ async fn poll_rest(task: RestTask, stop: CancellationToken) {
                 } else {
                     last_body = Some(hash);
                     telemetry::source_fetch(&name, "changed");
-                    let (version_info, docs) = match parse_rest_document(&text, &config.url, yaml)
-                    {
+                    let (version_info, docs) = match parse_rest_document(&text, &config.url, yaml) {
                         Ok((v, doc)) => (v, Ok(vec![doc])),
                         Err(e) => (lenient_version(&text, yaml), Err(e)),
                     };
@@ -815,11 +841,7 @@ fn report_url(config: &RestSourceConfig, report: &Report) -> String {
     url.to_string()
 }
 
-async fn fetch(
-    client: &reqwest::Client,
-    url: &str,
-    etag: Option<&str>,
-) -> Result<Fetched, String> {
+async fn fetch(client: &reqwest::Client, url: &str, etag: Option<&str>) -> Result<Fetched, String> {
     let mut req = client.get(url).header(
         reqwest::header::ACCEPT,
         "application/json, application/yaml;q=0.9",

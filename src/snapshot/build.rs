@@ -232,7 +232,10 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             let first = c.origin(first);
             c.err(
                 format!("{path}.name"),
-                format!("duplicate cluster name `{}`: also defined by {first}", cl.name),
+                format!(
+                    "duplicate cluster name `{}`: also defined by {first}",
+                    cl.name
+                ),
             );
             continue;
         }
@@ -265,7 +268,10 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
             let first = c.origin(first);
             c.err(
                 format!("{path}.name"),
-                format!("duplicate listener name `{}`: also defined by {first}", l.name),
+                format!(
+                    "duplicate listener name `{}`: also defined by {first}",
+                    l.name
+                ),
             );
         } else {
             listener_names.insert(l.name.as_str());

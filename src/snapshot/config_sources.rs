@@ -36,7 +36,10 @@ pub(super) fn check(c: &mut Checker<'_>, sources: &[ConfigSourceConfig]) {
     for (i, s) in sources.iter().enumerate() {
         let path = format!("dynamic_resources.config_sources[{i}]");
         if s.name.is_empty() {
-            c.err(format!("{path}.name"), "a config source needs a non-empty name");
+            c.err(
+                format!("{path}.name"),
+                "a config source needs a non-empty name",
+            );
         } else if !names.insert(s.name.as_str()) {
             c.err(
                 format!("{path}.name"),

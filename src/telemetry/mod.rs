@@ -511,10 +511,8 @@ pub fn source_applied(source: &str, unix_seconds: i64, listeners: usize, cluster
     register(|| metrics::gauge!(SOURCE_LAST_SUCCESS, "source" => label(source)))
         .set(unix_seconds as f64);
     for (kind, n) in [("listeners", listeners), ("clusters", clusters)] {
-        register(
-            || metrics::gauge!(SOURCE_RESOURCES, "source" => label(source), "kind" => kind),
-        )
-        .set(n as f64);
+        register(|| metrics::gauge!(SOURCE_RESOURCES, "source" => label(source), "kind" => kind))
+            .set(n as f64);
     }
 }
 

@@ -818,3 +818,27 @@ pub async fn echo_server() -> SocketAddr {
     });
     addr
 }
+
+/// Publishes `files` (name, text) the way the kubelet updates a ConfigMap volume: a new
+/// timestamped directory, a `..data_tmp` symlink to it renamed over `..data` (one atomic switch),
+/// then the old directory removed. Each file is a symlink to `..data/<name>` throughout.
+pub fn kubelet_publish(dir: &Path, generation: u32, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let data = dir.join(format!("..2026_12_06_00_00_{generation:02}.000000001"));
+    std::fs::create_dir(&data).unwrap();
+    for (name, text) in files {
+        std::fs::write(data.join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(data.file_name().unwrap(), &tmp).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+    for (name, _) in files {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+    }
+}
