@@ -3,6 +3,7 @@
 
 mod admin;
 mod cluster;
+mod collect;
 mod duration;
 mod dynamic;
 mod env;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
+pub(crate) use collect::deserialize_all;
 pub use duration::{HumanDuration, parse_duration};
 pub use dynamic::{
     BoundEndpoints, DEFAULT_VIRTUAL_CIDR, DiscoveredListener, DynamicResources, Expose, ExposeMode,
@@ -195,7 +197,15 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     parse(&text, &source, base_dir, |k| std::env::var(k).ok())
 }
 
-/// Parses config text: variable expansion, then strict YAML deserialization.
+/// The lists of a config file whose items are checked one by one once the file has errors.
+const CONFIG_LISTS: &[&str] = &[
+    "ingresses",
+    "static_resources.listeners",
+    "static_resources.clusters",
+];
+
+/// Parses config text: variable expansion, then strict YAML deserialization. Every schema error
+/// is reported (up to a hundred), each with its path and line; a YAML syntax error is one.
 pub fn parse(
     text: &str,
     source: &str,
@@ -206,15 +216,31 @@ pub fn parse(
         source: source.to_owned(),
         errors,
     };
-    let mut source_map = SourceMap::build(text);
-    // Variables are expanded inside the parsed values; text without any is read directly
-    // (serde's own positions then locate every error).
-    let expanded = if text.contains("${") {
+    let loaded = |config, source_map| LoadedConfig {
+        config,
+        source_map,
+        source: source.to_owned(),
+        base_dir: base_dir.clone(),
+    };
+    // Text without variables is read directly, as a good file costs nothing more; serde's own
+    // positions then locate its first error, which the collecting pass below finds again.
+    let direct = if text.contains("${") {
+        None
+    } else {
+        match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+            Ok(config) => return Ok(loaded(config, SourceMap::build(text))),
+            Err(e) => Some(e),
+        }
+    };
+    let (value, source_map) = if direct.is_some() {
+        match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+            Ok(v) => (v, SourceMap::build(text)),
+            Err(e) => return Err(fail(vec![syntax_error(&e)])),
+        }
+    } else {
+        // Variables are expanded inside the parsed values.
         match expand_yaml(text, &lookup) {
-            Ok((v, marked)) => {
-                source_map = SourceMap::build(&marked);
-                Some(v)
-            }
+            Ok((v, marked)) => (v, SourceMap::build(&marked)),
             Err(Some(errs)) => {
                 return Err(fail(
                     errs.into_iter()
@@ -228,55 +254,69 @@ pub fn parse(
                         .collect(),
                 ));
             }
-            Err(None) => None, // not YAML: the syntax error is reported below
+            Err(None) => {
+                // Not YAML to the expanding reader: report serde_yaml's syntax error, and never
+                // use a config with its references unexpanded when the two readers disagree.
+                let error = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+                    Err(e) => syntax_error(&e),
+                    Ok(_) => ConfigError {
+                        file: None,
+                        path: String::new(),
+                        line: None,
+                        column: None,
+                        message: "the file could not be read for `${VAR}` expansion; simplify its YAML (one document, no tags)".into(),
+                    },
+                };
+                return Err(fail(vec![error]));
+            }
         }
-    } else {
-        None
     };
-    let fell_back = expanded.is_none() && text.contains("${");
-    let result = match expanded {
-        Some(value) => serde_path_to_error::deserialize(value),
-        None => serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)),
-    };
-    if fell_back && result.is_ok() {
-        // The two YAML readers disagree: never use a config with its references unexpanded.
-        return Err(fail(vec![ConfigError {
-            file: None,
-            path: String::new(),
-            line: None,
-            column: None,
-            message: "the file could not be read for `${VAR}` expansion; simplify its YAML (one document, no tags)".into(),
-        }]));
+    match deserialize_all::<Config>(value, &source_map, CONFIG_LISTS) {
+        Ok(config) => match direct {
+            // The value tree accepted what the text reader refused: the refusal stands.
+            Some(e) => Err(fail(vec![located(e, &source_map)])),
+            None => Ok(loaded(config, source_map)),
+        },
+        Err(errors) => Err(fail(errors)),
     }
-    let config: Config = result.map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let path = if path == "." { String::new() } else { path };
-        // The field's own line when we know it; else serde_yaml's position (syntax errors);
-        // else the nearest enclosing field's line.
-        let (line, column) = match (source_map.exact(&path), inner.location()) {
-            (Some((l, c)), _) => (Some(l), Some(c)),
-            (None, Some(loc)) => (Some(loc.line()), Some(loc.column())),
-            (None, None) => match source_map.locate(&path) {
-                Some((l, c)) => (Some(l), Some(c)),
-                None => (None, None),
-            },
-        };
-        let message = strip_location(&inner.to_string());
-        fail(vec![ConfigError {
-            file: None,
-            message: strip_path_prefix(&message, &path),
-            path,
-            line,
-            column,
-        }])
-    })?;
-    Ok(LoadedConfig {
-        config,
-        source_map,
-        source: source.to_owned(),
-        base_dir,
-    })
+}
+
+/// A YAML syntax error, at serde_yaml's position.
+fn syntax_error(e: &serde_yaml_ng::Error) -> ConfigError {
+    ConfigError {
+        file: None,
+        path: String::new(),
+        line: e.location().map(|l| l.line()),
+        column: e.location().map(|l| l.column()),
+        message: strip_location(&e.to_string()),
+    }
+}
+
+/// serde's error from reading the text directly, at the field's own line when we know it, else
+/// serde_yaml's position, else the nearest enclosing field's line.
+fn located(
+    e: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    source_map: &SourceMap,
+) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let path = if path == "." { String::new() } else { path };
+    let (line, column) = match (source_map.exact(&path), inner.location()) {
+        (Some((l, c)), _) => (Some(l), Some(c)),
+        (None, Some(loc)) => (Some(loc.line()), Some(loc.column())),
+        (None, None) => match source_map.locate(&path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        },
+    };
+    let message = strip_location(&inner.to_string());
+    ConfigError {
+        file: None,
+        message: strip_path_prefix(&message, &path),
+        path,
+        line,
+        column,
+    }
 }
 
 /// serde_yaml appends " at line X column Y"; we print the position ourselves, once.
