@@ -134,6 +134,7 @@ impl Fixture {
             retained,
             registered: None,
             version,
+            offline: false,
         })
         .unwrap_or_else(|e| panic!("the bench config builds: {e}"))
     }

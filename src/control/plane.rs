@@ -97,6 +97,7 @@ impl ControlPlane {
             retained: &retained,
             registered: registered.as_ref(),
             version: 1,
+            offline: false,
         })
         .map_err(|e| ControlError::Fatal(e.to_string()))?;
         let status: StatusView = Arc::new(ArcSwap::from_pointee(ControlStatus {
@@ -368,6 +369,7 @@ impl ControlPlane {
             retained: &self.retained,
             registered: self.registered.as_ref(),
             version,
+            offline: false,
         });
         match built {
             Ok(next) => {

@@ -30,6 +30,8 @@ use crate::upstream::{
 pub(super) struct Checker<'a> {
     pub(super) loaded: &'a LoadedConfig,
     pub(super) errors: Vec<ConfigError>,
+    /// Referenced key, certificate and CA files are not read (`validate --offline`).
+    pub(super) offline: bool,
 }
 
 impl Checker<'_> {
@@ -50,6 +52,10 @@ pub struct BuildInput<'a> {
     /// The identity from ngrok registration, for ingresses without `client_cert`.
     pub registered: Option<&'a RegisteredIdentity>,
     pub version: u64,
+    /// Check without reading referenced key, certificate and CA files (`validate --offline`,
+    /// for a pipeline without secrets): an ingress then trusts nothing and presents no client
+    /// certificate. Never set for a snapshot that serves.
+    pub offline: bool,
 }
 
 /// What registration with the ngrok API provides to ingresses that have no static certificate.
@@ -75,6 +81,7 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
         retained: &Retained::new(),
         registered: None,
         version,
+        offline: false,
     })
 }
 
@@ -88,12 +95,14 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         retained,
         registered,
         version,
+        offline,
     } = input;
     let base_dir = loaded.base_dir.as_path();
     let cfg = &loaded.config;
     let mut c = Checker {
         loaded,
         errors: Vec::new(),
+        offline,
     };
 
     if cfg.version != 1 {
@@ -693,6 +702,8 @@ enum ClientAuth {
     /// builds while the paths stay, so its watch and swaps carry over).
     Files(Arc<crate::identity::WatchedIdentity>),
     Registered(Arc<crate::identity::ClientIdentity>),
+    /// No client certificate yet: not registered (`validate`), or the files were not read
+    /// (`validate --offline`).
     NotYetRegistered,
 }
 
@@ -755,14 +766,21 @@ fn build_ingress(
         );
     }
     let ca = ing.ca.as_ref().map(|p| c.loaded.resolve(p));
-    let roots = match identity::load_trust_roots(ca.as_deref(), ing.system_roots) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            c.err(format!("{path}.ca"), e.to_string());
-            None
+    let roots = if c.offline {
+        // Nothing read, not even the system's roots: this TLS config only completes the check.
+        Some(rustls::RootCertStore::empty())
+    } else {
+        match identity::load_trust_roots(ca.as_deref(), ing.system_roots) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                c.err(format!("{path}.ca"), e.to_string());
+                None
+            }
         }
     };
     let identity = match (&ing.client_cert, &ing.client_key) {
+        // Offline, the files are not read: the ingress is checked as if it had no certificate.
+        (Some(_), Some(_)) if c.offline => Some(ClientAuth::NotYetRegistered),
         (Some(cert), Some(key)) => {
             let files = identity::IdentityFiles::client_files(
                 c.loaded.resolve(cert),
@@ -1139,6 +1157,7 @@ dynamic_resources:
             retained,
             registered: None,
             version: 2,
+            offline: false,
         })
         .unwrap()
     }

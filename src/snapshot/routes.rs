@@ -949,6 +949,7 @@ mod tests {
             retained: &retained,
             registered: None,
             version: 1,
+            offline: false,
         })
         .unwrap();
         assert_eq!(http_table(&first, "one"), "http");
@@ -997,6 +998,7 @@ mod tests {
             retained: &retained,
             registered: None,
             version: 2,
+            offline: false,
         })
         .unwrap();
         let a_again = upstream(&second, "two", "x", "/");

@@ -429,6 +429,7 @@ static_resources:
             retained,
             registered: None,
             version: 1,
+            offline: false,
         })
         .unwrap()
     }
