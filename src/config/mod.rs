@@ -232,15 +232,17 @@ pub fn parse(
             Err(e) => Some(e),
         }
     };
-    let (value, source_map) = if direct.is_some() {
+    let (value, source_map, direct) = if let Some(direct) = direct {
+        let source_map = SourceMap::build(text);
         match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
-            Ok(v) => (v, SourceMap::build(text)),
-            Err(e) => return Err(fail(vec![syntax_error(&e)])),
+            Ok(v) => (v, source_map, Some(direct)),
+            // Not YAML (a syntax error, a duplicate key): serde's first error is the one.
+            Err(_) => return Err(fail(vec![located(direct, &source_map)])),
         }
     } else {
         // Variables are expanded inside the parsed values.
         match expand_yaml(text, &lookup) {
-            Ok((v, marked)) => (v, SourceMap::build(&marked)),
+            Ok((v, marked)) => (v, SourceMap::build(&marked), None),
             Err(Some(errs)) => {
                 return Err(fail(
                     errs.into_iter()
@@ -377,6 +379,39 @@ mod tests {
         assert!(e.message.contains("`10 minutes`"), "{e}");
         assert_eq!(e.line, Some(7), "{e}");
         assert_eq!(e.path, "static_resources.listeners[0].idle_timeout");
+    }
+
+    #[test]
+    fn every_schema_error_is_reported_but_a_syntax_error_is_one() {
+        // With and without `${VAR}` expansion (two readers), the same three errors.
+        let text = "version: 1\nstatic_resources:\n  listeners:\n    - name: a\n      adress: 127.0.0.1:1\n      routes: []\n      idle_timeout: 10 minutes\n  clusters:\n    - type: static\n";
+        for text in [text.to_owned(), text.replace("127.0.0.1:1", "${SET}")] {
+            let err = parse_str(&text).unwrap_err();
+            let got: Vec<(Option<usize>, &str)> = err
+                .errors
+                .iter()
+                .map(|e| (e.line, e.path.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (Some(5), "static_resources.listeners[0].adress"),
+                    (Some(7), "static_resources.listeners[0].idle_timeout"),
+                    (Some(9), "static_resources.clusters[0]"),
+                ],
+                "{err}"
+            );
+            assert_eq!(err.errors[2].message, "missing field `name`");
+        }
+        for (text, want) in [
+            ("version: 1\nversion: 1\n", "duplicate field `version`"),
+            ("version: 1\nadmin: { address: x\n", "did not find expected"),
+        ] {
+            let err = parse_str(text).unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert!(err.errors[0].message.contains(want), "{err}");
+            assert!(err.errors[0].line.is_some(), "{err}");
+        }
     }
 
     #[test]
