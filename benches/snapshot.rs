@@ -135,6 +135,7 @@ impl Fixture {
             registered: None,
             sources: &[],
             version,
+            offline: false,
         })
         .unwrap_or_else(|e| panic!("the bench config builds: {e}"))
     }

@@ -181,6 +181,7 @@ fn build(
         registered: None,
         sources: &[source],
         version,
+        offline: false,
     })
     .unwrap_or_else(|e| panic!("the document builds: {e}"))
 }

@@ -498,3 +498,232 @@ dynamic_resources:
         assert_eq!((code, out.as_str()), (0, "OK\n"), "{mode}: {err}");
     }
 }
+
+/// An ingress whose `ca`, `client_cert` and `client_key` do not exist, used by a cluster.
+const SECRETS_ELSEWHERE: &str = "\
+version: 1
+ingresses:
+  - name: i
+    address: 127.0.0.1:4443
+    ca: /nonexistent/ca.pem
+    client_cert: /nonexistent/tls.crt
+    client_key: /nonexistent/tls.key
+static_resources:
+  listeners:
+    - name: a
+      address: 127.0.0.1:7001
+      routes: [ { cluster: c } ]
+  clusters:
+    - name: c
+      type: binding_upstream
+      endpoint: tcp://orders.default:5432
+      ingress: i
+";
+
+#[test]
+fn offline_reads_no_referenced_file_but_checks_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "gw.yaml", SECRETS_ELSEWHERE);
+    let (code, out, err) = run_to_end(&["validate", "--offline", "-c", &path], &[]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+    let (code, out, _) = run_to_end(
+        &["validate", "--offline", "--format", "json", "-c", &path],
+        &[],
+    );
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report, serde_json::json!({ "ok": true, "errors": [] }));
+
+    // Without --offline the same files are read, and each missing one is named.
+    let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "line 5, column 5: `ingresses[0].ca`",
+        "/nonexistent/ca.pem",
+        "line 6, column 5: `ingresses[0].client_cert`",
+        "line 7, column 5: `ingresses[0].client_key`",
+    ] {
+        assert!(out.contains(want), "output lacks {want:?}:\n{out}");
+    }
+
+    // Offline, a typo (and the cross-reference it breaks) still fails.
+    let typo = SECRETS_ELSEWHERE.replace("      ingress: i", "      ingres: i");
+    let path = write(dir.path(), "typo.yaml", &typo);
+    let (code, out, _) = run_to_end(&["validate", "--offline", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("1 error\n")
+            && out.contains(
+                "line 17, column 7: `static_resources.clusters[0].ingres`: unknown field `ingres`"
+            ),
+        "{out}"
+    );
+    let bad_ref = SECRETS_ELSEWHERE.replace("      ingress: i", "      ingress: j");
+    let path = write(dir.path(), "ref.yaml", &bad_ref);
+    let (code, out, _) = run_to_end(&["validate", "--offline", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 17") && out.contains("no ingress named `j`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_ca_file_is_named_with_its_field() {
+    let text = SECRETS_ELSEWHERE
+        .replace("/nonexistent/tls.crt", "TLS/tls.crt")
+        .replace("/nonexistent/tls.key", "TLS/tls.key");
+    let tls = tls_dir();
+    let text = text.replace("TLS", tls.path().to_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "gw.yaml", &text);
+    let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("1 error\n"), "{out}");
+    assert!(
+        out.contains("line 5, column 5: `ingresses[0].ca`") && out.contains("/nonexistent/ca.pem"),
+        "{out}"
+    );
+    // With the CA in place too, the file is valid.
+    let good = text.replace(
+        "/nonexistent/ca.pem",
+        &format!("{}/ca.pem", tls.path().display()),
+    );
+    let path = write(dir.path(), "good.yaml", &good);
+    let (code, out, err) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+}
+
+/// A mistake in listener 0, listener 2, cluster 1 and at the top level.
+const SEVERAL_MISTAKES: &str = "\
+version: 1
+static_resources:
+  listeners:
+    - name: a
+      address: 127.0.0.1:7001
+      colour: red
+      routes: [ { cluster: c } ]
+    - name: b
+      address: 127.0.0.1:7002
+      routes: [ { cluster: c } ]
+    - name: d
+      address: 127.0.0.1:7003
+      idle_timeout: 10 minutes
+      routes: [ { cluster: c } ]
+  clusters:
+    - name: c
+      type: static
+      endpoints: [ \"127.0.0.1:9000\" ]
+    - type: static
+      endpoints: [ \"127.0.0.1:9001\" ]
+ingresses: {}
+";
+
+/// (line, path, start of message) of each mistake in [`SEVERAL_MISTAKES`].
+const MISTAKES: &[(u64, &str, &str)] = &[
+    (
+        6,
+        "static_resources.listeners[0].colour",
+        "unknown field `colour`",
+    ),
+    (
+        13,
+        "static_resources.listeners[2].idle_timeout",
+        "invalid duration `10 minutes`",
+    ),
+    (19, "static_resources.clusters[1]", "missing field `name`"),
+    (21, "ingresses", "invalid type: map, expected a sequence"),
+];
+
+#[test]
+fn every_mistake_of_a_file_is_listed_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "gw.yaml", SEVERAL_MISTAKES);
+
+    let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("{path}: 4 errors"), "{out}");
+    assert_eq!(lines.len(), 1 + MISTAKES.len(), "{out}");
+    for (got, (line, at, message)) in lines[1..].iter().zip(MISTAKES) {
+        assert!(
+            got.starts_with(&format!("  line {line}, column ")),
+            "{got:?}: not at line {line}"
+        );
+        assert!(got.contains(&format!(": `{at}`: {message}")), "{got:?}");
+    }
+
+    let (code, out, _) = run_to_end(&["validate", "--format", "json", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], false);
+    let errors = report["errors"].as_array().unwrap();
+    let got: Vec<(u64, &str)> = errors
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["path"].as_str().unwrap()))
+        .collect();
+    let want: Vec<(u64, &str)> = MISTAKES.iter().map(|m| (m.0, m.1)).collect();
+    assert_eq!(got, want);
+    for (e, (line, _, message)) in errors.iter().zip(MISTAKES) {
+        assert_eq!(e["file"], path.as_str());
+        let column = e["column"].as_u64().unwrap();
+        let text = e["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(&format!("{path}:{line}:{column}: {message}")),
+            "{text}"
+        );
+        assert!(e["message"].as_str().unwrap().starts_with(message), "{e}");
+    }
+}
+
+#[test]
+fn json_reports_an_unreadable_file_without_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.yaml");
+    let missing = missing.to_str().unwrap();
+    let (code, out, _) = run_to_end(&["validate", "--format", "json", "-c", missing], &[]);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let e = &report["errors"][0];
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&e["file"], &e["line"], &e["column"]),
+        (
+            &serde_json::json!(missing),
+            &serde_json::Value::Null,
+            &serde_json::Value::Null
+        )
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read the file"),
+        "{e}"
+    );
+    assert_eq!(
+        e["text"],
+        format!("{missing}: {}", e["message"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn exit_codes_are_documented_and_usage_errors_exit_2() {
+    let (code, out, _) = run_to_end(&["validate", "--help"], &[]);
+    assert_eq!(code, 0);
+    for want in [
+        "Exit codes:",
+        "0  the config is valid",
+        "1  the config has errors",
+        "2  command-line usage error",
+        "--offline",
+        "--format",
+    ] {
+        assert!(out.contains(want), "help lacks {want:?}:\n{out}");
+    }
+    let (code, _, err) = run_to_end(&["validate", "--format", "xml", "-c", "gw.yaml"], &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run_to_end(&["validate"], &[]);
+    assert_eq!(code, 2, "{err}");
+}

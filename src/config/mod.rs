@@ -3,6 +3,7 @@
 
 mod admin;
 mod cluster;
+mod collect;
 mod duration;
 mod dynamic;
 mod env;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
+pub(crate) use collect::deserialize_all;
 pub use duration::{HumanDuration, parse_duration};
 pub use dynamic::{
     BoundEndpoints, DEFAULT_VIRTUAL_CIDR, DiscoveredListener, DynamicResources, Expose, ExposeMode,
@@ -200,7 +202,15 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     parse(&text, &source, base_dir, |k| std::env::var(k).ok())
 }
 
-/// Parses config text: variable expansion, then strict YAML deserialization.
+/// The lists of a config file whose items are checked one by one once the file has errors.
+const CONFIG_LISTS: &[&str] = &[
+    "ingresses",
+    "static_resources.listeners",
+    "static_resources.clusters",
+];
+
+/// Parses config text: variable expansion, then strict YAML deserialization. Every schema error
+/// is reported (up to a hundred), each with its path and line; a YAML syntax error is one.
 pub fn parse(
     text: &str,
     source: &str,
@@ -211,15 +221,33 @@ pub fn parse(
         source: source.to_owned(),
         errors,
     };
-    let mut source_map = SourceMap::build(text);
-    // Variables are expanded inside the parsed values; text without any is read directly
-    // (serde's own positions then locate every error).
-    let expanded = if text.contains("${") {
+    let loaded = |config, source_map| LoadedConfig {
+        config,
+        source_map,
+        source: source.to_owned(),
+        base_dir: base_dir.clone(),
+    };
+    // Text without variables is read directly, as a good file costs nothing more; serde's own
+    // positions then locate its first error, which the collecting pass below finds again.
+    let direct = if text.contains("${") {
+        None
+    } else {
+        match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+            Ok(config) => return Ok(loaded(config, SourceMap::build(text))),
+            Err(e) => Some(e),
+        }
+    };
+    let (value, source_map, direct) = if let Some(direct) = direct {
+        let source_map = SourceMap::build(text);
+        match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+            Ok(v) => (v, source_map, Some(direct)),
+            // Not YAML (a syntax error, a duplicate key): serde's first error is the one.
+            Err(_) => return Err(fail(vec![located(direct, &source_map)])),
+        }
+    } else {
+        // Variables are expanded inside the parsed values.
         match expand_yaml(text, &lookup) {
-            Ok((v, marked)) => {
-                source_map = SourceMap::build(&marked);
-                Some(v)
-            }
+            Ok((v, marked)) => (v, SourceMap::build(&marked), None),
             Err(Some(errs)) => {
                 return Err(fail(
                     errs.into_iter()
@@ -233,55 +261,69 @@ pub fn parse(
                         .collect(),
                 ));
             }
-            Err(None) => None, // not YAML: the syntax error is reported below
+            Err(None) => {
+                // Not YAML to the expanding reader: report serde_yaml's syntax error, and never
+                // use a config with its references unexpanded when the two readers disagree.
+                let error = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+                    Err(e) => syntax_error(&e),
+                    Ok(_) => ConfigError {
+                        file: None,
+                        path: String::new(),
+                        line: None,
+                        column: None,
+                        message: "the file could not be read for `${VAR}` expansion; simplify its YAML (one document, no tags)".into(),
+                    },
+                };
+                return Err(fail(vec![error]));
+            }
         }
-    } else {
-        None
     };
-    let fell_back = expanded.is_none() && text.contains("${");
-    let result = match expanded {
-        Some(value) => serde_path_to_error::deserialize(value),
-        None => serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)),
-    };
-    if fell_back && result.is_ok() {
-        // The two YAML readers disagree: never use a config with its references unexpanded.
-        return Err(fail(vec![ConfigError {
-            file: None,
-            path: String::new(),
-            line: None,
-            column: None,
-            message: "the file could not be read for `${VAR}` expansion; simplify its YAML (one document, no tags)".into(),
-        }]));
+    match deserialize_all::<Config>(value, &source_map, CONFIG_LISTS) {
+        Ok(config) => match direct {
+            // The value tree accepted what the text reader refused: the refusal stands.
+            Some(e) => Err(fail(vec![located(e, &source_map)])),
+            None => Ok(loaded(config, source_map)),
+        },
+        Err(errors) => Err(fail(errors)),
     }
-    let config: Config = result.map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let path = if path == "." { String::new() } else { path };
-        // The field's own line when we know it; else serde_yaml's position (syntax errors);
-        // else the nearest enclosing field's line.
-        let (line, column) = match (source_map.exact(&path), inner.location()) {
-            (Some((l, c)), _) => (Some(l), Some(c)),
-            (None, Some(loc)) => (Some(loc.line()), Some(loc.column())),
-            (None, None) => match source_map.locate(&path) {
-                Some((l, c)) => (Some(l), Some(c)),
-                None => (None, None),
-            },
-        };
-        let message = strip_location(&inner.to_string());
-        fail(vec![ConfigError {
-            file: None,
-            message: strip_path_prefix(&message, &path),
-            path,
-            line,
-            column,
-        }])
-    })?;
-    Ok(LoadedConfig {
-        config,
-        source_map,
-        source: source.to_owned(),
-        base_dir,
-    })
+}
+
+/// A YAML syntax error, at serde_yaml's position.
+fn syntax_error(e: &serde_yaml_ng::Error) -> ConfigError {
+    ConfigError {
+        file: None,
+        path: String::new(),
+        line: e.location().map(|l| l.line()),
+        column: e.location().map(|l| l.column()),
+        message: strip_location(&e.to_string()),
+    }
+}
+
+/// serde's error from reading the text directly, at the field's own line when we know it, else
+/// serde_yaml's position, else the nearest enclosing field's line.
+fn located(
+    e: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    source_map: &SourceMap,
+) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let path = if path == "." { String::new() } else { path };
+    let (line, column) = match (source_map.exact(&path), inner.location()) {
+        (Some((l, c)), _) => (Some(l), Some(c)),
+        (None, Some(loc)) => (Some(loc.line()), Some(loc.column())),
+        (None, None) => match source_map.locate(&path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        },
+    };
+    let message = strip_location(&inner.to_string());
+    ConfigError {
+        file: None,
+        message: strip_path_prefix(&message, &path),
+        path,
+        line,
+        column,
+    }
 }
 
 /// serde_yaml appends " at line X column Y"; we print the position ourselves, once.
@@ -342,6 +384,39 @@ mod tests {
         assert!(e.message.contains("`10 minutes`"), "{e}");
         assert_eq!(e.line, Some(7), "{e}");
         assert_eq!(e.path, "static_resources.listeners[0].idle_timeout");
+    }
+
+    #[test]
+    fn every_schema_error_is_reported_but_a_syntax_error_is_one() {
+        // With and without `${VAR}` expansion (two readers), the same three errors.
+        let text = "version: 1\nstatic_resources:\n  listeners:\n    - name: a\n      adress: 127.0.0.1:1\n      routes: []\n      idle_timeout: 10 minutes\n  clusters:\n    - type: static\n";
+        for text in [text.to_owned(), text.replace("127.0.0.1:1", "${SET}")] {
+            let err = parse_str(&text).unwrap_err();
+            let got: Vec<(Option<usize>, &str)> = err
+                .errors
+                .iter()
+                .map(|e| (e.line, e.path.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (Some(5), "static_resources.listeners[0].adress"),
+                    (Some(7), "static_resources.listeners[0].idle_timeout"),
+                    (Some(9), "static_resources.clusters[0]"),
+                ],
+                "{err}"
+            );
+            assert_eq!(err.errors[2].message, "missing field `name`");
+        }
+        for (text, want) in [
+            ("version: 1\nversion: 1\n", "duplicate field `version`"),
+            ("version: 1\nadmin: { address: x\n", "did not find expected"),
+        ] {
+            let err = parse_str(text).unwrap_err();
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert!(err.errors[0].message.contains(want), "{err}");
+            assert!(err.errors[0].line.is_some(), "{err}");
+        }
     }
 
     #[test]

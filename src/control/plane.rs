@@ -110,6 +110,7 @@ impl ControlPlane {
             registered: registered.as_ref(),
             sources: &in_force,
             version: 1,
+            offline: false,
         })
         .map_err(|e| ControlError::Fatal(e.to_string()))?;
         let status: StatusView = Arc::new(ArcSwap::from_pointee(ControlStatus {
@@ -413,6 +414,7 @@ impl ControlPlane {
             registered: self.registered.as_ref(),
             sources: &sources,
             version,
+            offline: false,
         })?;
         let names = hosts_file::entries(&next.discovered);
         self.gateway.apply(next).await;

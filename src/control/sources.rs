@@ -162,7 +162,6 @@ fn build_with_sources(
     sources: &[Arc<SourceResources>],
     offline: bool,
 ) -> Result<(), ConfigErrors> {
-    let _ = offline;
     crate::snapshot::build_with(crate::snapshot::BuildInput {
         loaded,
         discovered: &[],
@@ -170,6 +169,7 @@ fn build_with_sources(
         registered: None,
         sources,
         version: 0,
+        offline,
     })
     .map(|_| ())
 }

@@ -32,12 +32,14 @@ pub(super) struct Checker<'a> {
     pub(super) errors: Vec<ConfigError>,
     /// The source document being checked; `None` for the config file.
     doc: Option<&'a ResourceDoc>,
+    /// Referenced key, certificate and CA files are not read (`validate --offline`).
+    pub(super) offline: bool,
 }
 
 impl<'a> Checker<'a> {
     /// Whether referenced files are left unread (`validate --offline`).
     pub(super) fn offline(&self) -> bool {
-        false
+        self.offline
     }
 
     pub(super) fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -110,6 +112,10 @@ pub struct BuildInput<'a> {
     /// file's `static_resources`.
     pub sources: &'a [Arc<SourceResources>],
     pub version: u64,
+    /// Check without reading referenced key, certificate and CA files (`validate --offline`,
+    /// for a pipeline without secrets): an ingress then trusts nothing and presents no client
+    /// certificate. Never set for a snapshot that serves.
+    pub offline: bool,
 }
 
 /// What registration with the ngrok API provides to ingresses that have no static certificate.
@@ -136,6 +142,7 @@ pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Snapshot, ConfigErro
         registered: None,
         sources: &[],
         version,
+        offline: false,
     })
 }
 
@@ -150,6 +157,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         registered,
         sources,
         version,
+        offline,
     } = input;
     let base_dir = loaded.base_dir.as_path();
     let cfg = &loaded.config;
@@ -157,6 +165,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         loaded,
         errors: Vec::new(),
         doc: None,
+        offline,
     };
 
     if cfg.version != 1 {
@@ -799,6 +808,8 @@ enum ClientAuth {
     /// builds while the paths stay, so its watch and swaps carry over).
     Files(Arc<crate::identity::WatchedIdentity>),
     Registered(Arc<crate::identity::ClientIdentity>),
+    /// No client certificate yet: not registered (`validate`), or the files were not read
+    /// (`validate --offline`).
     NotYetRegistered,
 }
 
@@ -861,14 +872,21 @@ fn build_ingress(
         );
     }
     let ca = ing.ca.as_ref().map(|p| c.loaded.resolve(p));
-    let roots = match identity::load_trust_roots(ca.as_deref(), ing.system_roots) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            c.err(format!("{path}.ca"), e.to_string());
-            None
+    let roots = if c.offline {
+        // Nothing read, not even the system's roots: this TLS config only completes the check.
+        Some(rustls::RootCertStore::empty())
+    } else {
+        match identity::load_trust_roots(ca.as_deref(), ing.system_roots) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                c.err(format!("{path}.ca"), e.to_string());
+                None
+            }
         }
     };
     let identity = match (&ing.client_cert, &ing.client_key) {
+        // Offline, the files are not read: the ingress is checked as if it had no certificate.
+        (Some(_), Some(_)) if c.offline => Some(ClientAuth::NotYetRegistered),
         (Some(cert), Some(key)) => {
             let files = identity::IdentityFiles::client_files(
                 c.loaded.resolve(cert),
@@ -1246,6 +1264,7 @@ dynamic_resources:
             registered: None,
             sources: &[],
             version: 2,
+            offline: false,
         })
         .unwrap()
     }

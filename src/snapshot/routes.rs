@@ -950,6 +950,7 @@ mod tests {
             registered: None,
             sources: &[],
             version: 1,
+            offline: false,
         })
         .unwrap();
         assert_eq!(http_table(&first, "one"), "http");
@@ -999,6 +1000,7 @@ mod tests {
             registered: None,
             sources: &[],
             version: 2,
+            offline: false,
         })
         .unwrap();
         let a_again = upstream(&second, "two", "x", "/");

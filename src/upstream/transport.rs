@@ -430,6 +430,7 @@ static_resources:
             registered: None,
             sources: &[],
             version: 1,
+            offline: false,
         })
         .unwrap()
     }
