@@ -154,7 +154,7 @@ pub fn parse_resource_file(text: &str, file: &str) -> Result<ResourceDoc, Vec<Co
     let resources: ResourceSet = if text.trim().is_empty() {
         ResourceSet::default()
     } else {
-        deserialize_located(text, file, true)?
+        deserialize_located(text, file, true, &["listeners", "clusters"])?
     };
     Ok(ResourceDoc {
         file: file.to_owned(),
@@ -172,7 +172,8 @@ pub fn parse_rest_document(
     url: &str,
     yaml: bool,
 ) -> Result<(String, ResourceDoc), Vec<ConfigError>> {
-    let doc: RestDocument = deserialize_located(text, url, yaml)?;
+    let lists = ["resources.listeners", "resources.clusters"];
+    let doc: RestDocument = deserialize_located(text, url, yaml, &lists)?;
     Ok((
         doc.version_info,
         ResourceDoc {
@@ -185,12 +186,14 @@ pub fn parse_rest_document(
     ))
 }
 
-/// Strict deserialization with the error located: the field's own line when the path is
-/// known, else the parser's position.
+/// Strict deserialization. A document that reads first try costs one pass; otherwise every
+/// error is reported (see `deserialize_all`; the items of `lists` one at a time), each located
+/// at the field's own line, or the parser's position for a syntax error.
 fn deserialize_located<T: serde::de::DeserializeOwned>(
     text: &str,
     file: &str,
     yaml: bool,
+    lists: &[&str],
 ) -> Result<T, Vec<ConfigError>> {
     let (path, message, position) = if yaml {
         match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
@@ -223,6 +226,15 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
     };
     let path = if path == "." { String::new() } else { path };
     let map = SourceMap::build(text);
+    // Well-formed text: look for every error, not only the first.
+    if let Ok(value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+        if let Err(mut errors) = super::deserialize_all::<T>(value, &map, lists) {
+            for e in &mut errors {
+                e.file = Some(file.to_owned());
+            }
+            return Err(errors);
+        }
+    }
     let (line, column) = match (map.exact(&path), position) {
         (Some(p), _) | (None, Some(p)) => (Some(p.0), Some(p.1)),
         (None, None) => match map.locate(&path) {
@@ -269,6 +281,12 @@ mod tests {
         let e = &parse_rest_document(bad, "u", false).unwrap_err()[0];
         assert!(e.message.contains("unknown field `typo`"), "{e}");
         assert_eq!(e.line, Some(3), "{e}");
+        // Every mistake at once, each at its line.
+        let two = "{\"version_info\": \"v9\",\n \"resources\": {\"clusters\": [\n  {\"name\": \"c\", \"typo\": 1},\n  {\"name\": \"d\", \"type\": \"nope\"}]}}";
+        let errs = parse_rest_document(two, "u", false).unwrap_err();
+        let lines: Vec<Option<usize>> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(3), Some(4)], "{errs:?}");
+        assert!(errs.iter().all(|e| e.file.as_deref() == Some("u")));
         // Trailing garbage is refused, not ignored.
         assert!(parse_rest_document("{\"version_info\": \"1\"} x", "u", false).is_err());
     }

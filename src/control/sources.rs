@@ -977,10 +977,25 @@ mod tests {
         std::fs::write(p.join("notes.txt"), "garbage: [").unwrap();
         let read = read_dir(p).unwrap();
         let errors = read.docs.unwrap_err();
-        let files: Vec<&str> = errors.iter().filter_map(|e| e.file.as_deref()).collect();
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(files[0].ends_with("a.yaml") && files[1].ends_with("b.json"));
-        assert_eq!(errors[0].line, Some(3));
+        // Every error of every file, in file order: a.yaml's two, then b.json's two.
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| {
+                let file = e.file.as_deref().unwrap();
+                (&file[file.len() - 6..], e.path.as_str())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.yaml", "listeners[0]"),
+                ("a.yaml", "listeners[0].adress"),
+                ("b.json", "clusters[0]"),
+                ("b.json", "clusters[0].name"),
+            ],
+            "{errors:?}"
+        );
+        assert_eq!(errors[1].line, Some(3));
         // The same content reads to the same fingerprint; a change to another.
         let again = read_dir(p).unwrap();
         assert_eq!(read.fingerprint, again.fingerprint);
