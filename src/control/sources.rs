@@ -426,7 +426,7 @@ impl Sources {
         candidate: Arc<SourceResources>,
     ) -> Option<Option<Arc<SourceResources>>> {
         let e = self.find(&candidate.source, generation)?;
-        Some(std::mem::replace(&mut e.accepted, Some(candidate)))
+        Some(e.accepted.replace(candidate))
     }
 
     /// Undoes [`Sources::try_accept`].
