@@ -116,6 +116,11 @@ impl ResourceDoc {
         }
     }
 
+    /// Whether it came over the network (a REST answer) rather than from a file on this host.
+    pub fn is_remote(&self) -> bool {
+        self.prefix == "resources."
+    }
+
     /// Where the resource at `path` starts: `file, line N`.
     pub fn describe(&self, path: &str) -> String {
         match self.source_map().locate(path) {

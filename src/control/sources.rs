@@ -958,6 +958,48 @@ mod tests {
     }
 
     #[test]
+    fn a_rest_answer_cannot_make_this_host_write_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded =
+            crate::config::parse("version: 1\n", "gw.yaml", dir.path().into(), |_| None).unwrap();
+        let log = dir.path().join("x.log");
+        let doc = |path: &str| {
+            format!(
+                r#"{{"version_info": "1", "resources": {{
+  "listeners": [{{"name": "l", "address": "127.0.0.1:0", "routes": [{{"cluster": "c"}}],
+    "filters": [{{"access_log": {{"path": "{path}"}}}}]}}],
+  "clusters": [{{"name": "c", "type": "static", "endpoints": ["127.0.0.1:1"]}}]}}}}"#
+            )
+        };
+        let build = |text: &str, remote: bool| {
+            let (version_info, doc) = if remote {
+                parse_rest_document(text, "https://config/r", false).unwrap()
+            } else {
+                let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                let file = serde_json::to_string(&v["resources"]).unwrap();
+                ("1".into(), parse_resource_file(&file, "/d/a.json").unwrap())
+            };
+            let source = Arc::new(SourceResources {
+                source: "s".into(),
+                version_info,
+                docs: vec![doc],
+            });
+            build_with_sources(&loaded, &[source], false)
+        };
+        let to_file = doc(log.to_str().unwrap());
+        let err = build(&to_file, true).unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{err}");
+        assert_eq!(
+            err.errors[0].path,
+            "resources.listeners[0].filters[0].access_log.path"
+        );
+        assert_eq!(err.errors[0].line, Some(3), "{err}");
+        // To stdout it is fine; a file on this host may name a file.
+        build(&doc("-"), true).unwrap();
+        build(&to_file, false).unwrap();
+    }
+
+    #[test]
     fn error_detail_is_the_first_error_line_capped() {
         let why = "config source `a`: 2 errors\n  /d/a.yaml: line 3, column 5: bad\n  more\n";
         assert_eq!(error_detail(why), "/d/a.yaml: line 3, column 5: bad");

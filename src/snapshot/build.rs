@@ -271,6 +271,9 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     for (origin, l) in all_listeners {
         c.doc = origin.doc.map(|(_, d)| d);
         let path = origin.path.clone();
+        if c.doc.is_some_and(ResourceDoc::is_remote) {
+            refuse_files(&mut c, &path, l);
+        }
         if l.name.is_empty() {
             c.err(format!("{path}.name"), "a listener needs a non-empty name");
         } else if let Some(first) = listener_origins.get(l.name.as_str()) {
@@ -510,6 +513,41 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         max_connections,
         config: Arc::new(cfg.clone()),
     })
+}
+
+/// A REST source must not make this host write files: an `access_log` it serves logs to
+/// stdout (`path: "-"`) only. (A config server would otherwise choose a file on this host to
+/// append to, with request data in the lines.)
+fn refuse_files(c: &mut Checker<'_>, path: &str, l: &crate::config::ListenerConfig) {
+    fn walk(v: &serde_json::Value, at: String, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let here = format!("{at}.{k}");
+                    if k == "access_log" && v.get("path").and_then(|p| p.as_str()) != Some("-") {
+                        found.push(format!("{here}.path"));
+                    }
+                    walk(v, here, found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, format!("{at}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    if let Ok(v) = serde_json::to_value(l) {
+        walk(&v, path.to_owned(), &mut found);
+    }
+    for at in found {
+        c.err(
+            at,
+            "a REST config source cannot name files on this host: `access_log` from a REST source logs to stdout (`path: \"-\"`) only",
+        );
+    }
 }
 
 /// `ngrok:`: an identity directory excludes what only a registering process does (fleet
