@@ -79,11 +79,15 @@ fn document(
 }
 
 async fn put_doc(sb: &SandboxProc, name: &str, body: String) {
+    put_doc_as(sb, name, body, "application/json").await;
+}
+
+async fn put_doc_as(sb: &SandboxProc, name: &str, body: String, content_type: &str) {
     let resp = sb
         .client()
         .put(format!("{}/sandbox/config_docs/{name}", sb.api_url()))
         .bearer_auth("k-e2e")
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await
@@ -266,15 +270,18 @@ async fn a_rest_source_serves_a_thousand_listeners_and_acks_or_nacks_each_versio
         2.0
     );
 
-    // v5 is good again (l0999 removed): ACKed, applied.
-    put_doc(
-        &sb,
-        "fleet",
-        document("5", 999, echo, |d| {
-            d["resources"]["listeners"][500]["address"] = "127.0.0.2:0".into();
-        }),
-    )
-    .await;
+    // v5 is good again (l0999 removed), served as YAML: ACKed, applied.
+    let mut v5 = String::from("version_info: \"5\"\nresources:\n  listeners:\n");
+    for i in 0..999 {
+        let ip = if i == 500 { "127.0.0.2" } else { "127.0.0.1" };
+        v5.push_str(&format!(
+            "    - {{ name: l{i:04}, address: \"{ip}:0\", routes: [{{ cluster: echo }}] }}\n"
+        ));
+    }
+    v5.push_str(&format!(
+        "  clusters:\n    - {{ name: echo, type: static, endpoints: [\"{echo}\"] }}\n"
+    ));
+    put_doc_as(&sb, "fleet", v5, "application/yaml").await;
     let dump = wait_source(admin, "central", "central ACKs v5", |s| {
         s["state"] == "ACKED" && s["version_info"] == "5"
     })
@@ -282,7 +289,7 @@ async fn a_rest_source_serves_a_thousand_listeners_and_acks_or_nacks_each_versio
     assert!(dump["config_sources"][0].get("error").is_none());
     common::wait_listener_gone(admin, "l0999").await;
     stream.send(4).await;
-    stream.finish().await;
+    stream.echoed_all().await;
     assert_eq!(
         metric(
             &scrape(admin).await,
@@ -291,6 +298,41 @@ async fn a_rest_source_serves_a_thousand_listeners_and_acks_or_nacks_each_versio
         ),
         3.0
     );
+
+    // The server goes away: fetches fail, v5 keeps serving, the status says why.
+    let (code, body) = sb
+        .control(Method::DELETE, "config_docs/fleet", None)
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let dump = wait_source(admin, "central", "central fetch failing", |s| {
+        s["fetch_error"].is_string()
+    })
+    .await;
+    let s = &dump["config_sources"][0];
+    assert_eq!((&s["state"], &s["version_info"]), (&"ACKED".into(), &"5".into()));
+    assert!(s["fetch_error"].as_str().unwrap().contains("404"), "{s}");
+    stream.send(4).await;
+    stream.finish().await;
+
+    // `bindgate status` lists the source.
+    let admin_arg = admin.to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        common::run_to_end(&["status", "--admin", &admin_arg], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("central"))
+        .unwrap_or_else(|| panic!("no source row: {out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..5], ["central", "rest", "ACKED", "5", "999/1"], "{out}");
+    assert!(row.contains("404"), "{row}");
+
+    // The token never reached the log, even at debug level.
+    let (_, logs) = gw.terminate().await;
+    assert!(!logs.contains("k-e2e"), "the header's secret was logged");
 }
 
 /// Waits until the sandbox has answered `n` more requests for `fleet` after the first `seen`.
