@@ -435,6 +435,21 @@ async fn a_path_source_follows_a_configmap_swap_and_nacks_a_bad_file() {
     assert_eq!(s["version_info"], v2);
     assert_eq!(echo_once(b, b"still b").await, b"still b");
     assert_eq!(echo_once(a, b"still a").await, b"still a");
+
+    // The file drops the source: its listeners go, the status list empties.
+    let other = top.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    write(&other, "c.yaml", &listener_file("c", "echo", ""));
+    std::fs::write(&path, path_config(&[], echo)).unwrap();
+    common::wait_listener_gone(admin, "a").await;
+    common::wait_listener_gone(admin, "b").await;
+    let dump = admin_json(admin, "/config_dump").await;
+    assert_eq!(dump["config_sources"], serde_json::json!([]));
+    // ... and adds another: read and applied without a restart.
+    std::fs::write(&path, path_config(&[("other", &other)], echo)).unwrap();
+    let c = common::wait_listener(admin, "c", "active").await.unwrap();
+    assert_eq!(echo_once(c, b"from c").await, b"from c");
+    wait_source(admin, "other", "other ACKED", |s| s["state"] == "ACKED").await;
 }
 
 /// Two sources defining the same listener: the second is refused, naming both places; a source
