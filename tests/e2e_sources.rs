@@ -31,21 +31,27 @@ async fn wait_source(
     .await
 }
 
+/// The bound address of every active listener in a `/listeners` answer, by name, when there
+/// are `n` listeners and all are active.
+fn all_active(v: &serde_json::Value, n: usize) -> Option<BTreeMap<String, String>> {
+    let rows = v.as_array()?;
+    let active: BTreeMap<String, String> = rows
+        .iter()
+        .filter(|r| r["state"] == "active")
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["bound_address"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (active.len() == n && rows.len() == n).then_some(active)
+}
+
 /// Every listener's bound address, by name, once `n` are active.
 async fn bound(admin: SocketAddr, n: usize) -> BTreeMap<String, String> {
     wait_admin(admin, "/listeners", &format!("{n} listeners active"), |v| {
-        let rows = v.as_array()?;
-        let active: BTreeMap<String, String> = rows
-            .iter()
-            .filter(|r| r["state"] == "active")
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap().to_owned(),
-                    r["bound_address"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        (active.len() == n && rows.len() == n).then_some(active)
+        all_active(v, n)
     })
     .await
 }
@@ -174,18 +180,7 @@ async fn a_rest_source_serves_a_thousand_listeners_and_acks_or_nacks_each_versio
     .await;
     wait_source(admin, "central", "central v2", |s| s["version_info"] == "2").await;
     let after = wait_admin(admin, "/listeners", "l0500 on 127.0.0.2", |v| {
-        let rows = v.as_array()?;
-        let active: BTreeMap<String, String> = rows
-            .iter()
-            .filter(|r| r["state"] == "active")
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap().to_owned(),
-                    r["bound_address"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        (active.len() == 1000 && active["l0500"].starts_with("127.0.0.2:")).then_some(active)
+        all_active(v, 1000).filter(|a| a["l0500"].starts_with("127.0.0.2:"))
     })
     .await;
     let moved: Vec<&String> = before.keys().filter(|k| before[*k] != after[*k]).collect();
@@ -300,16 +295,17 @@ async fn a_rest_source_serves_a_thousand_listeners_and_acks_or_nacks_each_versio
     );
 
     // The server goes away: fetches fail, v5 keeps serving, the status says why.
-    let (code, body) = sb
-        .control(Method::DELETE, "config_docs/fleet", None)
-        .await;
+    let (code, body) = sb.control(Method::DELETE, "config_docs/fleet", None).await;
     assert_eq!(code, 204, "{body}");
     let dump = wait_source(admin, "central", "central fetch failing", |s| {
         s["fetch_error"].is_string()
     })
     .await;
     let s = &dump["config_sources"][0];
-    assert_eq!((&s["state"], &s["version_info"]), (&"ACKED".into(), &"5".into()));
+    assert_eq!(
+        (&s["state"], &s["version_info"]),
+        (&"ACKED".into(), &"5".into())
+    );
     assert!(s["fetch_error"].as_str().unwrap().contains("404"), "{s}");
     stream.send(4).await;
     stream.finish().await;
@@ -327,7 +323,11 @@ async fn a_rest_source_serves_a_thousand_listeners_and_acks_or_nacks_each_versio
         .find(|l| l.trim_start().starts_with("central"))
         .unwrap_or_else(|| panic!("no source row: {out}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cells[..5], ["central", "rest", "ACKED", "5", "999/1"], "{out}");
+    assert_eq!(
+        cells[..5],
+        ["central", "rest", "ACKED", "5", "999/1"],
+        "{out}"
+    );
     assert!(row.contains("404"), "{row}");
 
     // The token never reached the log, even at debug level.

@@ -59,21 +59,7 @@ pub(crate) fn deserialize_all<T: DeserializeOwned>(
     };
     let mut errors: Vec<ConfigError> = found
         .into_iter()
-        .map(|(path, message)| {
-            let path = display(&path);
-            let (line, column) = match source_map.exact(&path).or_else(|| source_map.locate(&path))
-            {
-                Some((l, c)) => (Some(l), Some(c)),
-                None => (None, None),
-            };
-            ConfigError {
-                file: None,
-                path,
-                line,
-                column,
-                message,
-            }
-        })
+        .map(|(path, message)| source_map.error_at(display(&path), message))
         .collect();
     errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
     Err(errors)

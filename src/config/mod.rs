@@ -157,18 +157,7 @@ pub struct LoadedConfig {
 impl LoadedConfig {
     /// Builds a located error for `path` (cross-reference checks use this).
     pub fn error_at(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        let path = path.into();
-        let (line, column) = match self.source_map.locate(&path) {
-            Some((l, c)) => (Some(l), Some(c)),
-            None => (None, None),
-        };
-        ConfigError {
-            file: None,
-            path,
-            line,
-            column,
-            message: message.into(),
-        }
+        self.source_map.error_at(path, message)
     }
 
     /// `path` made absolute against the config file's directory.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::ConfigError;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -28,6 +29,22 @@ impl SourceMap {
     /// The position recorded for exactly `path`.
     pub fn exact(&self, path: &str) -> Option<(usize, usize)> {
         self.positions.get(path).copied()
+    }
+
+    /// An error at `path`, placed at its position or its nearest recorded ancestor's.
+    pub fn error_at(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let path = path.into();
+        let (line, column) = match self.locate(&path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        };
+        ConfigError {
+            file: None,
+            path,
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// The position of `path`, or of its nearest recorded ancestor.

@@ -102,17 +102,9 @@ pub struct ResourceDoc {
 impl ResourceDoc {
     /// A located error for `path` (a full path inside the document).
     pub fn error_at(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        let path = path.into();
-        let (line, column) = match self.source_map().locate(&path) {
-            Some((l, c)) => (Some(l), Some(c)),
-            None => (None, None),
-        };
         ConfigError {
             file: Some(self.file.clone()),
-            path,
-            line,
-            column,
-            message: message.into(),
+            ..self.source_map().error_at(path, message)
         }
     }
 
