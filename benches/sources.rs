@@ -3,7 +3,8 @@
 //!
 //! - `sources/fetch_to_swap/10000_resources`: GET over loopback HTTP with bindgate's own REST
 //!   client, parse the JSON document, build the snapshot with it (the state store of the
-//!   snapshot in force reused, as the control loop does), publish with `ArcSwap::store`;
+//!   snapshot in force reused, as the control loop does), publish with `ArcSwap::swap` (the
+//!   replaced snapshot is freed on another thread, as the gateway does);
 //! - `sources/parse/10000_resources`: the parse alone;
 //! - `sources/build/10000_resources`: the build alone.
 //!
@@ -25,6 +26,10 @@ use bindgate::retained::Retained;
 use bindgate::snapshot::{self, BuildInput, Snapshot};
 use criterion::{Criterion, criterion_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The allocator the `bindgate` binary uses (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const LISTENERS: usize = 5_000;
 /// The update path's budget, fetch to swap.
@@ -104,6 +109,9 @@ struct Fixture {
     text: String,
     retained: Retained,
     current: ArcSwap<Snapshot>,
+    /// Replaced snapshots are freed on another thread, as the gateway frees them off the
+    /// control loop.
+    dropper: std::sync::mpsc::Sender<Arc<Snapshot>>,
 }
 
 impl Fixture {
@@ -131,6 +139,12 @@ impl Fixture {
         assert_eq!(first.listeners.len(), LISTENERS);
         assert_eq!(first.clusters.len(), LISTENERS);
         retained.commit();
+        let (dropper, freed) = std::sync::mpsc::channel::<Arc<Snapshot>>();
+        std::thread::spawn(move || {
+            for old in freed {
+                drop(old)
+            }
+        });
         Fixture {
             rt,
             loaded,
@@ -139,6 +153,7 @@ impl Fixture {
             text,
             retained,
             current: ArcSwap::from_pointee(first),
+            dropper,
         }
     }
 
@@ -154,7 +169,8 @@ impl Fixture {
         let version = self.current.load().version + 1;
         let next = build(&self.loaded, &self.retained, parse(&text), version);
         self.retained.commit();
-        self.current.store(Arc::new(next));
+        let previous = self.current.swap(Arc::new(next));
+        let _ = self.dropper.send(previous);
     }
 }
 

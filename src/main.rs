@@ -5,10 +5,16 @@ use std::process::ExitCode;
 use bindgate::cli;
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: a snapshot of 10,000 resources is built and freed
+/// in a third of the time (`cargo bench --bench sources`), and freeing from other threads does
+/// not contend.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXAMPLES: &str = "\
 Examples:
   bindgate demo                               sandbox + proxy in one process; prints what to try
-  bindgate validate -c gateway.yaml           check a config (CI-friendly: exit 0 or 1)
+  bindgate validate -c gateway.yaml           check a config (CI: exit 0 valid, 1 errors, 2 usage)
   bindgate run -c gateway.yaml                serve it
   bindgate schema > bindgate.schema.json      the config's JSON Schema, for editors
   bindgate certs -c gateway.yaml show         the ngrok registration and client certificate

@@ -74,7 +74,9 @@ impl Gateway {
     /// reconciles listeners to it.
     pub async fn apply(&mut self, next: Snapshot) {
         let next = Arc::new(next);
-        self.snapshot.store(next.clone());
+        let previous = self.snapshot.swap(next.clone());
+        // Freeing a large snapshot takes milliseconds: not on the control loop.
+        tokio::task::spawn_blocking(move || drop(previous));
         next.activate_transports();
         self.listeners.reconcile(&next).await;
     }

@@ -405,8 +405,7 @@ impl ControlPlane {
             self.retry_hosts_file();
             return Ok(());
         }
-        let current = self.gateway.current();
-        let version = current.version + 1;
+        let version = self.gateway.current().version + 1;
         let next = snapshot::build_with(BuildInput {
             loaded: &self.loaded,
             discovered: &placements,

@@ -519,28 +519,24 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
 /// stdout (`path: "-"`) only. (A config server would otherwise choose a file on this host to
 /// append to, with request data in the lines.)
 fn refuse_files(c: &mut Checker<'_>, path: &str, l: &crate::config::ListenerConfig) {
-    fn walk(v: &serde_json::Value, at: String, found: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    let here = format!("{at}.{k}");
-                    if k == "access_log" && v.get("path").and_then(|p| p.as_str()) != Some("-") {
-                        found.push(format!("{here}.path"));
-                    }
-                    walk(v, here, found);
-                }
+    use crate::filters::http::HttpFilterConfig;
+    let to_file = |log: &crate::filters::access_log::AccessLogConfig| log.path != "-";
+    let mut found = Vec::new();
+    for (i, f) in l.filters.iter().enumerate() {
+        if let NetworkFilterConfig::access_log(log) = f {
+            if to_file(&log.0) {
+                found.push(format!("{path}.filters[{i}].access_log.path"));
             }
-            serde_json::Value::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    walk(v, format!("{at}[{i}]"), found);
-                }
-            }
-            _ => {}
         }
     }
-    let mut found = Vec::new();
-    if let Ok(v) = serde_json::to_value(l) {
-        walk(&v, path.to_owned(), &mut found);
+    for (r, route) in l.routes.iter().enumerate() {
+        for (i, f) in route.filters.iter().enumerate() {
+            if let HttpFilterConfig::access_log(log) = f {
+                if to_file(&log.0) {
+                    found.push(format!("{path}.routes[{r}].filters[{i}].access_log.path"));
+                }
+            }
+        }
     }
     for at in found {
         c.err(
@@ -810,11 +806,17 @@ fn cluster_with_stack(
         breaker.map(|b| b as Arc<dyn crate::upstream::ConnectView>),
         metrics,
     )
-    .with_chain(serde_json::json!([
-        { "retry": retry },
-        { "circuit_breaker": circuit_breaker },
-        { "timeout": { "connect": crate::config::HumanDuration(timeout) } },
-    ]))
+    .with_chain({
+        // Rendered when `/config_dump` asks, not at every build.
+        let (retry, circuit_breaker) = (retry.clone(), circuit_breaker.cloned());
+        Arc::new(move || {
+            serde_json::json!([
+                { "retry": retry },
+                { "circuit_breaker": circuit_breaker },
+                { "timeout": { "connect": crate::config::HumanDuration(timeout) } },
+            ])
+        })
+    })
 }
 
 fn ingress_address(address: &str) -> Result<(String, String), String> {

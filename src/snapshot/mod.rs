@@ -81,7 +81,7 @@ impl Snapshot {
         let clusters: serde_json::Map<String, serde_json::Value> = self
             .clusters
             .iter()
-            .map(|(name, c)| (name.clone(), c.connect_chain.clone()))
+            .map(|(name, c)| (name.clone(), (c.connect_chain)()))
             .collect();
         serde_json::json!({
             "listeners": listeners,

@@ -169,12 +169,15 @@ pub trait ConnectView: Send + Sync {
     fn describe(&self) -> serde_json::Value;
 }
 
+/// Renders a connect stack's layers for views (built per cluster per snapshot, called rarely).
+pub type ChainView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// A cluster as the data path sees it.
 pub struct Cluster {
     pub name: String,
     pub target: Arc<ClusterTarget>,
-    /// The connect stack in force, outermost first (for `/config_dump`).
-    pub connect_chain: serde_json::Value,
+    /// The connect stack in force, outermost first (for `/config_dump`), rendered on demand.
+    pub connect_chain: ChainView,
     pub metrics: Arc<crate::telemetry::ClusterMetrics>,
     connect: ConnectService,
     view: Option<Arc<dyn ConnectView>>,
@@ -201,7 +204,7 @@ impl Cluster {
         Cluster {
             name,
             target,
-            connect_chain: serde_json::Value::Null,
+            connect_chain: Arc::new(|| serde_json::Value::Null),
             metrics,
             connect,
             view,
@@ -223,7 +226,7 @@ impl Cluster {
     }
 
     /// Records the connect stack's layers (outermost first) for views.
-    pub fn with_chain(mut self, chain: serde_json::Value) -> Self {
+    pub fn with_chain(mut self, chain: ChainView) -> Self {
         self.connect_chain = chain;
         self
     }
