@@ -29,6 +29,10 @@ use bindgate::retained::Retained;
 use bindgate::snapshot::{self, BoundUrl, BuildInput, Snapshot};
 use criterion::{Criterion, criterion_group};
 
+/// The allocator the `bindgate` binary uses (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENDPOINTS: usize = 10_000;
 const FIRST_PORT: u16 = 20_000;
 /// The control path's budget for rebuilding and publishing 10,000 endpoints.
