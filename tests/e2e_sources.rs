@@ -406,11 +406,22 @@ async fn a_path_source_follows_a_configmap_swap_and_nacks_a_bad_file() {
     );
     let b = common::wait_listener(admin, "b", "active").await.unwrap();
     assert_eq!(echo_once(b, b"from b").await, b"from b");
-    let v2 = wait_source(admin, "gitops", "gitops ACKED with 2 listeners", |s| {
+    let dump = wait_source(admin, "gitops", "gitops ACKED with 2 listeners", |s| {
         s["state"] == "ACKED" && s["resources"]["listeners"] == 2
     })
-    .await["config_sources"][0]["version_info"]
-        .clone();
+    .await;
+    let v2 = dump["config_sources"][0]["version_info"].clone();
+    // The start-up read and this change: two updates, two snapshots (the directory's content at
+    // start is not applied a second time when its watch begins).
+    assert_eq!(dump["version_info"], "2");
+    assert_eq!(
+        metric(
+            &scrape(admin).await,
+            "bindgate_config_source_updates_total",
+            &[("source", "gitops"), ("result", "applied")]
+        ),
+        2.0
+    );
 
     // b.yaml's idle_timeout is not a duration: line 5 of b.yaml.
     kubelet_publish(

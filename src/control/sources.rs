@@ -55,8 +55,9 @@ pub struct InitialSource {
     pub rejected: Option<(String, String)>,
     /// Why the directory could not be read.
     pub failed: Option<String>,
-    /// Whether it has answered (a `path` source read at start); REST sources answer later.
-    pub answered: bool,
+    /// The content a `path` source had at start (its task sends an answer only when the
+    /// directory differs from it); `None` for REST sources, which answer later.
+    pub fingerprint: Option<u64>,
 }
 
 /// Reads every `path` source and keeps those whose resources build with the config file and the
@@ -71,13 +72,13 @@ pub fn initial(loaded: &LoadedConfig) -> Result<Vec<InitialSource>, ConfigErrors
             accepted: None,
             rejected: None,
             failed: None,
-            answered: false,
+            fingerprint: None,
         };
         if let Some(dir) = &cfg.path {
             match read_dir(&loaded.resolve(dir)) {
                 Err(why) => state.failed = Some(why),
                 Ok(read) => {
-                    state.answered = true;
+                    state.fingerprint = Some(read.fingerprint);
                     let version = read.version_info();
                     match read.docs {
                         Err(errors) => {
@@ -301,7 +302,8 @@ impl Sources {
         let mut initial = initial.into_iter();
         for cfg in configs_of(loaded) {
             let first = initial.next();
-            let mut entry = sources.spawn(loaded, cfg);
+            let baseline = first.as_ref().and_then(|f| f.fingerprint);
+            let mut entry = sources.spawn(loaded, cfg, baseline);
             if let Some(first) = first {
                 if let Some(accepted) = first.accepted {
                     entry.ack(accepted);
@@ -318,8 +320,14 @@ impl Sources {
         sources
     }
 
-    /// A new entry for `cfg`, with its task running.
-    fn spawn(&mut self, loaded: &LoadedConfig, cfg: &ConfigSourceConfig) -> Entry {
+    /// A new entry for `cfg`, with its task running; `baseline`: the content of a `path` source
+    /// already in its status (read at start), not sent again.
+    fn spawn(
+        &mut self,
+        loaded: &LoadedConfig,
+        cfg: &ConfigSourceConfig,
+        baseline: Option<u64>,
+    ) -> Entry {
         let generation = self.next_generation;
         self.next_generation += 1;
         let stop = self.shutdown.child_token();
@@ -331,10 +339,13 @@ impl Sources {
         let mut report = None;
         if let Some(dir) = &cfg.path {
             tokio::spawn(watch_dir(
-                cfg.name.clone(),
-                generation,
-                loaded.resolve(dir),
-                self.events.clone(),
+                PathTask {
+                    name: cfg.name.clone(),
+                    generation,
+                    dir: loaded.resolve(dir),
+                    baseline,
+                    events: self.events.clone(),
+                },
                 stop.clone(),
             ));
         } else if let Some(rest) = &cfg.rest {
@@ -401,7 +412,7 @@ impl Sources {
                 Some(i) => self.entries.push(old.remove(i)),
                 None => {
                     tracing::info!(source = %cfg.name, "config source added");
-                    let entry = self.spawn(loaded, cfg);
+                    let entry = self.spawn(loaded, cfg, None);
                     self.entries.push(entry);
                 }
             }
@@ -563,16 +574,26 @@ fn error_detail(why: &str) -> String {
     line[..end].to_owned()
 }
 
-/// Watches a `path` source's directory (non-recursively: a ConfigMap's `..data` swap is a rename
-/// in it) and sends an answer whenever the files' content changes.
-async fn watch_dir(
+struct PathTask {
     name: String,
     generation: u64,
     dir: PathBuf,
+    /// The content already answered (read at start), if any.
+    baseline: Option<u64>,
     events: mpsc::Sender<ControlEvent>,
-    stop: CancellationToken,
-) {
+}
+
+/// Watches a `path` source's directory (non-recursively: a ConfigMap's `..data` swap is a rename
+/// in it) and sends an answer whenever the files' content changes.
+async fn watch_dir(task: PathTask, stop: CancellationToken) {
     use notify::Watcher;
+    let PathTask {
+        name,
+        generation,
+        dir,
+        baseline,
+        events,
+    } = task;
     let changed = Arc::new(Notify::new());
     let wake = changed.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -596,9 +617,9 @@ async fn watch_dir(
             None
         }
     };
-    // The start-up read (or, for a source added by a reload, nothing yet) is the baseline: the
-    // first read here sends only when it differs.
-    let mut last: Option<u64> = read_dir(&dir).ok().map(|r| r.fingerprint);
+    // Read once the watch is in place (nothing written since is missed); sent unless it is the
+    // content read at start.
+    let mut last: Option<u64> = baseline;
     let mut first = true;
     let mut last_error: Option<String> = None;
     loop {
@@ -615,7 +636,7 @@ async fn watch_dir(
         match read_dir(&dir) {
             Ok(read) => {
                 last_error = None;
-                if first || Some(read.fingerprint) != last {
+                if Some(read.fingerprint) != last {
                     last = Some(read.fingerprint);
                     let answer = SourceAnswer {
                         source: name.clone(),
