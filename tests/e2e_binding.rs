@@ -224,6 +224,17 @@ async fn concurrency_sets_the_worker_threads() {
             common::Proc::start(&["--concurrency", &threads, "run", "-c", &path], &[]).await;
         assert_eq!(proxy.event["ready"], true, "{}", proxy.event);
         let pid = proxy.child.id().unwrap();
+        // A new thread names itself once it first runs: on a loaded machine that can be after
+        // the started line. Wait for the names, then check none more come.
+        let deadline = tokio::time::Instant::now() + common::GUARD;
+        while worker_threads(pid) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "--concurrency {n}: {} workers",
+                worker_threads(pid)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert_eq!(worker_threads(pid), n, "--concurrency {n}");
         // And it serves.
         let mut c = TcpStream::connect(proxy.listener("echo")).await.unwrap();
