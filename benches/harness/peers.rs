@@ -144,11 +144,10 @@ impl PeerProcess {
             },
         };
         if let Err(e) = running.wait_ready(settings.startup_timeout).await {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let _ = running.child.start_kill();
-            bail!("{name}: {e:#}; its output:\n{log}\nits config:\n{}", {
-                std::fs::read_to_string(&config).unwrap_or_default()
-            });
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let config = std::fs::read_to_string(&config).unwrap_or_default();
+            bail!("{name}: {e:#}; its output:\n{log}\nits config:\n{config}");
         }
         Ok(running)
     }
