@@ -1,5 +1,6 @@
 //! The load benchmark: bindgate's ingress transports side by side, in one run, against the
-//! sandbox (see `benches/README.md`).
+//! sandbox, with HAProxy and stunnel making the same mTLS hop when they are installed (see
+//! `benches/README.md`).
 //!
 //! ```sh
 //! cargo bench --bench load                      # the full run (under two minutes)
@@ -29,7 +30,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--json FILE] [--rtt MS] \
-[--only connect,paced,short,http,throughput] [--targets baseline,direct,pool,multiplex]";
+[--only connect,paced,short,http,throughput] \
+[--targets baseline,direct,direct+resume,pool,multiplex,pool+early,multiplex+early,haproxy,stunnel]";
 
 struct Args {
     quick: bool,

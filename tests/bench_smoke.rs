@@ -1,7 +1,8 @@
 //! CI smoke run of the load benchmark's harness (`benches/harness`, shared with
 //! `cargo bench --bench load`): tiny counts against the debug binary. It asserts only that every
-//! mode this build supports produced numbers for every measurement; speed is measured in
-//! `benches/`, never asserted here.
+//! mode this build supports produced numbers for every measurement, and that the peers (HAProxy,
+//! stunnel) were measured when installed and skipped when not (CI has neither); speed is
+//! measured in `benches/`, never asserted here.
 
 #[path = "../benches/harness/mod.rs"]
 mod harness;
@@ -37,6 +38,38 @@ async fn every_supported_mode_produces_numbers() {
         );
     }
     assert_eq!(report.targets.len(), Target::ALL.len());
+    for t in report.targets.iter().filter(|t| t.target.peer().is_some()) {
+        let peer = t.target.peer().expect("a peer target");
+        match peer.find() {
+            Some(_) => {
+                assert_eq!(t.support, Support::Measured, "{} is installed", peer.name());
+                assert!(
+                    t.peer.is_some(),
+                    "{}: the report names the program",
+                    peer.name()
+                );
+            }
+            None => assert!(
+                matches!(t.support, Support::NotInstalled { .. }),
+                "{} is not installed: {:?}",
+                peer.name(),
+                t.support
+            ),
+        }
+    }
+    // Every proxy process, bindgate's or a peer's, has its CPU per connection and RSS; the
+    // baseline has no proxy process.
+    for t in report
+        .targets
+        .iter()
+        .filter(|t| t.support == Support::Measured)
+    {
+        let proxied = t.target != Target::Baseline;
+        assert_eq!(t.proxy_rss_kib.is_some(), proxied, "{}", t.target.name());
+        assert_eq!(t.proxy_cpu.is_some(), proxied, "{}", t.target.name());
+        let short = t.short_connections.as_ref().expect("short was measured");
+        assert!(short.latency_under_load.is_some(), "{}", t.target.name());
+    }
     let missing = report.missing_numbers();
     assert!(
         missing.is_empty(),

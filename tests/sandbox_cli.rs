@@ -13,7 +13,7 @@ fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "state_dir: {}\napi: {{ api_keys: [k] }}\nendpoints:\n  - {{ url: 'tcp://echo.demo:7000', target: echo }}\n",
+            "state_dir: {}\napi: {{ api_keys: [k] }}\nraw_echo: {{ address: 127.0.0.1:0 }}\nendpoints:\n  - {{ url: 'tcp://echo.demo:7000', target: echo }}\n",
             dir.join("state").display()
         ),
     )
@@ -42,12 +42,13 @@ fn prints_one_ready_line_then_exits_cleanly_on_sigterm() {
     assert_eq!(
         line.trim_end(),
         format!(
-            r#"{{"event":"ready","ingress":"{}","ca":"{}","backends":{{"echo":"{}","http":"{}"}},"api":"{}"}}"#,
+            r#"{{"event":"ready","ingress":"{}","ca":"{}","backends":{{"echo":"{}","http":"{}"}},"api":"{}","raw_echo":"{}"}}"#,
             ready["ingress"].as_str().unwrap(),
             ca.display(),
             ready["backends"]["echo"].as_str().unwrap(),
             ready["backends"]["http"].as_str().unwrap(),
             ready["api"].as_str().unwrap(),
+            ready["raw_echo"].as_str().unwrap(),
         )
     );
     let api = ready["api"].as_str().unwrap();
@@ -60,6 +61,9 @@ fn prints_one_ready_line_then_exits_cleanly_on_sigterm() {
     );
     let ingress: std::net::SocketAddr = ready["ingress"].as_str().unwrap().parse().unwrap();
     std::net::TcpStream::connect(ingress).unwrap();
+    let raw_echo: std::net::SocketAddr = ready["raw_echo"].as_str().unwrap().parse().unwrap();
+    assert!(raw_echo.ip().is_loopback(), "{raw_echo}");
+    std::net::TcpStream::connect(raw_echo).unwrap();
     for backend in ["echo", "http"] {
         let addr: std::net::SocketAddr = ready["backends"][backend]
             .as_str()

@@ -1,13 +1,16 @@
 //! The load harness behind `cargo bench --bench load` and `tests/bench_smoke.rs`: starts the real
-//! `bindgate sandbox` and one `bindgate run` per ingress transport, then measures, side by side
-//! in one run, what a local client sees through each of them and straight at the sandbox's
-//! backends (`baseline`: no proxy, no TLS).
+//! `bindgate sandbox` and one `bindgate run` per ingress transport, and the peers a user would
+//! pick instead (HAProxy, stunnel, when installed) making the same mTLS hop to the sandbox's raw
+//! echo port; then measures, side by side in one run, what a local client sees through each of
+//! them and straight at the sandbox's backends (`baseline`: no proxy, no TLS), and what each
+//! proxy process spends (CPU per connection, resident memory).
 //!
 //! Submodules: `process` (child processes and their readiness lines), `sandbox` (the emulated
 //! ingress and its client certificate), `gateway` (one generated config per transport, checked
-//! with `bindgate validate` first), `workloads` (the measurements), `http1` (a minimal HTTP/1.1
-//! client), `relay` (the latency relay of `--rtt`), `report` (the table and the JSON). It
-//! measures and reports; it never asserts speed.
+//! with `bindgate validate` first), `peers` (HAProxy and stunnel), `workloads` (the
+//! measurements), `probe` (`/proc` readings), `http1` (a minimal HTTP/1.1 client), `relay` (the
+//! latency relay of `--rtt`), `report` (the table and the JSON). It measures and reports; it
+//! never asserts speed.
 //!
 //! With an RTT (`Settings::rtt`), a relay that adds that round-trip time stands in front of the
 //! sandbox's ingress and every gateway dials the relay; the baseline goes through its own relay in
@@ -18,7 +21,8 @@
 
 pub mod gateway;
 mod http1;
-#[allow(dead_code)] // /proc and /metrics probes of benches/soak.rs, not used by the load bench
+pub mod peers;
+#[allow(dead_code)] // the /metrics probe is used by benches/soak.rs only
 pub mod probe;
 pub mod process;
 pub mod relay;
@@ -33,6 +37,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
+use report::ProxyCpu;
 pub use report::{Report, Support, TargetReport};
 
 /// What a measurement goes through.
@@ -54,10 +59,14 @@ pub enum Target {
     PoolEarly,
     /// `multiplex` with `early_data: true`: the client's first bytes follow the CONNECT.
     MultiplexEarly,
+    /// HAProxy (tcp mode) making the same mTLS hop to the sandbox's raw echo port.
+    Haproxy,
+    /// stunnel (client mode) making the same mTLS hop to the sandbox's raw echo port.
+    Stunnel,
 }
 
 impl Target {
-    pub const ALL: [Target; 7] = [
+    pub const ALL: [Target; 9] = [
         Target::Baseline,
         Target::Direct,
         Target::DirectResumed,
@@ -65,6 +74,8 @@ impl Target {
         Target::Multiplex,
         Target::PoolEarly,
         Target::MultiplexEarly,
+        Target::Haproxy,
+        Target::Stunnel,
     ];
 
     pub fn parse(name: &str) -> Option<Target> {
@@ -80,14 +91,25 @@ impl Target {
             Target::Multiplex => "multiplex",
             Target::PoolEarly => "pool+early",
             Target::MultiplexEarly => "multiplex+early",
+            Target::Haproxy => "haproxy",
+            Target::Stunnel => "stunnel",
+        }
+    }
+
+    /// The peer program this target runs, if it is one.
+    pub fn peer(self) -> Option<peers::Peer> {
+        match self {
+            Target::Haproxy => Some(peers::Peer::Haproxy),
+            Target::Stunnel => Some(peers::Peer::Stunnel),
+            _ => None,
         }
     }
 
     /// The ingress's `transport:` value and the lines after it (YAML, indented for the ingress);
-    /// `None` for the baseline, which has no proxy.
+    /// `None` for the baseline, which has no proxy, and for the peers, which are not bindgate.
     pub fn transport(self) -> Option<&'static str> {
         match self {
-            Target::Baseline => None,
+            Target::Baseline | Target::Haproxy | Target::Stunnel => None,
             Target::Direct => Some("direct\n    session_resumption: false"),
             Target::DirectResumed => Some("direct"),
             Target::Pool => Some("pool"),
@@ -240,7 +262,7 @@ impl Settings {
     }
 
     /// Restricts the run to the comma-separated measurements (`--only`: connect, paced, short,
-    /// http, throughput) and targets (`--targets`: baseline, direct, pool, multiplex). Call after
+    /// http, throughput) and targets (`--targets`: any of [`Target::name`]). Call after
     /// `with_rtt`: throughput asked for with an RTT is an error.
     pub fn select(&mut self, only: Option<&str>, targets: Option<&str>) -> Result<(), String> {
         if let Some(list) = only {
@@ -365,8 +387,9 @@ fn parse_list<T: PartialEq>(
 struct Addresses {
     /// An echo endpoint.
     echo: SocketAddr,
-    /// The http endpoint, reached as a byte stream (a tcp listener, or the backend itself).
-    web_tcp: SocketAddr,
+    /// The http endpoint, reached as a byte stream (a tcp listener, or the backend itself);
+    /// `None` for a peer, whose hop ends at an echo.
+    web_tcp: Option<SocketAddr>,
     /// The http endpoint through a `protocol: http` listener, when there is one.
     web_http: Result<SocketAddr, Support>,
 }
@@ -386,33 +409,79 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let relays = match settings.rtt {
         None => None,
         Some(rtt) => {
-            let ingress = relay::Relay::start(rtt, &[sandbox.ingress])
+            // The raw echo port too: the peers cross the same emulated network as the gateways.
+            let ingress = relay::Relay::start(rtt, &[sandbox.ingress, sandbox.raw_echo])
                 .context("starting the relay in front of the ingress")?;
             let backends = relay::Relay::start(rtt, &[sandbox.echo, sandbox.http])
                 .context("starting the relay in front of the backends")?;
             Some((ingress, backends))
         }
     };
-    let (ingress, baseline_echo, baseline_http) = match &relays {
-        None => (sandbox.ingress, sandbox.echo, sandbox.http),
-        Some((ingress, backends)) => (ingress.addrs[0], backends.addrs[0], backends.addrs[1]),
+    let (ingress, raw_echo, baseline_echo, baseline_http) = match &relays {
+        None => (
+            sandbox.ingress,
+            sandbox.raw_echo,
+            sandbox.echo,
+            sandbox.http,
+        ),
+        Some((ingress, backends)) => (
+            ingress.addrs[0],
+            ingress.addrs[1],
+            backends.addrs[0],
+            backends.addrs[1],
+        ),
     };
 
     // `reports[i]` is measured through `addresses[i]`; `None` for a target this build lacks.
+    // `pids[i]` is the proxy process of target `i` (none for the baseline).
     let mut reports: Vec<TargetReport> = Vec::new();
     let mut addresses: Vec<Option<Addresses>> = Vec::new();
+    let mut pids: Vec<Option<u32>> = Vec::new();
     let mut gateways = Vec::new();
+    let mut peer_processes = Vec::new();
     for target in Target::ALL
         .into_iter()
         .filter(|t| settings.targets.contains(t))
     {
+        if let Some(peer) = target.peer() {
+            let Some(bin) = peer.find() else {
+                let looked_for = peer.executables().join(" or ");
+                eprintln!(
+                    "{}: skipped: not installed (no {looked_for} on PATH)",
+                    target.name()
+                );
+                reports.push(TargetReport::new(
+                    target,
+                    Support::NotInstalled { looked_for },
+                ));
+                addresses.push(None);
+                pids.push(None);
+                continue;
+            };
+            let running =
+                peers::PeerProcess::start(peer, &bin, dir.path(), &sandbox, raw_echo, settings)
+                    .await
+                    .with_context(|| format!("starting {}", target.name()))?;
+            let mut report = TargetReport::new(target, Support::Measured);
+            report.peer = Some(running.info.clone());
+            reports.push(report);
+            addresses.push(Some(Addresses {
+                echo: running.listen,
+                web_tcp: None,
+                web_http: Err(Support::NotApplicable),
+            }));
+            pids.push(running.pid());
+            peer_processes.push(running);
+            continue;
+        }
         let Some(transport) = target.transport() else {
             reports.push(TargetReport::new(target, Support::Measured));
             addresses.push(Some(Addresses {
                 echo: baseline_echo,
-                web_tcp: baseline_http,
+                web_tcp: Some(baseline_http),
                 web_http: Err(Support::NotApplicable),
             }));
+            pids.push(None);
             continue;
         };
         let prepared = gateway::prepare(
@@ -434,6 +503,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 );
                 reports.push(TargetReport::new(target, Support::NotSupported { reason }));
                 addresses.push(None);
+                pids.push(None);
             }
             gateway::Prepared::Config(config) => {
                 let running = gateway::GatewayProcess::start(&settings.bin, &config, settings)
@@ -447,9 +517,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 reports.push(report);
                 addresses.push(Some(Addresses {
                     echo: running.echo,
-                    web_tcp: running.web_tcp,
+                    web_tcp: Some(running.web_tcp),
                     web_http: running.web_http.clone(),
                 }));
+                pids.push(running.pid());
                 gateways.push(running);
             }
         }
@@ -476,10 +547,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         }
     }
     if settings.measures(Measurement::Short) {
-        for (r, a) in reports.iter_mut().zip(&addresses) {
+        for ((r, a), pid) in reports.iter_mut().zip(&addresses).zip(&pids) {
             let Some(a) = a else { continue };
+            // The proxy's CPU time around the measurement: what its connections cost it.
+            let before = pid.and_then(|p| probe::cpu_seconds(p).ok());
             let m = workloads::short_connections(a.echo, settings).await;
+            let after = pid.and_then(|p| probe::cpu_seconds(p).ok());
             progress(r.target, "short connections", &m.summary());
+            if let (Some(before), Some(after)) = (before, after) {
+                r.proxy_cpu = Some(ProxyCpu::new(after - before, m.ops));
+            }
             r.short_connections = Some(m);
         }
     }
@@ -490,8 +567,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     };
     for &keep_alive in http_rounds {
         for (r, a) in reports.iter_mut().zip(&addresses) {
-            let Some(a) = a else { continue };
-            let m = workloads::http_requests(a.web_tcp, keep_alive, settings).await;
+            let Some(web_tcp) = a.as_ref().and_then(|a| a.web_tcp) else {
+                continue;
+            };
+            let m = workloads::http_requests(web_tcp, keep_alive, settings).await;
             progress(
                 r.target,
                 http_label("tcp listener", keep_alive),
@@ -520,9 +599,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
             r.throughput = Some(m);
         }
     }
+    // Resident memory after everything ran, while the processes still hold what they grew to.
+    for (r, pid) in reports.iter_mut().zip(&pids) {
+        if let Some(stats) = pid.and_then(|p| probe::ProcStats::read(p).ok()) {
+            r.proxy_rss_kib = Some(stats.rss_kib);
+        }
+    }
 
     for g in gateways {
         g.stop().await;
+    }
+    for p in peer_processes {
+        p.stop().await;
     }
     drop(relays);
     sandbox.stop().await;

@@ -1,5 +1,5 @@
-//! What the soak reads from a running `bindgate`: resident memory, open descriptors and threads
-//! from `/proc/PID`, and one gauge from the admin server's `/metrics`.
+//! What the benches read from a running proxy: resident memory, open descriptors, threads and
+//! CPU time from `/proc/PID`, and (the soak) one gauge from the admin server's `/metrics`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +42,31 @@ impl ProcStats {
             threads: field("Threads:")?,
         })
     }
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s times: Linux reports them in `USER_HZ`, which is
+/// 100 on every architecture it ships for but alpha.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time the process has used so far, user plus system (`utime` + `stime` of
+/// `/proc/PID/stat`, all its threads), in seconds; 10 ms granularity.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("/proc/{pid}/stat has no command name: {stat}"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the file; field 3 (the state) is the first after the name.
+    let ticks = |field: usize| -> anyhow::Result<u64> {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat has no field {field}: {stat}"))
+    };
+    Ok((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
 }
 
 /// The value of the unlabelled sample `name` in the admin server's `/metrics` (absent: 0, as a

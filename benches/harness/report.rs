@@ -1,11 +1,13 @@
 //! What a run found: per target, every measurement or why it is missing; printed as an aligned
-//! (Markdown) table with ratios against `direct`, and serialized as JSON.
+//! (Markdown) table with ratios against `direct` and against HAProxy (when it ran), and
+//! serialized as JSON.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use super::peers::PeerInfo;
 use super::workloads::{LatencyResult, RateResult, ThroughputResult};
 use super::{Measurement, NO_THROUGHPUT_WITH_RTT, Settings, Target};
 
@@ -20,6 +22,30 @@ pub enum Support {
     },
     /// The measurement has no meaning here (the baseline has no http listener).
     NotApplicable,
+    /// A peer whose program is not on `PATH`: its row is skipped, the run goes on.
+    NotInstalled {
+        looked_for: String,
+    },
+}
+
+/// The proxy process's CPU time (user + system, all threads) during the short-connections
+/// measurement, per connection it completed.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyCpu {
+    pub seconds: f64,
+    pub connections: u64,
+    /// `None` when no connection completed.
+    pub ms_per_connection: Option<f64>,
+}
+
+impl ProxyCpu {
+    pub fn new(seconds: f64, connections: u64) -> ProxyCpu {
+        ProxyCpu {
+            seconds,
+            connections,
+            ms_per_connection: (connections > 0).then(|| seconds * 1000.0 / connections as f64),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,6 +54,15 @@ pub struct TargetReport {
     pub support: Support,
     /// Whether the `protocol: http` listener rows were measured.
     pub http_listener: Support,
+    /// The program a peer target ran (absent for bindgate's own targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerInfo>,
+    /// The proxy process's CPU time during `short_connections` (absent for the baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_cpu: Option<ProxyCpu>,
+    /// `VmRSS` of the proxy process after the run, in KiB (absent for the baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_rss_kib: Option<u64>,
     // A measurement that was not run (`--only`, or throughput with `--rtt`) is left out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_latency: Option<LatencyResult>,
@@ -50,13 +85,18 @@ pub struct TargetReport {
 impl TargetReport {
     pub fn new(target: Target, support: Support) -> Self {
         let http_listener = match &support {
-            Support::Measured if target == Target::Baseline => Support::NotApplicable,
+            Support::Measured if target == Target::Baseline || target.peer().is_some() => {
+                Support::NotApplicable
+            }
             other => other.clone(),
         };
         TargetReport {
             target,
             support,
             http_listener,
+            peer: None,
+            proxy_cpu: None,
+            proxy_rss_kib: None,
             connect_latency: None,
             paced_connect_latency: None,
             short_connections: None,
@@ -88,91 +128,153 @@ impl TargetReport {
 /// One column of the table: a number per target, and which way is better.
 struct Column {
     header: &'static str,
-    /// The measurement (`--only` name) the column belongs to.
-    measurement: Measurement,
+    /// The measurement (`--only` name) the column belongs to; `None`: taken in every run.
+    measurement: Option<Measurement>,
     value: fn(&TargetReport) -> Option<f64>,
     /// Whether this column is an http-listener one (blank for targets without that listener).
     http_listener: bool,
+    /// Whether this column is about the proxy process (blank for the baseline, which has none).
+    proxy_process: bool,
     lower_is_better: bool,
     decimals: usize,
 }
 
-const COLUMNS: [Column; 10] = [
+impl Column {
+    /// Whether this run took the column's numbers at all.
+    fn measured(&self, settings: &Settings) -> bool {
+        self.measurement.is_none_or(|m| settings.measures(m))
+    }
+
+    /// What a cell shows instead of a number when the column does not apply to the target:
+    /// `-` (no such thing there) or `n/a` (this build lacks the http listener).
+    fn not_applicable(&self, t: &TargetReport) -> Option<&'static str> {
+        if self.proxy_process && t.target == Target::Baseline {
+            return Some("-");
+        }
+        // The peers' hop ends at an echo, not at an http server.
+        if self.measurement == Some(Measurement::Http) && t.target.peer().is_some() {
+            return Some("-");
+        }
+        if self.http_listener {
+            return match &t.http_listener {
+                Support::Measured => None,
+                Support::NotSupported { .. } => Some("n/a"),
+                Support::NotApplicable | Support::NotInstalled { .. } => Some("-"),
+            };
+        }
+        None
+    }
+}
+
+const COLUMNS: [Column; 13] = [
     Column {
         header: "connect p50 ms",
-        measurement: Measurement::Connect,
+        measurement: Some(Measurement::Connect),
         value: |r| latency(&r.connect_latency).map(|l| l.p50_ms),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: true,
         decimals: 3,
     },
     Column {
         header: "connect p99 ms",
-        measurement: Measurement::Connect,
+        measurement: Some(Measurement::Connect),
         value: |r| latency(&r.connect_latency).map(|l| l.p99_ms),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: true,
         decimals: 3,
     },
     Column {
         header: "paced connect p50 ms",
-        measurement: Measurement::Paced,
+        measurement: Some(Measurement::Paced),
         value: |r| latency(&r.paced_connect_latency).map(|l| l.p50_ms),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: true,
         decimals: 3,
     },
     Column {
         header: "paced connect p99 ms",
-        measurement: Measurement::Paced,
+        measurement: Some(Measurement::Paced),
         value: |r| latency(&r.paced_connect_latency).map(|l| l.p99_ms),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: true,
         decimals: 3,
     },
     Column {
         header: "short conns/s",
-        measurement: Measurement::Short,
+        measurement: Some(Measurement::Short),
         value: |r| rate(&r.short_connections),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: false,
         decimals: 0,
     },
     Column {
+        header: "short p99 ms",
+        measurement: Some(Measurement::Short),
+        value: |r| {
+            r.short_connections
+                .as_ref()
+                .filter(|r| r.ops > 0)
+                .and_then(|r| r.latency_under_load.as_ref())
+                .map(|l| l.p99_ms)
+        },
+        http_listener: false,
+        proxy_process: false,
+        lower_is_better: true,
+        decimals: 3,
+    },
+    Column {
+        header: "proxy CPU ms/conn",
+        measurement: Some(Measurement::Short),
+        value: |r| r.proxy_cpu.as_ref().and_then(|c| c.ms_per_connection),
+        http_listener: false,
+        proxy_process: true,
+        lower_is_better: true,
+        decimals: 3,
+    },
+    Column {
         header: "http req/s keep-alive",
-        measurement: Measurement::Http,
+        measurement: Some(Measurement::Http),
         value: |r| rate(&r.http_tcp_keep_alive),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: false,
         decimals: 0,
     },
     Column {
         header: "http req/s conn per req",
-        measurement: Measurement::Http,
+        measurement: Some(Measurement::Http),
         value: |r| rate(&r.http_tcp_new_connection),
         http_listener: false,
+        proxy_process: false,
         lower_is_better: false,
         decimals: 0,
     },
     Column {
         header: "http-listener req/s keep-alive",
-        measurement: Measurement::Http,
+        measurement: Some(Measurement::Http),
         value: |r| rate(&r.http_listener_keep_alive),
         http_listener: true,
+        proxy_process: false,
         lower_is_better: false,
         decimals: 0,
     },
     Column {
         header: "http-listener req/s conn per req",
-        measurement: Measurement::Http,
+        measurement: Some(Measurement::Http),
         value: |r| rate(&r.http_listener_new_connection),
         http_listener: true,
+        proxy_process: false,
         lower_is_better: false,
         decimals: 0,
     },
     Column {
         header: "echo MiB/s",
-        measurement: Measurement::Throughput,
+        measurement: Some(Measurement::Throughput),
         value: |r| {
             r.throughput
                 .as_ref()
@@ -180,8 +282,18 @@ const COLUMNS: [Column; 10] = [
                 .map(|t| t.mib_per_second)
         },
         http_listener: false,
+        proxy_process: false,
         lower_is_better: false,
         decimals: 0,
+    },
+    Column {
+        header: "RSS MiB",
+        measurement: None,
+        value: |r| r.proxy_rss_kib.map(|kib| kib as f64 / 1024.0),
+        http_listener: false,
+        proxy_process: true,
+        lower_is_better: true,
+        decimals: 1,
     },
 ];
 
@@ -195,6 +307,8 @@ fn rate(r: &Option<RateResult>) -> Option<f64> {
 
 /// The text of an unsupported target's row, as the brief for the suite words it.
 pub const NOT_SUPPORTED: &str = "n/a (not supported by this build)";
+/// The text of a peer's row when its program is not installed.
+pub const NOT_INSTALLED: &str = "skipped: not installed";
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -213,6 +327,9 @@ pub struct Report {
     /// Per target other than `direct`, per column: how many times better than `direct`
     /// (for latencies, direct's value divided by the target's; for rates, the other way round).
     pub ratios_vs_direct: Vec<Ratios>,
+    /// The same against `haproxy`, when it was measured in this run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratios_vs_haproxy: Vec<Ratios>,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,22 +347,15 @@ pub struct Ratio {
 
 impl Report {
     pub fn new(settings: &Settings, version: String, targets: Vec<TargetReport>) -> Report {
-        let direct = targets.iter().find(|t| t.target == Target::Direct);
-        let ratios_vs_direct = targets
+        let ratios_vs_direct = ratios_against(Target::Direct, settings, &targets);
+        let haproxy_measured = targets
             .iter()
-            .filter(|t| t.target != Target::Direct)
-            .map(|t| Ratios {
-                target: t.target,
-                columns: COLUMNS
-                    .iter()
-                    .filter(|c| settings.measures(c.measurement))
-                    .map(|c| Ratio {
-                        measurement: c.header,
-                        times_better: direct.and_then(|d| ratio(c, d, t)),
-                    })
-                    .collect(),
-            })
-            .collect();
+            .any(|t| t.target == Target::Haproxy && t.support == Support::Measured);
+        let ratios_vs_haproxy = if haproxy_measured {
+            ratios_against(Target::Haproxy, settings, &targets)
+        } else {
+            Vec::new()
+        };
         Report {
             bindgate_version: version,
             bindgate_binary: settings.bin.display().to_string(),
@@ -257,6 +367,7 @@ impl Report {
             settings: settings.clone(),
             targets,
             ratios_vs_direct,
+            ratios_vs_haproxy,
         }
     }
 
@@ -270,11 +381,8 @@ impl Report {
             .iter()
             .filter(|t| t.support == Support::Measured)
         {
-            for c in COLUMNS
-                .iter()
-                .filter(|c| self.settings.measures(c.measurement))
-            {
-                if c.http_listener && t.http_listener != Support::Measured {
+            for c in COLUMNS.iter().filter(|c| c.measured(&self.settings)) {
+                if c.not_applicable(t).is_some() {
                     continue;
                 }
                 if (c.value)(t).is_none() {
@@ -338,20 +446,22 @@ impl Report {
             let mut row = vec![t.target.name().to_owned()];
             match &t.support {
                 Support::Measured => row.extend(COLUMNS.iter().map(|c| {
-                    if !self.settings.measures(c.measurement) {
+                    if !c.measured(&self.settings) {
                         return "-".to_owned();
                     }
-                    if c.http_listener {
-                        match &t.http_listener {
-                            Support::NotApplicable => return "-".to_owned(),
-                            Support::NotSupported { .. } => return "n/a".to_owned(),
-                            Support::Measured => {}
-                        }
+                    if let Some(text) = c.not_applicable(t) {
+                        return text.to_owned();
                     }
                     (c.value)(t).map_or("failed".to_owned(), |v| format!("{v:.*}", c.decimals))
                 })),
-                _ => {
-                    row.push(NOT_SUPPORTED.to_owned());
+                other => {
+                    row.push(
+                        match other {
+                            Support::NotInstalled { .. } => NOT_INSTALLED,
+                            _ => NOT_SUPPORTED,
+                        }
+                        .to_owned(),
+                    );
                     row.extend(COLUMNS.iter().skip(1).map(|_| String::new()));
                 }
             }
@@ -367,29 +477,34 @@ impl Report {
         }
         out.push_str(&markdown(&rows));
 
-        let mut ratio_rows = vec![header];
-        ratio_rows[0][0] = "vs direct".to_owned();
-        for r in &self.ratios_vs_direct {
-            let supported = self
-                .targets
-                .iter()
-                .any(|t| t.target == r.target && t.support == Support::Measured);
-            if !supported {
-                continue;
-            }
-            let mut row = vec![r.target.name().to_owned()];
-            row.extend(COLUMNS.iter().map(|c| {
-                r.columns
+        for (label, ratios) in [
+            ("vs direct", &self.ratios_vs_direct),
+            ("vs haproxy", &self.ratios_vs_haproxy),
+        ] {
+            let mut ratio_rows = vec![header.clone()];
+            ratio_rows[0][0] = label.to_owned();
+            for r in ratios {
+                let supported = self
+                    .targets
                     .iter()
-                    .find(|r| r.measurement == c.header)
-                    .and_then(|r| r.times_better)
-                    .map_or("-".to_owned(), |v| format!("{v:.2}x"))
-            }));
-            ratio_rows.push(row);
-        }
-        if ratio_rows.len() > 1 {
-            out.push('\n');
-            out.push_str(&markdown(&ratio_rows));
+                    .any(|t| t.target == r.target && t.support == Support::Measured);
+                if !supported {
+                    continue;
+                }
+                let mut row = vec![r.target.name().to_owned()];
+                row.extend(COLUMNS.iter().map(|c| {
+                    r.columns
+                        .iter()
+                        .find(|r| r.measurement == c.header)
+                        .and_then(|r| r.times_better)
+                        .map_or("-".to_owned(), |v| format!("{v:.2}x"))
+                }));
+                ratio_rows.push(row);
+            }
+            if ratio_rows.len() > 1 {
+                out.push('\n');
+                out.push_str(&markdown(&ratio_rows));
+            }
         }
 
         let s = &self.settings;
@@ -411,7 +526,10 @@ impl Report {
         }
         if s.measures(Measurement::Short) {
             what.push(format!(
-                "short conns: {} workers, 32-byte echo per connection, {:.1} s or {} connections",
+                "short conns: {} workers, 32-byte echo per connection, {:.1} s or {} connections; \
+                 short p99: the latency of those connections under that closed-loop load; proxy \
+                 CPU ms/conn: the proxy process's user + system CPU time during it (/proc/PID/stat, \
+                 10 ms ticks) divided by the connections completed",
                 s.workers,
                 s.short_connections.duration.as_secs_f64(),
                 s.short_connections.max_ops
@@ -431,12 +549,17 @@ impl Report {
                 s.throughput_bytes / super::MIB
             ));
         }
+        what.push("RSS: VmRSS of the proxy process after the run".to_owned());
         let _ = write!(
             out,
             "\n{}.\n\
-             `vs direct`: times better than direct (latency: direct / target; rates: target / direct).\n\
-             `-` in a column: not measured in this run, or (http-listener columns of the baseline) no \
-             http listener, its http rows already go straight to the backend; \
+             `vs direct`, `vs haproxy`: times better than direct or haproxy (latency, CPU, RSS: \
+             reference / target; rates: target / reference).\n\
+             haproxy, stunnel: the same mTLS hop (sandbox client certificate, TLS 1.3, session \
+             resumption) to the sandbox's raw echo port, without the binding upgrade.\n\
+             `-` in a column: not measured in this run, or not applicable: the baseline has no \
+             proxy process and no http listener (its http rows already go straight to the \
+             backend), the peers' hop ends at an echo (no http); \
              `n/a`: this build has no `protocol: http` listener.\n",
             what.join("; ")
         );
@@ -453,7 +576,22 @@ impl Report {
             self.load_average.as_deref().unwrap_or("unknown"),
         );
         for t in &self.targets {
-            if let Support::NotSupported { reason } = &t.support {
+            if let Some(peer) = &t.peer {
+                let _ = writeln!(
+                    out,
+                    "{}: {} ({})",
+                    t.target.name(),
+                    peer.version,
+                    peer.binary
+                );
+            }
+            if let Support::NotInstalled { looked_for } = &t.support {
+                let _ = writeln!(
+                    out,
+                    "{}: {NOT_INSTALLED} (no {looked_for} on PATH)",
+                    t.target.name()
+                );
+            } else if let Support::NotSupported { reason } = &t.support {
                 let _ = writeln!(out, "{}: {NOT_SUPPORTED}: {reason}", t.target.name());
             } else if let Support::NotSupported { reason } = &t.http_listener {
                 let _ = writeln!(
@@ -467,8 +605,29 @@ impl Report {
     }
 }
 
-fn ratio(c: &Column, direct: &TargetReport, other: &TargetReport) -> Option<f64> {
-    let (d, o) = ((c.value)(direct)?, (c.value)(other)?);
+/// Per target other than `reference`, per column taken in this run: how many times better than
+/// `reference` (absent when either has no number).
+fn ratios_against(reference: Target, settings: &Settings, targets: &[TargetReport]) -> Vec<Ratios> {
+    let base = targets.iter().find(|t| t.target == reference);
+    targets
+        .iter()
+        .filter(|t| t.target != reference)
+        .map(|t| Ratios {
+            target: t.target,
+            columns: COLUMNS
+                .iter()
+                .filter(|c| c.measured(settings))
+                .map(|c| Ratio {
+                    measurement: c.header,
+                    times_better: base.and_then(|b| ratio(c, b, t)),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn ratio(c: &Column, reference: &TargetReport, other: &TargetReport) -> Option<f64> {
+    let (d, o) = ((c.value)(reference)?, (c.value)(other)?);
     let (num, den) = if c.lower_is_better { (d, o) } else { (o, d) };
     (den > 0.0).then(|| num / den)
 }

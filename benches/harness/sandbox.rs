@@ -1,5 +1,6 @@
-//! The ngrok side: one `bindgate sandbox` process (binding ingress + echo and http backends) and
-//! a client certificate it issued, which every gateway presents.
+//! The ngrok side: one `bindgate sandbox` process (binding ingress + echo and http backends, and
+//! the raw mTLS echo port the peers dial) and a client certificate it issued, which every
+//! gateway and peer presents.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ pub const WEB_ENDPOINT: &str = "http://web.bench:80";
 pub struct SandboxProcess {
     process: ChildProcess,
     pub ingress: SocketAddr,
+    /// The raw mTLS echo port: the ingress's TLS and client check, then an echo, no upgrade.
+    pub raw_echo: SocketAddr,
     /// The sandbox CA (PEM) gateways trust.
     pub ca: PathBuf,
     pub client_cert: PathBuf,
@@ -48,6 +51,8 @@ account_id: ac_bench
 ingress:
   address: 127.0.0.1:0
   server_names: [localhost]
+raw_echo:
+  address: 127.0.0.1:0
 backends:
   echo: 127.0.0.1:0
   http: 127.0.0.1:0
@@ -104,6 +109,7 @@ endpoints:
             .with_context(|| format!("the sandbox's ready line has no `ca`: {ready}"))?;
         Ok(SandboxProcess {
             ingress: addr("/ingress")?,
+            raw_echo: addr("/raw_echo")?,
             echo: addr("/backends/echo")?,
             http: addr("/backends/http")?,
             ca: PathBuf::from(ca),

@@ -7,7 +7,8 @@
 //!   whatever the earlier ones are doing, each timed from its scheduled start (so a late start
 //!   counts against the target, and a slow target does not slow the schedule down).
 //! - `short_connections`: `workers` concurrent loops of connect, 32-byte request, 32-byte echo,
-//!   close. Connections per second.
+//!   close. Connections per second, and the latency of each connection under that closed-loop
+//!   load (p50/p99).
 //! - `http_requests`: `workers` concurrent HTTP/1.1 clients sending `GET /`, either over one
 //!   kept-alive connection each, or with a new connection per request (`Connection: close`).
 //! - `throughput`: one connection through the echo endpoint, `throughput_bytes` written while
@@ -56,6 +57,18 @@ pub struct RateResult {
     pub per_second: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Short connections only: each successful connection's latency (connect to echo back)
+    /// while every worker was busy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_under_load: Option<LoadLatency>,
+}
+
+/// Latency percentiles of the operations of a closed-loop rate measurement.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadLatency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -86,8 +99,13 @@ impl LatencyResult {
 
 impl RateResult {
     pub fn summary(&self) -> String {
+        let latency = self
+            .latency_under_load
+            .as_ref()
+            .map(|l| format!(", p50 {:.3} ms, p99 {:.3} ms", l.p50_ms, l.p99_ms))
+            .unwrap_or_default();
         format!(
-            "{:.0}/s ({} in {:.2} s){}",
+            "{:.0}/s ({} in {:.2} s{latency}){}",
             self.per_second,
             self.ops,
             self.seconds,
@@ -305,11 +323,15 @@ impl Gate {
     }
 }
 
+/// What one worker did: operations completed, failures, and the latency of each completed one
+/// when it times them.
+type WorkerOutcome = (u64, Failures, Vec<Duration>);
+
 /// Runs `workers` copies of `worker` sharing one gate and adds up what they did.
 async fn run_workers<W, F>(workers: usize, budget: Budget, worker: W) -> RateResult
 where
     W: Fn(Arc<Gate>) -> F,
-    F: Future<Output = (u64, Failures)> + Send + 'static,
+    F: Future<Output = WorkerOutcome> + Send + 'static,
 {
     let gate = Gate::new(budget);
     let start = Instant::now();
@@ -319,16 +341,25 @@ where
     }
     let mut ops = 0;
     let mut failures = Failures::default();
+    let mut latencies = Vec::new();
     while let Some(joined) = set.join_next().await {
         match joined {
-            Ok((n, f)) => {
+            Ok((n, f, l)) => {
                 ops += n;
                 failures.merge(f);
+                latencies.extend(l);
             }
             Err(e) => failures.record(format!("worker task failed: {e}")),
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let latency_under_load = (!latencies.is_empty()).then(|| LoadLatency {
+        p50_ms: percentile(&latencies, 50.0).map_or(0.0, ms),
+        p99_ms: percentile(&latencies, 99.0).map_or(0.0, ms),
+        max_ms: latencies.last().copied().map_or(0.0, ms),
+    });
     RateResult {
         ops,
         errors: failures.count,
@@ -339,6 +370,7 @@ where
             0.0
         },
         first_error: failures.first,
+        latency_under_load,
     }
 }
 
@@ -346,14 +378,18 @@ pub async fn short_connections(addr: SocketAddr, s: &Settings) -> RateResult {
     let limit = s.op_timeout;
     run_workers(s.workers, s.short_connections, move |gate| async move {
         let payload = [b'x'; 32];
-        let (mut ok, mut failures) = (0, Failures::default());
+        let (mut ok, mut failures, mut latencies) = (0, Failures::default(), Vec::new());
         while gate.admit() {
+            let start = Instant::now();
             match bounded(limit, echo_exchange(addr, &payload)).await {
-                Ok(()) => ok += 1,
+                Ok(()) => {
+                    ok += 1;
+                    latencies.push(start.elapsed());
+                }
                 Err(e) => failures.record(e),
             }
         }
-        (ok, failures)
+        (ok, failures, latencies)
     })
     .await
 }
@@ -382,7 +418,7 @@ pub async fn http_requests(addr: SocketAddr, keep_alive: bool, s: &Settings) -> 
                 Err(e) => failures.record(e),
             }
         }
-        (ok, failures)
+        (ok, failures, Vec::new())
     })
     .await
 }

@@ -55,6 +55,19 @@ pub struct SandboxConfig {
     /// The emulated ngrok API; absent means the sandbox serves the ingress only.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// A raw mTLS echo port: the ingress's TLS and client-certificate check, then an echo of
+    /// every byte, without the binding upgrade. It lets generic TLS proxies (HAProxy, stunnel)
+    /// make the same hop as bindgate in benchmarks. Absent: not served.
+    #[serde(default)]
+    pub raw_echo: Option<RawEchoConfig>,
+}
+
+/// The raw mTLS echo port (see [`SandboxConfig::raw_echo`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEchoConfig {
+    #[serde(default = "loopback_any_port")]
+    pub address: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +230,7 @@ impl Default for SandboxConfig {
             backends: BackendsConfig::default(),
             endpoints: Vec::new(),
             api: None,
+            raw_echo: None,
         }
     }
 }
@@ -475,6 +489,23 @@ endpoints:
         );
         assert_eq!(config.endpoints[2].faults.reset_after_bytes, Some(10));
         assert!(config.api.is_none());
+        assert!(config.raw_echo.is_none());
+    }
+
+    #[test]
+    fn raw_echo_takes_an_address_or_the_default() {
+        let config = SandboxConfig::from_yaml("raw_echo: { address: 127.0.0.1:7443 }\n").unwrap();
+        assert_eq!(
+            config.raw_echo.map(|r| r.address),
+            Some(SocketAddr::from(([127, 0, 0, 1], 7443)))
+        );
+        let config = SandboxConfig::from_yaml("raw_echo: {}\n").unwrap();
+        assert_eq!(
+            config.raw_echo.map(|r| r.address),
+            Some(loopback_any_port())
+        );
+        let err = SandboxConfig::from_yaml("raw_echo: { adress: 127.0.0.1:0 }\n").unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
     }
 
     #[test]

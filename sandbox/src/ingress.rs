@@ -309,7 +309,7 @@ pub(super) struct ClientIdentity {
 }
 
 impl ClientIdentity {
-    fn of(tls: &TlsStream<TcpStream>) -> Option<Self> {
+    pub(super) fn of(tls: &TlsStream<TcpStream>) -> Option<Self> {
         let leaf = tls.get_ref().1.peer_certificates()?.first()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
         let account = cert
@@ -326,6 +326,16 @@ impl ClientIdentity {
             account,
             serial: cert.raw_serial().to_vec(),
         })
+    }
+
+    /// The first DNS SAN, which the ingress takes as the account.
+    pub(super) fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    /// The serial number's DER content bytes, as [`SandboxCa::is_revoked`] compares them.
+    pub(super) fn serial(&self) -> &[u8] {
+        &self.serial
     }
 }
 

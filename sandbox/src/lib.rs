@@ -5,7 +5,8 @@
 //! configured) and returns once every listener accepts. Submodules: `config` (sandbox.yaml),
 //! `ca` (the persisted CA), `endpoints` (the registry of bound endpoints), `ingress` (mTLS +
 //! upgrade + pipe; `h2` serves the same upgrade as HTTP/2 CONNECT streams when the client
-//! negotiates ALPN `h2`), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
+//! negotiates ALPN `h2`), `raw_echo` (the same mTLS check, then an echo, for generic TLS proxies
+//! in benchmarks), `api` (the emulated ngrok API and `/sandbox/*` admin routes), `backends`
 //! (echo, http), `faults` (per-endpoint fault knobs), `tls` (its crypto provider and key
 //! reading). The sandbox shares nothing with bindgate's proxy side except the wire format (the
 //! `bindgate-wire` crate): it is written from PROTOCOL.md alone, and this crate must never depend
@@ -22,6 +23,7 @@ pub mod endpoints;
 pub mod faults;
 pub mod h2;
 pub mod ingress;
+pub mod raw_echo;
 pub mod tls;
 
 use std::future::Future;
@@ -42,6 +44,7 @@ pub use config::{SandboxConfig, SandboxConfigError};
 pub use endpoints::{BoundEndpoint, EndpointError, EndpointRegistry, EndpointUrl, Target};
 pub use faults::Faults;
 pub use ingress::Ingress;
+pub use raw_echo::RawEcho;
 
 /// File names [`Sandbox::issue_client_cert`] writes.
 pub const CLIENT_CERT_FILE: &str = "tls.crt";
@@ -82,6 +85,7 @@ pub struct Sandbox {
     http_addr: SocketAddr,
     api: Option<Arc<Api>>,
     api_addr: Option<SocketAddr>,
+    raw_echo_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -143,6 +147,32 @@ impl Sandbox {
             shutdown.clone(),
             move |tcp, peer| Arc::clone(&ingress).serve(tcp, peer),
         ));
+        let raw_echo_addr = match &config.raw_echo {
+            Some(raw) => {
+                let listener = bind("raw echo", raw.address).await?;
+                let addr = local_addr("raw echo", raw.address, &listener)?;
+                // The ingress's server certificate names and client check; no ALPN, no upgrade.
+                let tls = ca.server_tls(
+                    &config.ingress.server_names,
+                    &certificate_ips(addr.ip()),
+                    ClientAuth::Required,
+                )?;
+                let raw_echo = Arc::new(RawEcho::new(
+                    Arc::new(tls),
+                    Arc::clone(&ca),
+                    config.account_id.clone(),
+                    config.ingress.handshake_timeout.get(),
+                ));
+                tasks.push(spawn_accept_loop(
+                    listener,
+                    shutdown.clone(),
+                    move |tcp, peer| Arc::clone(&raw_echo).serve(tcp, peer),
+                ));
+                info!("sandbox raw mTLS echo listening on {addr}");
+                Some(addr)
+            }
+            None => None,
+        };
         let (api, api_addr) = match &config.api {
             Some(api_config) => {
                 let listener = bind("api", api_config.address).await?;
@@ -188,6 +218,7 @@ impl Sandbox {
             http_addr,
             api,
             api_addr,
+            raw_echo_addr,
             shutdown,
             tasks,
         })
@@ -223,6 +254,11 @@ impl Sandbox {
     /// The API's bound address, when the config has an `api` section.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// The raw mTLS echo port's bound address, when the config has a `raw_echo` section.
+    pub fn raw_echo_addr(&self) -> Option<SocketAddr> {
+        self.raw_echo_addr
     }
 
     /// `https://127.0.0.1:PORT`, what bindgate's `ngrok.api_url` should be.

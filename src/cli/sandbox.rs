@@ -72,6 +72,8 @@ pub struct ReadyLine {
     pub backends: ReadyBackends,
     /// `https://host:port` of the emulated API, when one is configured.
     pub api: Option<String>,
+    /// The raw mTLS echo port (no upgrade), when one is configured.
+    pub raw_echo: Option<SocketAddr>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -89,6 +91,7 @@ impl ReadyLine {
             ca: sandbox.ca_pem_path(),
             backends: ReadyBackends { echo, http },
             api: sandbox.api_url(),
+            raw_echo: sandbox.raw_echo_addr(),
         }
     }
 }
