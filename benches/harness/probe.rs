@@ -88,7 +88,7 @@ pub async fn metric(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
 }
 
 /// `GET path` on the admin server, HTTP/1.1 with `Connection: close`; the body of a `200`.
-async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     let exchange = async {
         let mut stream = TcpStream::connect(admin).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");

@@ -737,8 +737,8 @@ fn listener_spec(
     let routes = Arc::new(parts.routes);
     let filters = effective_network_filters(parts.limits, parts.filters);
     let metrics = retained.get_or_insert(
-        crate::retained::StateKey::new("listener/metrics", parts.name, &()),
-        || ListenerMetrics::new(parts.name),
+        crate::retained::StateKey::new("listener/metrics", parts.name, &parts.protocol),
+        || ListenerMetrics::new(parts.name, parts.protocol == Protocol::Http),
     );
     let leaf = crate::proxy::pipeline(Arc::new(Pipeline {
         listener: Arc::from(parts.name),

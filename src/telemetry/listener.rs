@@ -19,22 +19,25 @@ pub struct ListenerMetrics {
     active: Gauge,
     received: Counter,
     sent: Counter,
-    request_duration: Histogram,
+    /// `http` listeners only: a tcp or tls listener has no requests, and 17 empty buckets per
+    /// listener would be most of a scrape with many discovered endpoints.
+    request_duration: Option<Histogram>,
 }
 
 impl ListenerMetrics {
-    /// Registers the listener's series (a listener kept across snapshots keeps counting the same
-    /// ones: registration by the same name returns them).
-    pub fn new(listener: &str) -> ListenerMetrics {
+    /// Registers the listener's series, with `bindgate_http_request_duration_seconds` when it
+    /// serves `http` (a listener kept across snapshots keeps counting the same ones: registration
+    /// by the same name returns them).
+    pub fn new(listener: &str, http: bool) -> ListenerMetrics {
         let listener = label(listener);
         register(|| ListenerMetrics {
             accepted: metrics::counter!(LISTENER_ACCEPTED, "listener" => listener.clone()),
             active: metrics::gauge!(LISTENER_ACTIVE, "listener" => listener.clone()),
             received: metrics::counter!(LISTENER_RECEIVED_BYTES, "listener" => listener.clone()),
             sent: metrics::counter!(LISTENER_SENT_BYTES, "listener" => listener.clone()),
-            request_duration: metrics::histogram!(
-                HTTP_REQUEST_DURATION, "listener" => listener.clone()
-            ),
+            request_duration: http.then(|| {
+                metrics::histogram!(HTTP_REQUEST_DURATION, "listener" => listener.clone())
+            }),
             listener,
         })
     }
@@ -94,7 +97,9 @@ impl ListenerMetrics {
 
     /// One HTTP request, from its head read to its response head written.
     pub fn request_duration(&self, d: Duration) {
-        self.request_duration.record(d);
+        if let Some(h) = &self.request_duration {
+            h.record(d);
+        }
     }
 }
 

@@ -73,7 +73,7 @@ fn the_families_that_predate_the_facade_render_unlabelled_before_anything_happen
 
 #[test]
 fn listener_handles_count_exactly_and_refine_the_totals() {
-    let m = ListenerMetrics::new("unit-listener");
+    let m = ListenerMetrics::new("unit-listener", false);
     let l = r#"listener="unit-listener""#;
     let accepted_before = value(CONNECTIONS_ACCEPTED, "");
     let refused_before = value(CONNECTIONS_REFUSED, "");
@@ -116,7 +116,7 @@ fn listener_handles_count_exactly_and_refine_the_totals() {
     assert_eq!(local("404"), 1.0);
 
     // A second handle for the same listener (a reload) counts on the same series.
-    ListenerMetrics::new("unit-listener").accepted();
+    ListenerMetrics::new("unit-listener", false).accepted();
     assert_eq!(value(LISTENER_ACCEPTED, l), 3.0);
 }
 
@@ -207,7 +207,7 @@ fn ingress_histograms_are_labelled_by_ingress() {
 fn label_values_are_escaped_exactly() {
     // A quote, a lone backslash, a backslash before a quote, two backslashes, a newline.
     let name = "a\"b\\c\\\"d\\\\e\nf";
-    ListenerMetrics::new(name).accepted();
+    ListenerMetrics::new(name, false).accepted();
     let text = handle().render();
     let want = r#"listener="a\"b\\c\\\"d\\\\e\nf""#;
     assert_eq!(sample(&text, LISTENER_ACCEPTED, want), Some(1.0), "{text}");
@@ -228,7 +228,7 @@ fn control_path_functions_set_their_series() {
 
 #[test]
 fn the_whole_text_parses() {
-    ListenerMetrics::new("unit-parse").request_duration(Duration::from_millis(12));
+    ListenerMetrics::new("unit-parse", true).request_duration(Duration::from_millis(12));
     let text = render();
     for line in text.lines() {
         assert_ne!(
@@ -249,6 +249,24 @@ fn the_whole_text_parses() {
         panic!("{hist:?}");
     };
     assert_eq!(buckets.len(), BUCKETS.len() + 1);
+}
+
+/// A tcp listener has no requests: it exports no request-duration histogram (17 empty buckets
+/// per listener were half of a scrape with many discovered tcp endpoints), an http one does.
+#[test]
+fn only_http_listeners_export_the_request_duration_histogram() {
+    let tcp = ListenerMetrics::new("unit-tcp-only", false);
+    tcp.request_duration(Duration::from_millis(3));
+    ListenerMetrics::new("unit-http-only", true);
+    let text = render();
+    let with = |listener: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(HTTP_REQUEST_DURATION))
+            .filter(|l| l.contains(&format!("listener=\"{listener}\"")))
+            .count()
+    };
+    assert_eq!(with("unit-tcp-only"), 0, "{text}");
+    assert_eq!(with("unit-http-only"), BUCKETS.len() + 1 + 2, "{text}");
 }
 
 #[cfg(target_os = "linux")]
