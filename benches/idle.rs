@@ -8,10 +8,11 @@
 //! Per count N: a fresh `bindgate sandbox` serving N `tcp` bound endpoints through its API, and a
 //! `bindgate run` that registers with that API like the operator does, discovers them and
 //! exposes each on an address of its own (`expose.mode: virtual`, in a loopback /16 picked per
-//! run), with the default `pool` transport. Once `/listeners` shows all N bound, the bench waits
-//! for a discovery poll that changes nothing (`bindgate_discovery_polls_total` advancing twice),
-//! then reads `/proc/PID/status` (`VmRSS`, and its anonymous and file-backed parts) and
-//! `/proc/PID/fd`. The per-endpoint cost is the difference to the smallest count measured,
+//! run), with the default `pool` transport and a discovery poll every second. Once `/listeners`
+//! shows all N bound, the bench leaves the gateway alone for three polls, then reads
+//! `/proc/PID/status` (`VmRSS`, and its anonymous and file-backed parts) and `/proc/PID/fd`: at
+//! rest. It then scrapes `/metrics` ten times, as Prometheus would, and looks again: a scrape's
+//! transient memory is partly kept by the allocator. The per-endpoint cost is the difference to the smallest count measured,
 //! divided by the endpoints added. Nothing proxies a byte: this is the process at rest.
 
 #[path = "harness/mod.rs"]
@@ -31,13 +32,14 @@ use harness::probe::{self, ProcStats};
 use harness::process::ChildProcess;
 use harness::sandbox::path_arg;
 
-const USAGE: &str =
-    "usage: cargo bench --bench idle -- [--endpoints 0,1,100,1000] [--json FILE]";
+const USAGE: &str = "usage: cargo bench --bench idle -- [--endpoints 0,1,100,1000] [--json FILE]";
 
 /// Bound on start-up, on all listeners being bound, and on two discovery polls.
 const GUARD: Duration = Duration::from_secs(120);
 /// The gateway's discovery poll interval: short, so the settle takes seconds.
-const POLL: &str = "1s";
+const POLL: Duration = Duration::from_secs(1);
+/// `/metrics` scrapes before the second look.
+const SCRAPES: usize = 10;
 const POLLS: &str = "bindgate_discovery_polls_total";
 
 struct Args {
@@ -150,12 +152,13 @@ ingresses:
 dynamic_resources:
   bound_endpoints:
     ingress: sandbox
-    poll_interval: {POLL}
+    poll_interval: {poll}s
     expose:
       mode: virtual
       cidr: {cidr}
 ",
         state = dir.join("gateway-state").display(),
+        poll = POLL.as_secs(),
     )
 }
 
@@ -174,7 +177,7 @@ async fn bound_listeners(admin: SocketAddr) -> anyhow::Result<usize> {
         .count())
 }
 
-async fn measure(bin: &Path, n: usize, cidr: &str) -> anyhow::Result<Rest> {
+async fn measure(bin: &Path, n: usize, cidr: &str) -> anyhow::Result<(Rest, Rest)> {
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let sandbox_yaml = dir.path().join("sandbox.yaml");
     std::fs::write(&sandbox_yaml, sandbox_config(dir.path(), n))?;
@@ -209,40 +212,47 @@ async fn measure(bin: &Path, n: usize, cidr: &str) -> anyhow::Result<Rest> {
         if Instant::now() > deadline {
             bail!("{bound} of {n} listeners bound after {GUARD:?}");
         }
-        sleep(Duration::from_millis(100)).await;
+        sleep(Duration::from_millis(200)).await;
         bound = bound_listeners(admin).await?;
     }
-    // Two more discovery polls that find the same set: whatever the first fill allocated is
-    // either held or freed by now.
-    let first = probe::metric(admin, POLLS).await?;
-    while probe::metric(admin, POLLS).await? < first + 2.0 {
-        if Instant::now() > deadline {
-            bail!("discovery did not poll twice within {GUARD:?}");
-        }
-        sleep(Duration::from_millis(100)).await;
+    // At rest: three discovery polls that find the same set, with nothing else asking the
+    // gateway anything (a scrape leaves memory behind, measured next).
+    sleep(3 * POLL).await;
+    let rest = look(pid, n, bound)?;
+    // Then scraped: `/metrics` ten times, as Prometheus would over a few minutes.
+    let polls = probe::metric(admin, POLLS).await?;
+    for _ in 0..SCRAPES - 1 {
+        probe::get(admin, "/metrics").await?;
     }
+    let scraped = look(pid, n, bound)?;
+    if polls < 3.0 {
+        bail!("discovery polled {polls} times in the settle: the gateway is not at rest");
+    }
+    gateway.stop().await;
+    sandbox.stop().await;
+    Ok((rest, scraped))
+}
+
+fn look(pid: u32, n: usize, bound: usize) -> anyhow::Result<Rest> {
     let stats = ProcStats::read(pid)?;
-    let rest = Rest {
+    Ok(Rest {
         endpoints: n,
-        listeners_bound: bound_listeners(admin).await?,
+        listeners_bound: bound,
         rss_kib: stats.rss_kib,
         rss_anon_kib: status_kib(pid, "RssAnon:")?,
         rss_file_kib: status_kib(pid, "RssFile:")?,
         fds: stats.fds,
         threads: stats.threads,
-    };
-    gateway.stop().await;
-    sandbox.stop().await;
-    Ok(rest)
+    })
 }
 
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
 
-fn table(rests: &[Rest]) -> String {
-    let mut out = String::from(
-        "| endpoints | listeners bound | VmRSS MiB | anonymous MiB | file-backed MiB | KiB per endpoint (VmRSS / anonymous) | fds | threads |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+fn table(title: &str, rests: &[Rest]) -> String {
+    let mut out = format!(
+        "{title}\n\n| endpoints | listeners bound | VmRSS MiB | anonymous MiB | file-backed MiB | KiB per endpoint (VmRSS / anonymous) | fds | threads |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     let first = &rests[0];
     for r in rests {
@@ -294,13 +304,21 @@ fn main() -> ExitCode {
     // A loopback /16 of this run's own, so a gateway left over from another run cannot hold the
     // addresses.
     let cidr = format!("127.{}.0.0/16", 100 + std::process::id() % 100);
-    eprintln!("bindgate idle: binary {}, addresses in {cidr}", bin.display());
-    let mut rests = Vec::new();
+    eprintln!(
+        "bindgate idle: binary {}, addresses in {cidr}",
+        bin.display()
+    );
+    let (mut rests, mut scraped) = (Vec::new(), Vec::new());
     for &n in &args.endpoints {
         match runtime.block_on(measure(&bin, n, &cidr)) {
-            Ok(r) => {
-                eprintln!("{n} endpoints: VmRSS {} MiB", mib(r.rss_kib));
+            Ok((r, s)) => {
+                eprintln!(
+                    "{n} endpoints: VmRSS {} MiB at rest, {} MiB after {SCRAPES} scrapes",
+                    mib(r.rss_kib),
+                    mib(s.rss_kib)
+                );
                 rests.push(r);
+                scraped.push(s);
             }
             Err(e) => {
                 eprintln!("{n} endpoints: {e:#}");
@@ -308,9 +326,19 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("\n{}", table(&rests));
+    println!("\n{}", table("At rest", &rests));
+    println!(
+        "{}",
+        table(&format!("After {SCRAPES} scrapes of /metrics"), &scraped)
+    );
     if let Some(path) = &args.json {
-        let json = serde_json::json!({ "binary": bin, "cidr": cidr, "rest": rests });
+        let json = serde_json::json!({
+            "binary": bin,
+            "cidr": cidr,
+            "rest": rests,
+            "after_scrapes": SCRAPES,
+            "scraped": scraped,
+        });
         let written = serde_json::to_string_pretty(&json)
             .map_err(|e| e.to_string())
             .and_then(|text| std::fs::write(path, text + "\n").map_err(|e| e.to_string()));

@@ -35,9 +35,9 @@ impl ListenerMetrics {
             active: metrics::gauge!(LISTENER_ACTIVE, "listener" => listener.clone()),
             received: metrics::counter!(LISTENER_RECEIVED_BYTES, "listener" => listener.clone()),
             sent: metrics::counter!(LISTENER_SENT_BYTES, "listener" => listener.clone()),
-            request_duration: http.then(|| {
-                metrics::histogram!(HTTP_REQUEST_DURATION, "listener" => listener.clone())
-            }),
+            request_duration: http.then(
+                || metrics::histogram!(HTTP_REQUEST_DURATION, "listener" => listener.clone()),
+            ),
             listener,
         })
     }
