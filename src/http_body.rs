@@ -45,29 +45,49 @@ pub struct BodyState {
     pub client_error: AtomicBool,
     /// Set when the client stopped sending its body for longer than the idle timeout.
     pub stalled: AtomicBool,
+    /// Set when the body was read to its end (an empty one never is: check `is_end_stream`).
+    pub complete: AtomicBool,
 }
 
-/// An idle timer: armed on each wait for bytes, reset when bytes arrive.
+/// An idle timer: the wait for bytes starts at the first poll that finds none after bytes
+/// arrived. Made and armed only then, so a body that is there whole when first polled (most
+/// responses) costs no clock read, allocation or timer-wheel entry.
 struct IdleTimer {
     after: Duration,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes arrived since the timer was armed: re-arm it at the next wait.
+    progressed: bool,
 }
 
 impl IdleTimer {
     fn new(after: Duration) -> Self {
         IdleTimer {
             after,
-            sleep: Box::pin(tokio::time::sleep(after)),
+            sleep: None,
+            progressed: false,
         }
     }
 
+    /// Bytes arrived.
     fn reset(&mut self) {
-        self.sleep.as_mut().reset(Instant::now() + self.after);
+        self.progressed = true;
     }
 
-    /// `Ready` when the body has been idle too long.
+    /// Called when no bytes are there: `Ready` when none came for `after`.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.sleep.as_mut().poll(cx)
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if std::mem::take(&mut self.progressed) {
+                    sleep.as_mut().reset(Instant::now() + self.after);
+                }
+                sleep
+            }
+            None => {
+                self.progressed = false;
+                self.sleep.insert(Box::pin(tokio::time::sleep(self.after)))
+            }
+        };
+        sleep.as_mut().poll(cx)
     }
 }
 
@@ -206,13 +226,17 @@ impl Body for RequestBody {
                     }
                 }
                 if this.is_end_stream() {
+                    this.state.complete.store(true, Ordering::Relaxed);
                     this.signal();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             other => {
-                if matches!(other, Poll::Ready(Some(Err(_)))) {
-                    this.state.client_error.store(true, Ordering::Relaxed);
+                match other {
+                    Poll::Ready(Some(Err(_))) => {
+                        this.state.client_error.store(true, Ordering::Relaxed)
+                    }
+                    _ => this.state.complete.store(true, Ordering::Relaxed),
                 }
                 this.signal();
                 other

@@ -9,9 +9,11 @@
 //! `request_timeout`. An `Upgrade` request (WebSocket) gets a dedicated upstream connection and,
 //! on `101`, the two upgraded streams are spliced until both sides are done or idle.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
@@ -30,7 +32,7 @@ use crate::filters::network::{Conn, ConnOutcome, Outcome};
 use crate::http_body::{ProxyBody, RequestBody};
 use crate::snapshot::{HttpRoute, HttpRoutes, HttpUpstream, RouteTable, normalize_host};
 use crate::upstream::UpstreamError;
-use crate::upstream::http_pool::{self, HttpConnectError, HttpPool};
+use crate::upstream::http_pool::{self, HttpConnectError};
 
 /// How many times a request found its pooled connection closed by the upstream before being
 /// written, and was sent again on another one (the request is returned intact by hyper).
@@ -307,14 +309,30 @@ fn normalize_target<B>(mut req: Request<B>) -> Result<Request<B>, &'static str> 
 }
 
 /// The host the request is for: the target's authority (absolute form), else the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     if let Some(authority) = req.uri().authority() {
-        return Some(normalize_host(authority.host()));
+        return Some(Cow::Owned(normalize_host(authority.host())));
     }
     req.headers()
         .get(HOST)
         .and_then(|v| v.to_str().ok())
-        .map(normalize_host)
+        .map(|raw| {
+            if is_normal_host(raw) {
+                Cow::Borrowed(raw)
+            } else {
+                Cow::Owned(normalize_host(raw))
+            }
+        })
+}
+
+/// Already what [`normalize_host`] makes of it (the common case, no allocation): no upper case,
+/// no port, no trailing dot, not an IPv6 literal.
+fn is_normal_host(raw: &str) -> bool {
+    !raw.is_empty()
+        && !raw.ends_with('.')
+        && !raw
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b == b':' || b == b'[')
 }
 
 pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -336,7 +354,13 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes what belongs to one hop (RFC 9110 §7.6.1): `Connection`, the fields it names, and
 /// the fields defined as hop-by-hop. `Host` is never removed, whatever `Connection` says.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none, or only `Connection`.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
+        // The fields removed below anyway (`Connection: keep-alive`, `upgrade`) need no copy.
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| *n != HOST)
         .collect();
@@ -349,6 +373,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in ["keep-alive", "proxy-connection"] {
         headers.remove(n);
     }
+}
+
+/// The fields defined as hop-by-hop, lower case (as `HeaderName::as_str` gives them).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1, bindgate's
@@ -378,10 +416,16 @@ async fn forward(
             Err(e) => return ctx.no_connection(&cluster.name, &e),
         };
         let mut sender = checkout.sender;
+        // Whether this request's body has gone out whole, asked when its response has ended.
+        let empty = hyper::body::Body::is_end_stream(req.body());
+        let sending = req.body().state();
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 let pool = upstream.pool.clone();
-                return upstream_response(resp, Some((sender, pool)), idle_timeout);
+                let give_back: crate::http_body::GiveBack = Box::new(move || {
+                    pool.give_back(sender, empty || sending.complete.load(Ordering::Relaxed))
+                });
+                return upstream_response(resp, Some(give_back), idle_timeout);
             }
             Err(mut e) => match (e.take_message(), resend.take()) {
                 (Some(back), kept) if checkout.reused && stale < STALE_RETRIES => {
@@ -397,7 +441,7 @@ async fn forward(
                     req = Request::from_parts(head, RequestBody::empty());
                     fresh = true;
                 }
-                _ if body.stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+                _ if body.stalled.load(Ordering::Relaxed) => {
                     tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, peer = %ctx.peer, "the client's request body stalled, answering 408");
                     return answer(
                         StatusCode::REQUEST_TIMEOUT,
@@ -405,7 +449,7 @@ async fn forward(
                         "bindgate: the request body stopped arriving\n",
                     );
                 }
-                _ if body.client_error.load(std::sync::atomic::Ordering::Relaxed) => {
+                _ if body.client_error.load(Ordering::Relaxed) => {
                     tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, peer = %ctx.peer, "the client's request body could not be read, answering 400: {}", chain(&e.into_error()));
                     return answer(
                         StatusCode::BAD_REQUEST,
@@ -413,7 +457,7 @@ async fn forward(
                         "bindgate: the request body could not be read\n",
                     );
                 }
-                _ if body.too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+                _ if body.too_large.load(Ordering::Relaxed) => {
                     return answer(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "rejected:max_request_body",
@@ -577,14 +621,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn upstream_response(
     resp: Response<Incoming>,
-    back_to: Option<(SendRequest<RequestBody>, Arc<HttpPool>)>,
+    give_back: Option<crate::http_body::GiveBack>,
     idle_timeout: Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let give_back = back_to.map(|(sender, pool)| -> crate::http_body::GiveBack {
-        Box::new(move || pool.give_back(sender))
-    });
     Response::from_parts(
         parts,
         ProxyBody::upstream(body, give_back, Some(idle_timeout)),
@@ -633,6 +674,44 @@ mod tests {
                 ("authorization", "Bearer t")
             ]
         );
+    }
+
+    #[test]
+    fn hosts_taken_as_they_are_are_the_normalized_ones() {
+        for raw in [
+            "shop.default",
+            "Shop.Default",
+            "shop.default:8080",
+            "shop.default.",
+            "[::1]:80",
+            "[::1]",
+            "",
+            "a:b",
+        ] {
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert(HOST, HeaderValue::from_str(raw).unwrap());
+            assert_eq!(
+                request_host(&req).as_deref(),
+                Some(normalize_host(raw).as_str()),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_fields_are_left_as_they_are() {
+        let mut h = headers(&[("host", "a"), ("x-kept", "1"), ("content-length", "2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, X-A"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, headers(&[("x-b", "2")]));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! (see `proxy::http::ProxyBody`), before the client has seen the last byte, so a client's next
 //! request finds it. A connection is discarded when the upstream closed it, when its response was
 //! not read to the end, when it sat idle longer than [`IDLE_TTL`], or when [`MAX_IDLE`] others
-//! already wait. The pool only holds connections ready for a request.
+//! already wait. The pool only holds connections that owe the upstream nothing (their request
+//! was sent whole); one whose driver has not caught up yet is ready within a poll of it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +24,10 @@ use tokio::time::Instant;
 use super::{Cluster, UpstreamError};
 use crate::http_body::RequestBody;
 
-/// Idle connections kept per cluster; more are closed when they come back.
-pub const MAX_IDLE: usize = 32;
+/// Idle connections kept per cluster; more are closed when they come back. Above the
+/// concurrency of a busy listener (a `wrk -c64` run keeps 64 requests in flight): with fewer,
+/// each lull closes connections the next burst opens again.
+pub const MAX_IDLE: usize = 128;
 /// An idle connection older than this is closed instead of reused (upstream servers close idle
 /// keep-alive connections after a while; reusing one that is about to go costs a retry).
 pub const IDLE_TTL: Duration = Duration::from_secs(90);
@@ -105,15 +108,17 @@ impl HttpPool {
         self.idle.lock().await.pop()
     }
 
-    /// Takes a connection back whose last response has been read to the end. Never waits: a
-    /// connection not ready for another request yet (its dispatcher has not caught up, or the
-    /// request body is still being sent) is handed back from a task once it is, so the pool
-    /// only ever holds connections that are ready.
-    pub fn give_back(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
+    /// Takes a connection back whose last response has been read to the end. Never waits.
+    /// `request_sent`: its request went out whole, so the connection owes nothing and is
+    /// pooled at once, even when its driver task has not yet taken note that the response
+    /// ended (the usual case: it runs on another worker); the next checkout's `ready()` then
+    /// resolves within a poll of that driver. A connection still sending a request body is
+    /// handed back from a task once it is ready, so a checkout never waits behind an upload.
+    pub fn give_back(self: &Arc<Self>, mut sender: SendRequest<RequestBody>, request_sent: bool) {
         if sender.is_closed() {
             return;
         }
-        if sender.is_ready() {
+        if request_sent || sender.is_ready() {
             if let Ok(mut list) = self.idle.try_lock() {
                 push_idle(&mut list, sender);
                 return;
@@ -129,14 +134,21 @@ impl HttpPool {
 }
 
 fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<RequestBody>) {
-    list.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TTL);
+    let now = Instant::now();
+    // Oldest first: the expired ones are at the front. Closed ones anywhere are skipped at
+    // checkout, and swept here only when the list is full (not a scan on every request).
+    let expired = list
+        .iter()
+        .take_while(|i| now.saturating_duration_since(i.since) > IDLE_TTL)
+        .count();
+    list.drain(..expired);
+    if list.len() >= MAX_IDLE {
+        list.retain(|i| !i.sender.is_closed());
+    }
     if list.len() >= MAX_IDLE {
         list.remove(0); // the coldest
     }
-    list.push(Idle {
-        sender,
-        since: Instant::now(),
-    });
+    list.push(Idle { sender, since: now });
 }
 
 /// Opens an HTTP/1.1 client connection through `cluster`. Its driver runs in its own task
@@ -166,4 +178,81 @@ pub async fn open(
         });
     }
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{ClusterTarget, StaticEndpoints};
+    use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/1.1 server answering `ok` to every request head; counts its connections.
+    async fn upstream() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn cluster(addr: String) -> Cluster {
+        let target = Arc::new(ClusterTarget::Static(StaticEndpoints::new(
+            vec![addr],
+            Duration::from_secs(5),
+        )));
+        Cluster::new(
+            "pooled".into(),
+            target.clone(),
+            Cluster::transport(target),
+            None,
+            Arc::new(crate::telemetry::ClusterMetrics::new("pooled")),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_as_its_response_ends_serves_the_next_request() {
+        let (addr, accepted) = upstream().await;
+        let cluster = cluster(addr);
+        let pool = Arc::new(HttpPool::default());
+        for i in 0..3 {
+            let mut checkout = pool.checkout(&cluster, false).await.unwrap();
+            assert_eq!(checkout.reused, i > 0, "request {i}");
+            let req = http::Request::get("/")
+                .header("host", "pooled")
+                .body(RequestBody::empty())
+                .unwrap();
+            let resp = checkout.sender.send_request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            // At once, whether or not the connection's driver has caught up yet.
+            pool.give_back(checkout.sender, true);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.opened.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.reused.load(Ordering::Relaxed), 2);
+    }
 }
