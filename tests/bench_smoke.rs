@@ -12,8 +12,9 @@ mod harness;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use harness::http_peers::HttpPeer;
 use harness::peers::Peer;
-use harness::{HttpPeer, Support, Target};
+use harness::{Support, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_supported_mode_produces_numbers() {

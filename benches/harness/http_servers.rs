@@ -57,7 +57,11 @@ pub struct NginxProcess {
 
 impl NginxProcess {
     pub async fn start(bin: &Path, dir: &Path, settings: &Settings) -> anyhow::Result<Self> {
-        let info = PeerInfo::of(bin, "-v", "nginx version", settings.startup_timeout).await?;
+        let mut info = PeerInfo::of(bin, "-v", "nginx version", settings.startup_timeout).await?;
+        // "nginx version: nginx/1.22.1" → "nginx/1.22.1".
+        if let Some(version) = info.version.strip_prefix("nginx version: ") {
+            info.version = version.to_owned();
+        }
         let listen = free_loopback_port()?;
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(&prefix)

@@ -228,11 +228,14 @@ fn parse_ab(text: &str) -> Result<HttpRun, String> {
     })
 }
 
+// Run by the `bench_smoke` test binary. The benches are also checked with `cfg(test)` but
+// without a test harness (`harness = false`), which drops the `#[test]` functions: so nothing
+// here lives outside them (no `use`, no shared constants), or it would be unused there.
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    const WRK: &str = "\
+    #[test]
+    fn wrk_summary() {
+        const WRK: &str = "\
 Running 1s test @ http://127.0.0.1:18088/
   2 threads and 64 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -249,10 +252,7 @@ Running 1s test @ http://127.0.0.1:18088/
 Requests/sec:  15070.30
 Transfer/sec:      2.18MB
 ";
-
-    #[test]
-    fn wrk_summary() {
-        let run = parse_wrk(WRK).expect("parses");
+        let run = super::parse_wrk(WRK).expect("parses");
         assert_eq!(run.requests, 15551);
         assert_eq!(run.errors, 18);
         assert_eq!(
@@ -263,28 +263,27 @@ Transfer/sec:      2.18MB
         assert!((run.per_second - 15070.30).abs() < 1e-9);
         assert!((run.mean_latency_ms.expect("mean") - 0.62279).abs() < 1e-9);
         assert!((run.p99_latency_ms.expect("p99") - 17.6).abs() < 1e-9);
-    }
 
-    #[test]
-    fn wrk_without_a_count_is_an_error() {
         let truncated = WRK.replace("15551 requests in 1.03s, 2.25MB read", "");
         assert_eq!(
-            parse_wrk(&truncated).map(|r| r.requests),
+            super::parse_wrk(&truncated).map(|r| r.requests),
             Err("no `N requests in T`".to_owned())
         );
     }
 
     #[test]
     fn wrk_times() {
-        assert_eq!(wrk_time_ms("250.00us"), Some(0.25));
-        assert_eq!(wrk_time_ms("4.50ms"), Some(4.5));
-        assert_eq!(wrk_time_ms("1.50s"), Some(1500.0));
-        assert_eq!(wrk_time_ms("2.00m"), Some(120_000.0));
-        assert_eq!(wrk_time_ms("Distribution"), None);
-        assert_eq!(wrk_time_ms("12"), None);
+        assert_eq!(super::wrk_time_ms("250.00us"), Some(0.25));
+        assert_eq!(super::wrk_time_ms("4.50ms"), Some(4.5));
+        assert_eq!(super::wrk_time_ms("1.50s"), Some(1500.0));
+        assert_eq!(super::wrk_time_ms("2.00m"), Some(120_000.0));
+        assert_eq!(super::wrk_time_ms("Distribution"), None);
+        assert_eq!(super::wrk_time_ms("12"), None);
     }
 
-    const AB: &str = "\
+    #[test]
+    fn ab_summary() {
+        const AB: &str = "\
 Server Software:        nginx/1.22.1
 Document Path:          /
 Document Length:        256 bytes
@@ -305,10 +304,7 @@ Percentage of the requests served within a certain time (ms)
   99%     13
  100%     21 (longest request)
 ";
-
-    #[test]
-    fn ab_summary() {
-        let run = parse_ab(AB).expect("parses");
+        let run = super::parse_ab(AB).expect("parses");
         assert_eq!(run.requests, 2000);
         assert_eq!(run.errors, 5);
         assert_eq!(run.first_error.as_deref(), Some("3 failed requests"));
@@ -316,26 +312,23 @@ Percentage of the requests served within a certain time (ms)
         assert!((run.per_second - 4583.08).abs() < 1e-9);
         assert_eq!(run.mean_latency_ms, Some(3.491));
         assert_eq!(run.p99_latency_ms, Some(13.0));
-    }
 
-    #[test]
-    fn ab_without_a_rate_is_an_error() {
         let truncated = AB.replace("Requests per second:", "Requests:");
         assert_eq!(
-            parse_ab(&truncated).map(|r| r.requests),
+            super::parse_ab(&truncated).map(|r| r.requests),
             Err("no `Requests per second:`".to_owned())
         );
     }
 
     #[test]
     fn command_lines() {
-        let s = super::super::Settings::new(PathBuf::from("bindgate"), "test", false);
+        let s = super::super::Settings::new("bindgate".into(), "test", false);
         assert_eq!(
-            Tool::Wrk.command(&s.http_peers),
+            super::Tool::Wrk.command(&s.http_peers),
             "wrk -t2 -c64 -d5s --latency URL"
         );
         assert_eq!(
-            Tool::Ab.command(&s.http_peers),
+            super::Tool::Ab.command(&s.http_peers),
             "ab -q -r -c 16 -n 20000 URL"
         );
     }

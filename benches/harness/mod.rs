@@ -26,7 +26,7 @@
 
 pub mod gateway;
 mod http1;
-mod http_peers;
+pub mod http_peers;
 mod http_servers;
 mod loadgen;
 pub mod peers;
@@ -45,7 +45,6 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-pub use http_peers::HttpPeer;
 use report::ProxyCpu;
 pub use report::{Report, Support, TargetReport};
 

@@ -454,7 +454,8 @@ impl Report {
     }
 
     /// The results and the ratios as aligned Markdown tables, with a legend: the transports'
-    /// (when any of their measurements ran), then the http_peers group's.
+    /// (when any of their measurements ran), then the http_peers group's, then which bindgate
+    /// was measured.
     pub fn table(&self) -> String {
         let mut out = String::new();
         if !self.targets.is_empty() {
@@ -483,36 +484,10 @@ impl Report {
             },
             self.load_average.as_deref().unwrap_or("unknown"),
         );
-        for t in &self.targets {
-            if let Some(peer) = &t.peer {
-                let _ = writeln!(
-                    out,
-                    "{}: {} ({})",
-                    t.target.name(),
-                    peer.version,
-                    peer.binary
-                );
-            }
-            if let Support::NotInstalled { looked_for } = &t.support {
-                let _ = writeln!(
-                    out,
-                    "{}: {NOT_INSTALLED} (no {looked_for} on PATH)",
-                    t.target.name()
-                );
-            } else if let Support::NotSupported { reason } = &t.support {
-                let _ = writeln!(out, "{}: {NOT_SUPPORTED}: {reason}", t.target.name());
-            } else if let Support::NotSupported { reason } = &t.http_listener {
-                let _ = writeln!(
-                    out,
-                    "{} http listener: {NOT_SUPPORTED}: {reason}",
-                    t.target.name()
-                );
-            }
-        }
         out
     }
 
-    /// The transports' table, its ratios and its legend, appended to `out`.
+    /// The transports' table, its ratios, its legend and the peers' versions, appended to `out`.
     fn transports_table(&self, out: &mut String) {
         let mut header = vec!["target".to_owned()];
         header.extend(COLUMNS.iter().map(|c| c.header.to_owned()));
@@ -639,6 +614,32 @@ impl Report {
         );
         if s.rtt.is_some() && s.only.contains(&Measurement::Throughput) {
             let _ = writeln!(out, "{NO_THROUGHPUT_WITH_RTT}.");
+        }
+        for t in &self.targets {
+            if let Some(peer) = &t.peer {
+                let _ = writeln!(
+                    out,
+                    "{}: {} ({})",
+                    t.target.name(),
+                    peer.version,
+                    peer.binary
+                );
+            }
+            if let Support::NotInstalled { looked_for } = &t.support {
+                let _ = writeln!(
+                    out,
+                    "{}: {NOT_INSTALLED} (no {looked_for} on PATH)",
+                    t.target.name()
+                );
+            } else if let Support::NotSupported { reason } = &t.support {
+                let _ = writeln!(out, "{}: {NOT_SUPPORTED}: {reason}", t.target.name());
+            } else if let Support::NotSupported { reason } = &t.http_listener {
+                let _ = writeln!(
+                    out,
+                    "{} http listener: {NOT_SUPPORTED}: {reason}",
+                    t.target.name()
+                );
+            }
         }
     }
 }
