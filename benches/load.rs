@@ -1,6 +1,7 @@
 //! The load benchmark: bindgate's ingress transports side by side, in one run, against the
-//! sandbox, with HAProxy and stunnel making the same mTLS hop when they are installed (see
-//! `benches/README.md`).
+//! sandbox, with HAProxy and stunnel making the same mTLS hop when they are installed; and
+//! bindgate's http listener beside HAProxy in front of one nginx (`http_peers`, when nginx is
+//! installed). See `benches/README.md`.
 //!
 //! ```sh
 //! cargo bench --bench load                      # the full run (under two minutes)
@@ -8,6 +9,7 @@
 //! cargo bench --bench load -- --json target/bench-results.json
 //! cargo bench --bench load -- --rtt 20          # 20 ms emulated between gateways and ingress
 //! cargo bench --bench load -- --only connect,paced --targets direct,pool
+//! cargo bench --bench load -- --only http_peers # http proxies in front of nginx
 //! ```
 //!
 //! Which `bindgate` is measured: `BINDGATE_BIN` when set, else the one cargo builds for this
@@ -30,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--json FILE] [--rtt MS] \
-[--only connect,paced,short,http,throughput] \
+[--only connect,paced,short,http,throughput,http_peers] \
 [--targets baseline,direct,direct+resume,pool,multiplex,pool+early,multiplex+early,haproxy,stunnel]";
 
 struct Args {

@@ -1,8 +1,10 @@
 //! CI smoke run of the load benchmark's harness (`benches/harness`, shared with
 //! `cargo bench --bench load`): tiny counts against the debug binary. It asserts only that every
 //! mode this build supports produced numbers for every measurement, and that the peers (HAProxy,
-//! stunnel) were measured when installed and skipped when not (CI has neither); speed is
-//! measured in `benches/`, never asserted here.
+//! stunnel) were measured when installed and skipped when not (CI has neither), and likewise for
+//! the http_peers group (nginx, HAProxy, wrk, ab); speed is measured in `benches/`, never
+//! asserted here. The harness's own unit tests (the wrk and ab output parsers) run in this
+//! binary too.
 
 #[path = "../benches/harness/mod.rs"]
 mod harness;
@@ -10,6 +12,8 @@ mod harness;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use harness::http_peers::HttpPeer;
+use harness::peers::Peer;
 use harness::{Support, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,6 +85,46 @@ async fn every_supported_mode_produces_numbers() {
         json["targets"].as_array().map(Vec::len),
         Some(Target::ALL.len())
     );
+
+    // The http_peers group: skipped as a whole without nginx; else its three rows, HAProxy's
+    // measured when installed, and every proxy with its CPU per keep-alive request and RSS
+    // (`missing_numbers` above already covers every installed load generator's columns).
+    let http_peers = report
+        .http_peers
+        .as_ref()
+        .expect("http_peers runs by default");
+    match &http_peers.support {
+        Support::NotInstalled { .. } => assert!(http_peers.targets.is_empty()),
+        Support::Measured => {
+            let rows: Vec<HttpPeer> = http_peers.targets.iter().map(|t| t.target).collect();
+            assert_eq!(
+                rows,
+                [
+                    HttpPeer::NginxDirect,
+                    HttpPeer::BindgateHttp,
+                    HttpPeer::HaproxyHttp
+                ]
+            );
+            for t in &http_peers.targets {
+                let measured = t.support == Support::Measured;
+                if t.target == HttpPeer::HaproxyHttp {
+                    assert_eq!(measured, Peer::Haproxy.find().is_some(), "{:?}", t.support);
+                }
+                if !measured || t.target == HttpPeer::NginxDirect {
+                    continue;
+                }
+                assert!(t.proxy_rss_kib.is_some(), "{}", t.target.name());
+                let keep_alive = t.client_keep_alive.as_ref().expect("keep-alive ran");
+                assert!(
+                    keep_alive.total.proxy_cpu_seconds.is_some(),
+                    "{}",
+                    t.target.name()
+                );
+            }
+        }
+        other => panic!("http_peers: {other:?}"),
+    }
+    assert!(json.get("http_peers").is_some());
 }
 
 /// `--quick --rtt 5 --only connect,paced`: every gateway dials the relay, the baseline goes
@@ -125,6 +169,7 @@ async fn rtt_mode_measures_what_was_asked_through_the_relay() {
         assert!(t.short_connections.is_none(), "short was not asked for");
         assert!(t.throughput.is_none(), "no throughput with an RTT");
     }
+    assert!(report.http_peers.is_none(), "http_peers was not asked for");
     let json = serde_json::to_value(&report).expect("the report serializes");
     assert_eq!(json["rtt_ms"], 5);
     assert!(

@@ -24,7 +24,7 @@ const WEB_HTTP: &str = "web_http";
 
 /// Route shapes tried for the `http` listener, in order: a catch-all route without `match`, then
 /// an explicit catch-all prefix, whichever the build accepts.
-const HTTP_ROUTES: [&str; 2] = [
+pub const HTTP_ROUTES: [&str; 2] = [
     "[ { cluster: web } ]",
     "[ { match: { path_prefix: \"/\" }, cluster: web } ]",
 ];
@@ -108,7 +108,7 @@ pub async fn prepare(
     }))
 }
 
-enum Validation {
+pub enum Validation {
     Ok,
     /// A value this build does not know (the feature is not merged yet).
     Unsupported(String),
@@ -116,7 +116,8 @@ enum Validation {
     Invalid(String),
 }
 
-async fn validate(
+/// Writes `text` to `path` and runs `bindgate validate` on it.
+pub async fn validate(
     bin: &Path,
     path: &Path,
     text: &str,
@@ -203,6 +204,20 @@ static_resources:
     )
 }
 
+/// Where listener `wanted` is bound, from the readiness line of `bindgate run` (process `name`).
+pub fn bound_address(
+    started: &serde_json::Value,
+    wanted: &str,
+    name: &str,
+) -> anyhow::Result<SocketAddr> {
+    started["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == wanted))
+        .and_then(|l| l["bound_address"].as_str())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{name}: listener `{wanted}` is not bound: {started}"))
+}
+
 /// A running `bindgate run` and where its listeners are bound.
 pub struct GatewayProcess {
     process: ChildProcess,
@@ -231,14 +246,7 @@ impl GatewayProcess {
         if started["event"] != "started" || started["ready"] != true {
             bail!("{name}: not started and ready: {started}");
         }
-        let listener = |wanted: &str| -> anyhow::Result<SocketAddr> {
-            started["listeners"]
-                .as_array()
-                .and_then(|ls| ls.iter().find(|l| l["name"] == wanted))
-                .and_then(|l| l["bound_address"].as_str())
-                .and_then(|a| a.parse().ok())
-                .with_context(|| format!("{name}: listener `{wanted}` is not bound: {started}"))
-        };
+        let listener = |wanted: &str| bound_address(&started, wanted, &name);
         let web_http = match &config.http_listener {
             Support::Measured => Ok(listener(WEB_HTTP)?),
             other => Err(other.clone()),

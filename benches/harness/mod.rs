@@ -12,6 +12,11 @@
 //! latency relay of `--rtt`), `report` (the table and the JSON). It measures and reports; it
 //! never asserts speed.
 //!
+//! The `http_peers` group is separate: http reverse proxies (bindgate's http listener, HAProxy)
+//! in front of one nginx, measured with the harness's client and, when installed, wrk and ab
+//! (`http_peers`, `http_servers`, `loadgen`). It needs no sandbox: with `--only http_peers` none
+//! is started.
+//!
 //! With an RTT (`Settings::rtt`), a relay that adds that round-trip time stands in front of the
 //! sandbox's ingress and every gateway dials the relay; the baseline goes through its own relay in
 //! front of the backends (a remote backend over the same path).
@@ -21,6 +26,9 @@
 
 pub mod gateway;
 mod http1;
+pub mod http_peers;
+mod http_servers;
+mod loadgen;
 pub mod peers;
 #[allow(dead_code)] // the /metrics probe is used by benches/soak.rs only
 pub mod probe;
@@ -31,7 +39,7 @@ pub mod sandbox;
 mod workloads;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -134,15 +142,18 @@ pub enum Measurement {
     Http,
     /// Echo throughput on one connection.
     Throughput,
+    /// The http reverse proxies in front of one nginx (their own table).
+    HttpPeers,
 }
 
 impl Measurement {
-    pub const ALL: [Measurement; 5] = [
+    pub const ALL: [Measurement; 6] = [
         Measurement::Connect,
         Measurement::Paced,
         Measurement::Short,
         Measurement::Http,
         Measurement::Throughput,
+        Measurement::HttpPeers,
     ];
 
     pub fn parse(name: &str) -> Option<Measurement> {
@@ -156,6 +167,7 @@ impl Measurement {
             Measurement::Short => "short",
             Measurement::Http => "http",
             Measurement::Throughput => "throughput",
+            Measurement::HttpPeers => "http_peers",
         }
     }
 }
@@ -163,6 +175,10 @@ impl Measurement {
 /// Why throughput is not measured with an RTT.
 pub const NO_THROUGHPUT_WITH_RTT: &str =
     "echo MiB/s is not measured with --rtt: the relay delays chunks but does not model bandwidth";
+
+/// Why the http_peers group is not measured with an RTT.
+pub const NO_HTTP_PEERS_WITH_RTT: &str = "http_peers is not measured with --rtt: its proxies and \
+nginx are all on loopback, there is no ingress hop for the relay to delay";
 
 /// An open-loop schedule: connections started at a fixed rate, whatever the completions do.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -186,6 +202,28 @@ pub struct Budget {
     pub max_ops: u64,
     #[serde(serialize_with = "report::seconds")]
     pub duration: Duration,
+}
+
+/// The `http_peers` group's counts.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpPeersSettings {
+    /// Every measurement runs across every target, then the next; the whole sequence this many
+    /// times.
+    pub rounds: usize,
+    /// Each of the harness's own client's two measurements (its workers: `Settings::workers`).
+    pub client: Budget,
+    pub wrk_threads: u32,
+    pub wrk_connections: u32,
+    /// wrk's `-d`, in whole seconds.
+    #[serde(serialize_with = "report::seconds")]
+    pub wrk_duration: Duration,
+    pub ab_concurrency: u32,
+    pub ab_requests: u64,
+    /// Bound on one ab run, and on one wrk run beyond its duration.
+    #[serde(serialize_with = "report::seconds")]
+    pub tool_time_limit: Duration,
+    /// The size of nginx's response body.
+    pub body_bytes: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -225,7 +263,10 @@ pub struct Settings {
     /// baseline and the backends); `None`: straight over loopback.
     #[serde(rename = "rtt_ms", serialize_with = "report::millis")]
     pub rtt: Option<Duration>,
-    /// The measurements to run (`--only`); throughput is skipped with an RTT whatever this says.
+    /// The `http_peers` group's counts.
+    pub http_peers: HttpPeersSettings,
+    /// The measurements to run (`--only`); throughput and http_peers are skipped with an RTT
+    /// whatever this says.
     pub only: Vec<Measurement>,
     /// The targets to measure (`--targets`).
     pub targets: Vec<Target>,
@@ -262,8 +303,9 @@ impl Settings {
     }
 
     /// Restricts the run to the comma-separated measurements (`--only`: connect, paced, short,
-    /// http, throughput) and targets (`--targets`: any of [`Target::name`]). Call after
-    /// `with_rtt`: throughput asked for with an RTT is an error.
+    /// http, throughput, http_peers) and targets (`--targets`: any of [`Target::name`]; the
+    /// http_peers group has its own rows). Call after `with_rtt`: throughput or http_peers asked
+    /// for with an RTT is an error.
     pub fn select(&mut self, only: Option<&str>, targets: Option<&str>) -> Result<(), String> {
         if let Some(list) = only {
             self.only = parse_list(
@@ -274,6 +316,9 @@ impl Settings {
             )?;
             if self.rtt.is_some() && self.only.contains(&Measurement::Throughput) {
                 return Err(format!("--only throughput: {NO_THROUGHPUT_WITH_RTT}"));
+            }
+            if self.rtt.is_some() && self.only.contains(&Measurement::HttpPeers) {
+                return Err(format!("--only http_peers: {NO_HTTP_PEERS_WITH_RTT}"));
             }
         }
         if let Some(list) = targets {
@@ -287,9 +332,18 @@ impl Settings {
         Ok(())
     }
 
-    /// Whether `m` runs: asked for, and meaningful (no throughput with an RTT).
+    /// Whether `m` runs: asked for, and meaningful (no throughput or http_peers with an RTT).
     pub fn measures(&self, m: Measurement) -> bool {
-        self.only.contains(&m) && !(m == Measurement::Throughput && self.rtt.is_some())
+        let loopback_only = matches!(m, Measurement::Throughput | Measurement::HttpPeers);
+        self.only.contains(&m) && !(loopback_only && self.rtt.is_some())
+    }
+
+    /// Whether any measurement of the transports' table runs (else no sandbox or gateway is
+    /// started).
+    pub fn measures_transports(&self) -> bool {
+        Measurement::ALL
+            .into_iter()
+            .any(|m| m != Measurement::HttpPeers && self.measures(m))
     }
 
     /// The numbers the README's table comes from: under two minutes on a 2-core machine.
@@ -319,6 +373,20 @@ impl Settings {
             op_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(30),
             settle: Duration::from_secs(1),
+            http_peers: HttpPeersSettings {
+                rounds: 2,
+                client: Budget {
+                    max_ops: 1_000_000,
+                    duration: Duration::from_secs(5),
+                },
+                wrk_threads: 2,
+                wrk_connections: 64,
+                wrk_duration: Duration::from_secs(5),
+                ab_concurrency: 16,
+                ab_requests: 20_000,
+                tool_time_limit: Duration::from_secs(120),
+                body_bytes: HTTP_PEERS_BODY_BYTES,
+            },
             rtt: None,
             only: Measurement::ALL.to_vec(),
             targets: Target::ALL.to_vec(),
@@ -352,6 +420,20 @@ impl Settings {
             op_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(200),
+            http_peers: HttpPeersSettings {
+                rounds: 1,
+                client: Budget {
+                    max_ops: 300,
+                    duration: Duration::from_secs(2),
+                },
+                wrk_threads: 2,
+                wrk_connections: 64,
+                wrk_duration: Duration::from_secs(1),
+                ab_concurrency: 16,
+                ab_requests: 200,
+                tool_time_limit: Duration::from_secs(60),
+                body_bytes: HTTP_PEERS_BODY_BYTES,
+            },
             rtt: None,
             only: Measurement::ALL.to_vec(),
             targets: Target::ALL.to_vec(),
@@ -360,6 +442,9 @@ impl Settings {
 }
 
 pub const MIB: u64 = 1024 * 1024;
+
+/// nginx's response body in the http_peers group: small, like an API answer.
+const HTTP_PEERS_BODY_BYTES: usize = 256;
 
 /// A comma-separated list of names, each one of `known`, without repeats, not empty.
 fn parse_list<T: PartialEq>(
@@ -400,7 +485,23 @@ struct Addresses {
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let version = process::version(&settings.bin, settings.startup_timeout).await?;
-    let sandbox = sandbox::SandboxProcess::start(&settings.bin, dir.path(), settings)
+    let targets = if settings.measures_transports() {
+        measure_transports(settings, dir.path()).await?
+    } else {
+        Vec::new()
+    };
+    let http_peers = if settings.measures(Measurement::HttpPeers) {
+        Some(http_peers::run(settings, dir.path()).await?)
+    } else {
+        None
+    };
+    Ok(Report::new(settings, version, targets, http_peers))
+}
+
+/// The transports' table: the sandbox, one gateway per transport and the peers, every
+/// measurement but http_peers.
+async fn measure_transports(settings: &Settings, dir: &Path) -> anyhow::Result<Vec<TargetReport>> {
+    let sandbox = sandbox::SandboxProcess::start(&settings.bin, dir, settings)
         .await
         .context("starting `bindgate sandbox`")?;
 
@@ -458,10 +559,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
                 pids.push(None);
                 continue;
             };
-            let running =
-                peers::PeerProcess::start(peer, &bin, dir.path(), &sandbox, raw_echo, settings)
-                    .await
-                    .with_context(|| format!("starting {}", target.name()))?;
+            let running = peers::PeerProcess::start(peer, &bin, dir, &sandbox, raw_echo, settings)
+                .await
+                .with_context(|| format!("starting {}", target.name()))?;
             let mut report = TargetReport::new(target, Support::Measured);
             report.peer = Some(running.info.clone());
             reports.push(report);
@@ -486,7 +586,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         };
         let prepared = gateway::prepare(
             &settings.bin,
-            dir.path(),
+            dir,
             &sandbox,
             ingress,
             target.name(),
@@ -614,7 +714,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     }
     drop(relays);
     sandbox.stop().await;
-    Ok(Report::new(settings, version, reports))
+    Ok(reports)
 }
 
 fn http_label(via: &str, keep_alive: bool) -> String {

@@ -11,17 +11,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::time::{Instant, timeout};
 
 use super::Settings;
+use super::process::{
+    LoggedProcess, StopWith, find_executable, free_loopback_port, program_version,
+};
 use super::sandbox::SandboxProcess;
 
 /// A generic TLS proxy measured beside bindgate.
@@ -36,6 +36,21 @@ pub enum Peer {
 pub struct PeerInfo {
     pub binary: String,
     pub version: String,
+}
+
+impl PeerInfo {
+    /// `bin`'s version line (see [`program_version`]).
+    pub async fn of(
+        bin: &Path,
+        flag: &str,
+        wanted: &str,
+        limit: Duration,
+    ) -> anyhow::Result<PeerInfo> {
+        Ok(PeerInfo {
+            binary: bin.display().to_string(),
+            version: program_version(bin, flag, wanted, limit).await?,
+        })
+    }
 }
 
 impl Peer {
@@ -56,23 +71,23 @@ impl Peer {
 
     /// The first of [`Peer::executables`] found on `PATH`.
     pub fn find(self) -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        self.executables().iter().find_map(|name| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(name))
-                .find(|candidate| is_executable(candidate))
-        })
+        find_executable(self.executables(), &[])
     }
-}
 
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    /// `haproxy -v` / `stunnel -version`: the line naming the version.
+    pub async fn info(self, bin: &Path, limit: Duration) -> anyhow::Result<PeerInfo> {
+        // stunnel prints its version on stderr, after a line about inetd mode.
+        let (flag, wanted) = match self {
+            Peer::Haproxy => ("-v", "HAProxy version "),
+            Peer::Stunnel => ("-version", "stunnel "),
+        };
+        PeerInfo::of(bin, flag, wanted, limit).await
+    }
 }
 
 /// A running peer, killed when stopped or dropped.
 pub struct PeerProcess {
-    child: Child,
+    process: LoggedProcess,
     /// Where local clients connect.
     pub listen: SocketAddr,
     pub info: PeerInfo,
@@ -90,7 +105,7 @@ impl PeerProcess {
         settings: &Settings,
     ) -> anyhow::Result<PeerProcess> {
         let name = peer.name();
-        let version = version(peer, bin, settings.startup_timeout).await?;
+        let info = peer.info(bin, settings.startup_timeout).await?;
         let listen = free_loopback_port()?;
         let config = dir.join(format!("{name}.cfg"));
         let text = match peer {
@@ -114,11 +129,7 @@ impl PeerProcess {
                 &sandbox.client_key,
             ),
         };
-        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-        let log_path = dir.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let log_err = log.try_clone().context("duplicating the log file")?;
+        std::fs::write(&config, &text).with_context(|| format!("writing {}", config.display()))?;
         let config_arg = config
             .to_str()
             .with_context(|| format!("{} is not valid UTF-8", config.display()))?;
@@ -127,63 +138,31 @@ impl PeerProcess {
             Peer::Haproxy => vec!["-db", "-f", config_arg],
             Peer::Stunnel => vec![config_arg],
         };
-        let child = Command::new(bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {} {args:?}", bin.display()))?;
-        let mut running = PeerProcess {
-            child,
+        let log = dir.join(format!("{name}.log"));
+        let mut process = LoggedProcess::spawn(bin, &args, log, StopWith::Kill)?;
+        // Ready when one byte echoes through the peer: the listener is up and the whole mTLS
+        // hop works.
+        if let Err(e) = process
+            .wait_ready(settings.startup_timeout, || echo_one_byte(listen))
+            .await
+        {
+            let output = process.output();
+            process.stop().await;
+            bail!("{name}: {e:#}; its output:\n{output}\nits config:\n{text}");
+        }
+        Ok(PeerProcess {
+            process,
             listen,
-            info: PeerInfo {
-                binary: bin.display().to_string(),
-                version,
-            },
-        };
-        if let Err(e) = running.wait_ready(settings.startup_timeout).await {
-            let _ = running.child.start_kill();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let config = std::fs::read_to_string(&config).unwrap_or_default();
-            bail!("{name}: {e:#}; its output:\n{log}\nits config:\n{config}");
-        }
-        Ok(running)
-    }
-
-    /// Polls until one byte echoes through the peer (the listener is up and the whole mTLS hop
-    /// works), the process exits, or `limit` passes.
-    async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        let mut last_error = String::from("never tried");
-        loop {
-            if let Some(status) = self.child.try_wait().context("polling the process")? {
-                bail!("exited before it was ready ({status}); last probe: {last_error}");
-            }
-            match timeout(Duration::from_secs(2), echo_one_byte(self.listen)).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => last_error = e.to_string(),
-                Err(_) => last_error = "the probe timed out".to_owned(),
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "not echoing through {} within {limit:?}: {last_error}",
-                    self.listen
-                );
-            }
-            // A retry interval for the poll, not a guess at readiness.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            info,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = timeout(Duration::from_secs(10), self.child.wait()).await;
+    pub async fn stop(self) {
+        self.process.stop().await;
     }
 }
 
@@ -198,13 +177,6 @@ async fn echo_one_byte(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A loopback port the OS chose: bound by a probe socket, which is closed for the peer to bind.
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
-    let probe =
-        std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe on 127.0.0.1:0")?;
-    probe.local_addr().context("the probe's address")
-}
-
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -217,36 +189,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))
-}
-
-/// `haproxy -v` / `stunnel -version`: the line naming the version.
-async fn version(peer: Peer, bin: &Path, limit: Duration) -> anyhow::Result<String> {
-    let flag = match peer {
-        Peer::Haproxy => "-v",
-        Peer::Stunnel => "-version",
-    };
-    let output = Command::new(bin)
-        .arg(flag)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = timeout(limit, output)
-        .await
-        .with_context(|| format!("{} {flag} did not finish within {limit:?}", bin.display()))?
-        .with_context(|| format!("running {} {flag}", bin.display()))?;
-    // stunnel prints its version on stderr, after a line about inetd mode.
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    let wanted = match peer {
-        Peer::Haproxy => "HAProxy version ",
-        Peer::Stunnel => "stunnel ",
-    };
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(wanted))
-        .unwrap_or_else(|| text.lines().next().unwrap_or(""))
-        .trim()
-        .to_owned())
 }
 
 /// HAProxy in tcp mode: one frontend, one server reached with mTLS. Server-side TLS sessions are

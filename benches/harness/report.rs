@@ -1,15 +1,16 @@
 //! What a run found: per target, every measurement or why it is missing; printed as an aligned
-//! (Markdown) table with ratios against `direct` and against HAProxy (when it ran), and
-//! serialized as JSON.
+//! (Markdown) table with ratios against `direct` and against HAProxy (when it ran), followed by
+//! the http_peers group's own table (`http_peers`), and serialized as JSON.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use super::http_peers::HttpPeersReport;
 use super::peers::PeerInfo;
 use super::workloads::{LatencyResult, RateResult, ThroughputResult};
-use super::{Measurement, NO_THROUGHPUT_WITH_RTT, Settings, Target};
+use super::{Measurement, NO_HTTP_PEERS_WITH_RTT, NO_THROUGHPUT_WITH_RTT, Settings, Target};
 
 /// Whether something was measured, and if not, why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -330,6 +331,9 @@ pub struct Report {
     /// The same against `haproxy`, when it was measured in this run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ratios_vs_haproxy: Vec<Ratios>,
+    /// The http reverse proxies in front of nginx, when that group ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_peers: Option<HttpPeersReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -346,7 +350,12 @@ pub struct Ratio {
 }
 
 impl Report {
-    pub fn new(settings: &Settings, version: String, targets: Vec<TargetReport>) -> Report {
+    pub fn new(
+        settings: &Settings,
+        version: String,
+        targets: Vec<TargetReport>,
+        http_peers: Option<HttpPeersReport>,
+    ) -> Report {
         let ratios_vs_direct = ratios_against(Target::Direct, settings, &targets);
         let haproxy_measured = targets
             .iter()
@@ -368,6 +377,7 @@ impl Report {
             targets,
             ratios_vs_direct,
             ratios_vs_haproxy,
+            http_peers,
         }
     }
 
@@ -389,6 +399,9 @@ impl Report {
                     missing.push(format!("{}: {}", t.target.name(), c.header));
                 }
             }
+        }
+        if let Some(h) = &self.http_peers {
+            missing.extend(h.missing_numbers());
         }
         missing
     }
@@ -434,11 +447,48 @@ impl Report {
                 out.push(format!("{name}: throughput: {e}"));
             }
         }
+        if let Some(h) = &self.http_peers {
+            out.extend(h.failures());
+        }
         out
     }
 
-    /// The results and the ratios as aligned Markdown tables, with a legend.
+    /// The results and the ratios as aligned Markdown tables, with a legend: the transports'
+    /// (when any of their measurements ran), then the http_peers group's, then which bindgate
+    /// was measured.
     pub fn table(&self) -> String {
+        let mut out = String::new();
+        if !self.targets.is_empty() {
+            self.transports_table(&mut out);
+        }
+        let s = &self.settings;
+        if let Some(h) = &self.http_peers {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&h.table(s));
+        } else if s.rtt.is_some() && s.only.contains(&Measurement::HttpPeers) {
+            let _ = writeln!(out, "{NO_HTTP_PEERS_WITH_RTT}.");
+        }
+        let _ = writeln!(
+            out,
+            "{} ({}; {}), {} CPUs shared with the load generator{}; load average at the end: {}.",
+            self.bindgate_version,
+            self.bindgate_binary,
+            s.bin_origin,
+            self.cpus,
+            if self.targets.is_empty() {
+                ""
+            } else {
+                " and the sandbox"
+            },
+            self.load_average.as_deref().unwrap_or("unknown"),
+        );
+        out
+    }
+
+    /// The transports' table, its ratios, its legend and the peers' versions, appended to `out`.
+    fn transports_table(&self, out: &mut String) {
         let mut header = vec!["target".to_owned()];
         header.extend(COLUMNS.iter().map(|c| c.header.to_owned()));
         let mut rows = vec![header.clone()];
@@ -467,7 +517,6 @@ impl Report {
             }
             rows.push(row);
         }
-        let mut out = String::new();
         if let Some(rtt) = self.rtt_ms {
             let _ = writeln!(
                 out,
@@ -566,15 +615,6 @@ impl Report {
         if s.rtt.is_some() && s.only.contains(&Measurement::Throughput) {
             let _ = writeln!(out, "{NO_THROUGHPUT_WITH_RTT}.");
         }
-        let _ = writeln!(
-            out,
-            "{} ({}; {}), {} CPUs shared with the load generator and the sandbox; load average at the end: {}.",
-            self.bindgate_version,
-            self.bindgate_binary,
-            s.bin_origin,
-            self.cpus,
-            self.load_average.as_deref().unwrap_or("unknown"),
-        );
         for t in &self.targets {
             if let Some(peer) = &t.peer {
                 let _ = writeln!(
@@ -601,7 +641,6 @@ impl Report {
                 );
             }
         }
-        out
     }
 }
 
@@ -627,13 +666,22 @@ fn ratios_against(reference: Target, settings: &Settings, targets: &[TargetRepor
 }
 
 fn ratio(c: &Column, reference: &TargetReport, other: &TargetReport) -> Option<f64> {
-    let (d, o) = ((c.value)(reference)?, (c.value)(other)?);
-    let (num, den) = if c.lower_is_better { (d, o) } else { (o, d) };
+    times_better((c.value)(reference)?, (c.value)(other)?, c.lower_is_better)
+}
+
+/// How many times better `target` is than `reference`: reference ÷ target where lower is better
+/// (latency, CPU, memory), target ÷ reference otherwise (rates); absent when dividing by zero.
+pub fn times_better(reference: f64, target: f64, lower_is_better: bool) -> Option<f64> {
+    let (num, den) = if lower_is_better {
+        (reference, target)
+    } else {
+        (target, reference)
+    };
     (den > 0.0).then(|| num / den)
 }
 
 /// Rows of cells as a Markdown table whose columns line up in a terminal too.
-fn markdown(rows: &[Vec<String>]) -> String {
+pub fn markdown(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {

@@ -10,7 +10,9 @@
 //!   close. Connections per second, and the latency of each connection under that closed-loop
 //!   load (p50/p99).
 //! - `http_requests`: `workers` concurrent HTTP/1.1 clients sending `GET /`, either over one
-//!   kept-alive connection each, or with a new connection per request (`Connection: close`).
+//!   kept-alive connection each, or with a new connection per request (`Connection: close`);
+//!   `http_load` is the same with its own workers and budget, and optionally timed (the
+//!   `http_peers` group).
 //! - `throughput`: one connection through the echo endpoint, `throughput_bytes` written while
 //!   the echo is read concurrently; time until the last byte is back.
 
@@ -57,18 +59,20 @@ pub struct RateResult {
     pub per_second: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
-    /// Short connections only: each successful connection's latency (connect to echo back)
-    /// while every worker was busy.
+    /// Short connections, and timed `http_load`s: each successful operation's latency (a
+    /// connection: connect to echo back; a request: write to the end of its response) while
+    /// every worker was busy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_under_load: Option<LoadLatency>,
 }
 
-/// Latency percentiles of the operations of a closed-loop rate measurement.
+/// Latency percentiles and mean of the operations of a closed-loop rate measurement.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LoadLatency {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    pub mean_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -359,6 +363,7 @@ where
         p50_ms: percentile(&latencies, 50.0).map_or(0.0, ms),
         p99_ms: percentile(&latencies, 99.0).map_or(0.0, ms),
         max_ms: latencies.last().copied().map_or(0.0, ms),
+        mean_ms: latencies.iter().map(|d| ms(*d)).sum::<f64>() / latencies.len() as f64,
     });
     RateResult {
         ops,
@@ -395,11 +400,25 @@ pub async fn short_connections(addr: SocketAddr, s: &Settings) -> RateResult {
 }
 
 pub async fn http_requests(addr: SocketAddr, keep_alive: bool, s: &Settings) -> RateResult {
-    let limit = s.op_timeout;
-    run_workers(s.workers, s.http, move |gate| async move {
-        let (mut ok, mut failures) = (0, Failures::default());
+    http_load(addr, keep_alive, s.workers, s.http, s.op_timeout, false).await
+}
+
+/// `workers` concurrent HTTP/1.1 clients sending `GET /` within `budget`, each request bounded
+/// by `limit`; `timed`: each request's latency too (from writing it to the end of its response,
+/// plus the connect when it opens a connection), in `latency_under_load`.
+pub async fn http_load(
+    addr: SocketAddr,
+    keep_alive: bool,
+    workers: usize,
+    budget: Budget,
+    limit: Duration,
+    timed: bool,
+) -> RateResult {
+    run_workers(workers, budget, move |gate| async move {
+        let (mut ok, mut failures, mut latencies) = (0, Failures::default(), Vec::new());
         let mut open: Option<Http1Connection> = None;
         while gate.admit() {
+            let start = Instant::now();
             let conn = open.take();
             let done = bounded(limit, async move {
                 let mut conn = match conn {
@@ -413,12 +432,15 @@ pub async fn http_requests(addr: SocketAddr, keep_alive: bool, s: &Settings) -> 
             match done {
                 Ok(kept) => {
                     ok += 1;
+                    if timed {
+                        latencies.push(start.elapsed());
+                    }
                     open = kept;
                 }
                 Err(e) => failures.record(e),
             }
         }
-        (ok, failures, Vec::new())
+        (ok, failures, latencies)
     })
     .await
 }
