@@ -11,14 +11,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// After a `/metrics` render: mimalloc purges freed pages only on a thread's later allocations,
-/// so the scrape's transient memory would stay resident on an idle admin thread (20 MiB after
-/// ten scrapes with 1,000 endpoints, `cargo bench --bench idle`).
-fn release_free_memory() {
-    // SAFETY: `mi_collect` takes no pointers; it returns this thread's free pages to the OS.
-    unsafe { libmimalloc_sys::mi_collect(false) }
-}
-
 const EXAMPLES: &str = "\
 Examples:
   bindgate demo                               sandbox + proxy in one process; prints what to try
@@ -69,7 +61,6 @@ fn main() -> ExitCode {
     let hangup = cli::early_hangup();
     cli::file_size_limit_is_an_error();
     let cli = Cli::parse();
-    bindgate::telemetry::after_render(release_free_memory);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),

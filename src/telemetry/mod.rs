@@ -430,21 +430,7 @@ pub fn handle() -> &'static PrometheusHandle {
 pub fn render() -> String {
     let mut out = handle().render();
     process::render(&mut out);
-    if let Some(release) = AFTER_RENDER.get() {
-        release();
-    }
     out
-}
-
-/// Run after each render: the binary's allocator hands the render's freed memory back.
-static AFTER_RENDER: OnceLock<fn()> = OnceLock::new();
-
-/// Sets what runs after each `/metrics` render (once; later calls are ignored). A scrape
-/// allocates and frees several times its text (2.5 MB of text with 1,000 endpoints), on a thread
-/// that then goes idle, where an allocator that purges lazily keeps those pages: the binary uses
-/// this to return them at once.
-pub fn after_render(release: fn()) {
-    let _ = AFTER_RENDER.set(release);
 }
 
 /// Counts one connection admitted (unlabelled) and holds it as active until the guard drops.

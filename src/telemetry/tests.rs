@@ -357,19 +357,3 @@ fn the_readme_documents_every_family() {
         );
     }
 }
-
-/// The binary's hook (mimalloc's `mi_collect`) runs after every render.
-#[test]
-fn the_after_render_hook_runs_after_each_render() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    fn hook() {
-        CALLS.fetch_add(1, Ordering::SeqCst);
-    }
-    super::after_render(hook);
-    let before = CALLS.load(Ordering::SeqCst);
-    render();
-    render();
-    // At least: under `cargo test` other tests in this process render too.
-    assert!(CALLS.load(Ordering::SeqCst) >= before + 2);
-}
