@@ -21,7 +21,9 @@ use super::http_servers::{self, NGINX_FALLBACK_DIR, NginxProcess, ProxyProcess, 
 use super::loadgen::Tool;
 use super::peers::{Peer, PeerInfo};
 use super::probe::{self, ProcStats};
-use super::report::{NOT_INSTALLED, NOT_SUPPORTED, Ratio, Support, markdown, times_better};
+use super::report::{
+    NOT_INSTALLED, NOT_SUPPORTED, Ratio, Support, markdown, times_better, unmeasured_cells,
+};
 use super::workloads::{self, RateResult};
 
 /// A row of the group.
@@ -683,16 +685,7 @@ impl HttpPeersReport {
                     }
                     (c.value)(t).map_or("failed".to_owned(), |v| format!("{v:.*}", c.decimals))
                 })),
-                other => {
-                    row.push(
-                        match other {
-                            Support::NotInstalled { .. } => NOT_INSTALLED,
-                            _ => NOT_SUPPORTED,
-                        }
-                        .to_owned(),
-                    );
-                    row.extend(HTTP_COLUMNS.iter().skip(1).map(|_| String::new()));
-                }
+                other => row.extend(unmeasured_cells(other, HTTP_COLUMNS.len())),
             }
             rows.push(row);
         }

@@ -308,6 +308,18 @@ fn rate(r: &Option<RateResult>) -> Option<f64> {
 
 /// The text of an unsupported target's row, as the brief for the suite words it.
 pub const NOT_SUPPORTED: &str = "n/a (not supported by this build)";
+
+/// The cells of a target row that was not measured: why in the first column, the rest empty.
+pub fn unmeasured_cells(support: &Support, columns: usize) -> Vec<String> {
+    let why = match support {
+        Support::NotInstalled { .. } => NOT_INSTALLED,
+        _ => NOT_SUPPORTED,
+    };
+    let mut cells = vec![why.to_owned()];
+    cells.extend((1..columns).map(|_| String::new()));
+    cells
+}
+
 /// The text of a peer's row when its program is not installed.
 pub const NOT_INSTALLED: &str = "skipped: not installed";
 
@@ -504,16 +516,7 @@ impl Report {
                     }
                     (c.value)(t).map_or("failed".to_owned(), |v| format!("{v:.*}", c.decimals))
                 })),
-                other => {
-                    row.push(
-                        match other {
-                            Support::NotInstalled { .. } => NOT_INSTALLED,
-                            _ => NOT_SUPPORTED,
-                        }
-                        .to_owned(),
-                    );
-                    row.extend(COLUMNS.iter().skip(1).map(|_| String::new()));
-                }
+                other => row.extend(unmeasured_cells(other, COLUMNS.len())),
             }
             rows.push(row);
         }
