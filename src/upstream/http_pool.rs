@@ -86,7 +86,8 @@ impl HttpPool {
                 if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TTL {
                     continue;
                 }
-                // Immediate: pooled connections are ready; an error if it closed meanwhile.
+                // Within a poll of its driver (a connection is pooled as its response ends,
+                // maybe before the driver took note); an error if it closed meanwhile.
                 if idle.sender.ready().await.is_ok() {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(Checkout {
