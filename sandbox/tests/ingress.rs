@@ -16,6 +16,9 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+mod common;
+use common::{client_config, connector};
+
 /// Guards against hangs only; no assertion depends on it.
 const GUARD: Duration = Duration::from_secs(20);
 
@@ -73,47 +76,11 @@ impl Fixture {
     }
 }
 
-fn connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
-    TlsConnector::from(Arc::new(client_config(ca, client)))
-}
-
 /// Offers ALPN `h2`, as bindgate's multiplexed transport does.
 fn h2_connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
     let mut config = client_config(ca, client);
     config.alpn_protocols = vec![b"h2".to_vec()];
     TlsConnector::from(Arc::new(config))
-}
-
-/// Trusts only the sandbox's CA; presents `client` (PEM certificate and key files) when given.
-fn client_config(ca: &Path, client: Option<(&Path, &Path)>) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(ca) {
-        roots.add(cert).unwrap();
-    }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(bindgate_sandbox::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-    match client {
-        Some((cert, key)) => {
-            let key = bindgate_sandbox::tls::parse_private_key(&std::fs::read(key).unwrap());
-            builder
-                .with_client_auth_cert(certificates(cert), key.unwrap())
-                .unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    }
-}
-
-/// The CERTIFICATE blocks of a PEM file.
-fn certificates(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    pem::parse_many(std::fs::read(path).unwrap())
-        .unwrap()
-        .into_iter()
-        .filter(|block| block.tag() == "CERTIFICATE")
-        .map(|block| block.into_contents().into())
-        .collect()
 }
 
 fn id_of(url: &str) -> String {

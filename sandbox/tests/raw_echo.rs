@@ -3,7 +3,6 @@
 //! CA, or with one for another account is refused before anything is echoed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bindgate_sandbox::{Sandbox, SandboxCa, SandboxConfig};
@@ -11,6 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
+
+mod common;
+use common::connector;
 
 /// Guards against hangs only; no assertion depends on it.
 const GUARD: Duration = Duration::from_secs(20);
@@ -23,38 +25,6 @@ async fn start(dir: &Path) -> Sandbox {
     Sandbox::start(SandboxConfig::from_yaml(&yaml).unwrap())
         .await
         .unwrap()
-}
-
-/// Trusts only the sandbox's CA; presents `client` (PEM certificate and key files) when given.
-fn connector(ca: &Path, client: Option<(&Path, &Path)>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(ca) {
-        roots.add(cert).unwrap();
-    }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(bindgate_sandbox::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-    let config = match client {
-        Some((cert, key)) => {
-            let key = bindgate_sandbox::tls::parse_private_key(&std::fs::read(key).unwrap());
-            builder
-                .with_client_auth_cert(certificates(cert), key.unwrap())
-                .unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    TlsConnector::from(Arc::new(config))
-}
-
-fn certificates(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    pem::parse_many(std::fs::read(path).unwrap())
-        .unwrap()
-        .into_iter()
-        .filter(|block| block.tag() == "CERTIFICATE")
-        .map(|block| block.into_contents().into())
-        .collect()
 }
 
 /// Connects over TLS, writes `payload`, half-closes, and reads until the end of stream.
