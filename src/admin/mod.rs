@@ -382,7 +382,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 format!("not ready: {why}\n"),
             ),
         },
-        "/listeners" => json(&serde_json::to_value(&**state.listeners.load()).unwrap_or_default()),
+        "/listeners" => json(&serde_json::to_value(state.listeners.load()).unwrap_or_default()),
         "/clusters" => {
             let snap = state.snapshot.load();
             json(&serde_json::Value::Array(

@@ -90,7 +90,7 @@ impl Gateway {
     }
 
     pub fn listener_status(&self) -> Vec<ListenerStatus> {
-        self.listeners.board().load().as_ref().clone()
+        self.listeners.board().load()
     }
 
     /// Tries again to bind the current snapshot's listeners that failed.

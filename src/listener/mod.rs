@@ -44,7 +44,30 @@ pub enum ListenerState {
 }
 
 /// Shared, lock-free view of every listener's status.
-pub type StatusBoard = Arc<ArcSwap<Vec<ListenerStatus>>>;
+pub type StatusBoard = Arc<ListenerBoard>;
+
+/// Every listener's status, in two parts written by different tasks: the configured listeners
+/// (by the reconcile) and the removed ones still draining (by the reconcile that removes them,
+/// and by their drain task when they close). A reader puts the two together, so no copy of
+/// the draining rows exists that a drain finishing concurrently could miss (one built from
+/// them just before they changed would list a closed listener until the next reconcile).
+#[derive(Debug, Default)]
+pub struct ListenerBoard {
+    configured: ArcSwap<Vec<ListenerStatus>>,
+    draining: ArcSwap<Vec<ListenerStatus>>,
+}
+
+impl ListenerBoard {
+    /// The configured listeners, in the configuration's order, then the draining ones.
+    pub fn load(&self) -> Vec<ListenerStatus> {
+        let configured = self.configured.load();
+        let draining = self.draining.load();
+        let mut all = Vec::with_capacity(configured.len() + draining.len());
+        all.extend(configured.iter().cloned());
+        all.extend(draining.iter().cloned());
+        all
+    }
+}
 
 struct Running {
     address: SocketAddr,
@@ -85,7 +108,6 @@ pub struct ListenerManager {
     snapshot: Arc<ArcSwap<Snapshot>>,
     running: BTreeMap<String, Running>,
     failed: BTreeMap<String, (SocketAddr, String)>,
-    draining: Arc<ArcSwap<Vec<ListenerStatus>>>,
     board: StatusBoard,
     drains: TaskTracker,
 }
@@ -96,7 +118,6 @@ impl ListenerManager {
             snapshot,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
-            draining: Arc::default(),
             board: Arc::default(),
             drains: TaskTracker::new(),
         }
@@ -138,23 +159,15 @@ impl ListenerManager {
                 if let Some(task) = r.accept_task.take() {
                     let _ = task.await;
                 }
-                let draining = self.draining.clone();
                 let board = self.board.clone();
+                let bound = r.bound;
                 self.drains.spawn(async move {
                     r.drain(name.clone(), drain).await;
-                    // Gone from the views once closed (the board is otherwise only rebuilt on
-                    // the next reconcile).
-                    let closed =
-                        |s: &ListenerStatus| s.name == name && s.state == ListenerState::Draining;
-                    draining.rcu(|list| {
+                    // Gone from the views once closed. By name and socket: a listener of the
+                    // same name removed again meanwhile is another row, still draining.
+                    board.draining.rcu(|list| {
                         list.iter()
-                            .filter(|s| !closed(s))
-                            .cloned()
-                            .collect::<Vec<_>>()
-                    });
-                    board.rcu(|list| {
-                        list.iter()
-                            .filter(|s| !closed(s))
+                            .filter(|s| !(s.name == name && s.bound_address == Some(bound)))
                             .cloned()
                             .collect::<Vec<_>>()
                     });
@@ -200,15 +213,22 @@ impl ListenerManager {
             state: ListenerState::Draining,
             error: None,
         };
-        self.draining.rcu(|list| {
+        self.board.draining.rcu(|list| {
             let mut v: Vec<ListenerStatus> = list.iter().cloned().collect();
             v.push(status.clone());
             v
         });
+        // Listed as draining from now on, not also as configured until the reconcile ends.
+        self.board.configured.rcu(|list| {
+            list.iter()
+                .filter(|s| s.name != name)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 
     fn publish(&self, snap: &Snapshot) {
-        let mut board: Vec<ListenerStatus> = snap
+        let board: Vec<ListenerStatus> = snap
             .listeners
             .iter()
             .map(
@@ -238,8 +258,7 @@ impl ListenerManager {
             )
             .collect();
         crate::telemetry::set_listeners_failed(self.failed.len());
-        board.extend(self.draining.load().iter().cloned());
-        self.board.store(Arc::new(board));
+        self.board.configured.store(Arc::new(board));
     }
 
     async fn start(&self, spec: &Arc<ListenerSpec>) -> std::io::Result<Running> {
@@ -394,5 +413,57 @@ fn global_cap_reached(max: u32) {
             max_connections = max,
             "global connection cap reached: new connections are turned away (limits.max_connections)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(listeners: &str) -> Snapshot {
+        let text = format!(
+            "version: 1
+static_resources:
+  listeners:
+{listeners}  clusters:
+    - {{ name: c, type: static, endpoints: [ \"127.0.0.1:1\" ] }}
+"
+        );
+        let loaded = crate::config::parse(&text, "t.yaml", "/".into(), |_| None).unwrap();
+        crate::snapshot::build(&loaded, 1).unwrap()
+    }
+
+    const KEPT: &str =
+        "    - { name: kept, address: \"127.0.0.1:0\", routes: [ { cluster: c } ] }\n";
+    const GONE: &str =
+        "    - { name: gone, address: \"127.0.0.1:0\", routes: [ { cluster: c } ] }\n";
+
+    /// A removed listener with no connection drains at once, on another worker, while the
+    /// reconcile that removed it publishes the new table: its row must not come back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listener_that_drained_during_the_reconcile_is_not_listed_again() {
+        for round in 0..300 {
+            let both = snapshot(&format!("{KEPT}{GONE}"));
+            let one = snapshot(KEPT);
+            let mut manager = ListenerManager::new(Arc::new(ArcSwap::from_pointee(snapshot(
+                &format!("{KEPT}{GONE}"),
+            ))));
+            manager.reconcile(&both).await;
+            manager.reconcile(&one).await;
+            manager.drains.close();
+            manager.drains.wait().await;
+            let names: Vec<(String, ListenerState)> = manager
+                .board()
+                .load()
+                .into_iter()
+                .map(|s| (s.name, s.state))
+                .collect();
+            assert_eq!(
+                names,
+                [("kept".to_owned(), ListenerState::Active)],
+                "round {round}"
+            );
+            manager.shutdown().await;
+        }
     }
 }
