@@ -288,9 +288,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let bin = std::env::var_os("BINDGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bindgate")));
+    let (bin, _) = harness::bindgate_under_test();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

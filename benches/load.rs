@@ -92,13 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (bin, origin) = match std::env::var_os("BINDGATE_BIN") {
-        Some(path) => (PathBuf::from(path), "BINDGATE_BIN"),
-        None => (
-            PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
-            "CARGO_BIN_EXE_bindgate: cargo bench's build, with dev-dependency features; set BINDGATE_BIN for a release build",
-        ),
-    };
+    let (bin, origin) = harness::bindgate_under_test();
     let mut settings = harness::Settings::new(bin, origin, args.quick);
     if let Some(rtt) = args.rtt {
         settings = settings.with_rtt(rtt);

@@ -708,13 +708,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (bin, origin) = match std::env::var_os("BINDGATE_BIN") {
-        Some(path) => (PathBuf::from(path), "BINDGATE_BIN"),
-        None => (
-            PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
-            "CARGO_BIN_EXE_bindgate: cargo bench's build, with dev-dependency features; set BINDGATE_BIN for a release build",
-        ),
-    };
+    let (bin, origin) = harness::bindgate_under_test();
     let fd_limit = raise_fd_limit();
     // Per connection: this process and the echo process hold one descriptor, the gateway and the
     // ingress one (multiplex) or two (pool: client and upstream; ingress connection and dial).

@@ -48,6 +48,19 @@ use serde::Serialize;
 use report::ProxyCpu;
 pub use report::{Report, Support, TargetReport};
 
+/// The `bindgate` a bench measures, and where it came from (for the report): `BINDGATE_BIN` when
+/// set, else the one cargo built for the bench.
+#[allow(dead_code)] // the benches call it; tests/bench_smoke.rs measures its debug build
+pub fn bindgate_under_test() -> (PathBuf, &'static str) {
+    match std::env::var_os("BINDGATE_BIN") {
+        Some(path) => (PathBuf::from(path), "BINDGATE_BIN"),
+        None => (
+            PathBuf::from(env!("CARGO_BIN_EXE_bindgate")),
+            "CARGO_BIN_EXE_bindgate: cargo bench's build, with dev-dependency features; set BINDGATE_BIN for a release build",
+        ),
+    }
+}
+
 /// What a measurement goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
