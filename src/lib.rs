@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod filters;
+pub mod fs_watch;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;

@@ -210,11 +210,7 @@ impl ControlPlane {
             dir
         };
         let notify = self.file_changed.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                notify.notify_one();
-            }
-        });
+        let watcher = crate::fs_watch::content_watcher(move |_| notify.notify_one());
         match watcher {
             Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
                 Ok(()) => Some(w),

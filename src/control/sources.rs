@@ -596,12 +596,7 @@ async fn watch_dir(task: PathTask, stop: CancellationToken) {
     } = task;
     let changed = Arc::new(Notify::new());
     let wake = changed.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            wake.notify_one();
-        }
-    })
-    .and_then(|mut w| {
+    let watcher = crate::fs_watch::content_watcher(move |_| wake.notify_one()).and_then(|mut w| {
         w.watch(&dir, notify::RecursiveMode::NonRecursive)
             .map(|()| w)
     });

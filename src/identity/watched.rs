@@ -363,13 +363,7 @@ fn watch_dirs(files: &IdentityFiles, changed: Arc<Notify>) -> Option<notify::Rec
         _ => PathBuf::from("."),
     })
     .collect();
-    let mut watcher = match notify::recommended_watcher(
-        move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                changed.notify_one();
-            }
-        },
-    ) {
+    let mut watcher = match crate::fs_watch::content_watcher(move |_| changed.notify_one()) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(
