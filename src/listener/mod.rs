@@ -306,6 +306,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // Lets a restarted bindgate rebind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Proxied bytes go out as they come. Linux copies the option to each accepted socket, which
+    // saves a system call per connection; elsewhere `accept_loop` sets it on each.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
@@ -334,6 +337,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        #[cfg(not(target_os = "linux"))]
+        let _ = socket.set_nodelay(true);
         let snap = snapshot.load_full();
         let Some(spec) = snap.listener(&name).cloned() else {
             continue;
@@ -431,6 +436,18 @@ static_resources:
         );
         let loaded = crate::config::parse(&text, "t.yaml", "/".into(), |_| None).unwrap();
         crate::snapshot::build(&loaded, 1).unwrap()
+    }
+
+    /// Accepted sockets carry TCP_NODELAY from the listener (the proxies no longer set it).
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        #[cfg(not(target_os = "linux"))]
+        let _ = accepted.set_nodelay(true);
+        assert!(accepted.nodelay().unwrap());
     }
 
     const KEPT: &str =

@@ -48,7 +48,6 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
         force_close,
         ..
     } = conn;
-    let _ = io.tcp().set_nodelay(true);
     let (upgrades_tx, mut upgrades_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
         pipeline: p.clone(),

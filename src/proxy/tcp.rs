@@ -15,7 +15,6 @@ pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
         force_close,
         ..
     } = conn;
-    let _ = io.tcp().set_nodelay(true);
     let RouteTable::Tcp(cluster) = &*p.routes else {
         return ConnOutcome::new(None, Outcome::NoRoute);
     };

@@ -24,7 +24,6 @@ pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
         force_close,
         ..
     } = conn;
-    let _ = io.tcp().set_nodelay(true);
     let RouteTable::Tls(routes) = &*p.routes else {
         return ConnOutcome::new(None, Outcome::NoRoute);
     };
