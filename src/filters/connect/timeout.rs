@@ -3,6 +3,7 @@
 //! `connect_timeout` (static) or its ingress's (binding_upstream). tower's `Timeout`, with its
 //! elapsed error turned into [`UpstreamError::Timeout`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -14,12 +15,15 @@ use crate::upstream::{ConnectRequest, UpstreamConn, UpstreamError};
 #[derive(Clone, Debug)]
 pub struct ConnectTimeoutLayer {
     after: Duration,
-    addr: String,
+    addr: Arc<str>,
 }
 
 impl ConnectTimeoutLayer {
     pub fn new(after: Duration, addr: String) -> Self {
-        ConnectTimeoutLayer { after, addr }
+        ConnectTimeoutLayer {
+            after,
+            addr: addr.into(),
+        }
     }
 }
 
@@ -38,7 +42,8 @@ impl<S> Layer<S> for ConnectTimeoutLayer {
 pub struct ConnectTimeout<S> {
     inner: Timeout<S>,
     after: Duration,
-    addr: String,
+    // Shared: the stack is cloned for each connection.
+    addr: Arc<str>,
 }
 
 impl<S> tower::Service<ConnectRequest> for ConnectTimeout<S>
@@ -55,10 +60,9 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), UpstreamError>> {
         let after = self.after;
-        let addr = self.addr.clone();
         self.inner
             .poll_ready(cx)
-            .map_err(move |e| unbox(e, &addr, after))
+            .map_err(|e| unbox(e, &self.addr, after))
     }
 
     fn call(&mut self, req: ConnectRequest) -> Self::Future {
