@@ -5,6 +5,8 @@
 //! one: after the first outside write in a watched directory, the config file (or the identity
 //! files, or a `path` source's directory) was re-read about ten times a second, for good.
 
+use std::path::{Path, PathBuf};
+
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher};
 
@@ -30,6 +32,34 @@ pub fn content_watcher(
             }
         }
     })
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The directories to watch for what is read at `dir`: `dir` itself, and the directory holding
+/// each symlink on the way to it. A checkout kept by git-sync is read through a `current`
+/// symlink that is re-pointed at each revision: that swap happens beside `current`, and the
+/// directory watched through it sees nothing.
+pub fn dirs_for(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.to_owned()];
+    let mut prefix = PathBuf::new();
+    for part in dir.components() {
+        prefix.push(part);
+        let is_link = std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            let holder = parent_dir(&prefix);
+            if !dirs.contains(&holder) {
+                dirs.push(holder);
+            }
+        }
+    }
+    dirs
 }
 
 #[cfg(test)]
@@ -70,6 +100,21 @@ mod tests {
             before.push(paths);
         }
         assert!(before.is_empty(), "reads reported as changes: {before:?}");
+    }
+
+    #[test]
+    fn symlinks_on_the_way_add_the_directories_holding_them() {
+        let root = tempfile::tempdir().unwrap();
+        let rev = root.path().join("rev-1");
+        std::fs::create_dir_all(rev.join("conf")).unwrap();
+        std::os::unix::fs::symlink("rev-1", root.path().join("current")).unwrap();
+        let through = root.path().join("current").join("conf");
+        assert_eq!(
+            dirs_for(&through),
+            vec![through.clone(), root.path().to_owned()]
+        );
+        assert_eq!(dirs_for(&rev.join("conf")), vec![rev.join("conf")]);
+        assert_eq!(parent_dir(Path::new("bindgate.yaml")), PathBuf::from("."));
     }
 
     #[test]

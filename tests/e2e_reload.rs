@@ -168,3 +168,44 @@ async fn a_configmap_symlink_swap_applies_and_a_bad_one_is_refused() {
     stream.send(4).await;
     stream.finish().await;
 }
+
+/// A config read through a symlinked directory, as git-sync keeps a checkout: `current` is
+/// re-pointed at each new revision, beside it, so nothing happens in the directory the config
+/// was read from. The new revision applies all the same.
+#[tokio::test]
+async fn a_swap_of_a_symlinked_checkout_applies() {
+    use std::os::unix::fs::symlink;
+    let echo = common::echo_server().await;
+    let root = tempfile::tempdir().unwrap();
+    let revision = |n: u32, names: &[&str]| {
+        let mut listeners = String::new();
+        for l in names {
+            listeners.push_str(&format!(
+                "    - {{ name: {l}, address: 127.0.0.1:0, routes: [ {{ cluster: c }} ] }}\n"
+            ));
+        }
+        let dir = root.path().join(format!("rev-{n}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("bindgate.yaml"),
+            format!(
+                "version: 1\nadmin: {{ address: 127.0.0.1:0 }}\nstatic_resources:\n  listeners:\n{listeners}  clusters:\n    - {{ name: c, type: static, endpoints: [ \"{echo}\" ] }}\n"
+            ),
+        )
+        .unwrap();
+        // git-sync's swap: a new link renamed over the old one.
+        let tmp = root.path().join("current.tmp");
+        symlink(format!("rev-{n}"), &tmp).unwrap();
+        std::fs::rename(&tmp, root.path().join("current")).unwrap();
+    };
+    revision(1, &["a"]);
+    let path = root.path().join("current").join("bindgate.yaml");
+    let gw = Proc::start(&["run", "-c", path.to_str().unwrap()], &[]).await;
+    let admin = gw.admin();
+    let a = gw.listener("a");
+
+    revision(2, &["a", "b"]);
+    let b = common::wait_listener(admin, "b", "active").await;
+    assert!(b.is_some(), "the new revision was not applied");
+    assert_eq!(common::wait_listener(admin, "a", "active").await, Some(a));
+}

@@ -198,30 +198,24 @@ impl ControlPlane {
     /// Watches the config file's directory; events wake the loop, which compares content.
     fn watch_file(&self) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
-        let dir = self
-            .path
-            .as_ref()?
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
+        let dir = crate::fs_watch::parent_dir(self.path.as_ref()?);
         let notify = self.file_changed.clone();
         let watcher = crate::fs_watch::content_watcher(move |_| notify.notify_one());
         match watcher {
-            Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {} for config changes ({e}); SIGHUP still reloads",
-                        dir.display()
-                    );
-                    None
+            Ok(mut w) => {
+                for d in crate::fs_watch::dirs_for(&dir) {
+                    if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
+                        tracing::warn!(
+                            "cannot watch {} for config changes ({e}); SIGHUP still reloads",
+                            d.display()
+                        );
+                        if d == dir {
+                            return None;
+                        }
+                    }
                 }
-            },
+                Some(w)
+            }
             Err(e) => {
                 tracing::warn!("cannot watch for config changes ({e}); SIGHUP still reloads");
                 None

@@ -597,8 +597,13 @@ async fn watch_dir(task: PathTask, stop: CancellationToken) {
     let changed = Arc::new(Notify::new());
     let wake = changed.clone();
     let watcher = crate::fs_watch::content_watcher(move |_| wake.notify_one()).and_then(|mut w| {
-        w.watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map(|()| w)
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        // A symlink swap on the way to `dir` (git-sync's `current`) is seen where it happens;
+        // without that watch, the periodic re-read still finds it.
+        for d in crate::fs_watch::dirs_for(&dir).into_iter().skip(1) {
+            let _ = w.watch(&d, notify::RecursiveMode::NonRecursive);
+        }
+        Ok(w)
     });
     let _watcher = match watcher {
         Ok(w) => Some(w),

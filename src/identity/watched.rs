@@ -358,10 +358,7 @@ fn watch_dirs(files: &IdentityFiles, changed: Arc<Notify>) -> Option<notify::Rec
     ]
     .into_iter()
     .flatten()
-    .map(|p| match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    })
+    .flat_map(|p| crate::fs_watch::dirs_for(&crate::fs_watch::parent_dir(p)))
     .collect();
     let mut watcher = match crate::fs_watch::content_watcher(move |_| changed.notify_one()) {
         Ok(w) => w,
