@@ -139,7 +139,7 @@ pub fn conn_response(data: &[u8]) {
         ScriptedStream::new(wire, shape),
         Arc::from("fuzz"),
         Arc::from("ingress.fuzz:443"),
-        "tcp://svc.ns:80".to_owned(),
+        "tcp://svc.ns:80".into(),
         crate::upstream::early::AnswerDeadline::none(),
     );
     // The client's first bytes go out before the answer is read (a failed write may read it).

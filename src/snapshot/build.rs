@@ -424,12 +424,16 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                         tracing::warn!(endpoint = %cluster_name, "discovered endpoint skipped: a static listener or cluster has the same name");
                         continue;
                     }
+                    let target = match BindingTarget::new(p.url.clone(), ingress.clone()) {
+                        Ok(target) => target,
+                        Err(e) => {
+                            tracing::warn!(endpoint = %cluster_name, "discovered endpoint skipped: {e}");
+                            continue;
+                        }
+                    };
                     let cluster = Arc::new(cluster_with_stack(
                         &cluster_name,
-                        ClusterTarget::Binding(BindingTarget {
-                            url: p.url.clone(),
-                            ingress: ingress.clone(),
-                        }),
+                        ClusterTarget::Binding(target),
                         &retry,
                         None,
                         retained,
@@ -1247,9 +1251,13 @@ fn build_cluster(
                 }
             };
             match (url, ingress) {
-                (Some(url), Some(ingress)) => {
-                    ClusterTarget::Binding(BindingTarget { url, ingress })
-                }
+                (Some(url), Some(ingress)) => match BindingTarget::new(url, ingress) {
+                    Ok(target) => ClusterTarget::Binding(target),
+                    Err(e) => {
+                        c.err(format!("{path}.endpoint"), e);
+                        return None;
+                    }
+                },
                 _ => return None,
             }
         }

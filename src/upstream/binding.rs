@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::dial::IngressDialer;
 use super::transport::{
     Fingerprint, IngressTransport, TransportSettings, TransportSpec, Transports,
@@ -86,28 +88,117 @@ impl std::fmt::Debug for Ingress {
     }
 }
 
+/// One endpoint's binding upgrade, prepared once when its cluster is built rather than on every
+/// connection: the framed `ConnRequest` the `direct` and `pool` transports send, and the
+/// authority of the CONNECT stream the `multiplex` transport opens.
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    pub url: BoundUrl,
+    /// The URL as text, for logs, errors and early upgrades' deferred answers.
+    pub name: Arc<str>,
+    /// The `ConnRequest`, length prefix included.
+    frame: Bytes,
+    /// `host:port`: a CONNECT request's URI. Cloning it shares its bytes.
+    authority: http::Uri,
+}
+
+impl UpgradeRequest {
+    /// Fails only for a URL no ingress could be asked for: a `host:port` that is not a URI
+    /// authority, or a request over the frame's 64 KiB. A parsed [`BoundUrl`] is neither.
+    pub fn new(url: BoundUrl) -> Result<UpgradeRequest, String> {
+        let frame = crate::wire::encode_frame(&ConnRequest {
+            host: url.host.clone(),
+            port: i64::from(url.port),
+            pod_identity: None,
+        })
+        .map_err(|e| format!("`{url}`: {e}"))?;
+        let authority =
+            http::Uri::from_maybe_shared(Bytes::from(format!("{}:{}", url.host, url.port)))
+                .map_err(|e| format!("`{url}` is not a valid CONNECT authority: {e}"))?;
+        Ok(UpgradeRequest {
+            name: url.to_string().into(),
+            url,
+            frame: frame.into(),
+            authority,
+        })
+    }
+
+    /// The framed `ConnRequest`.
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+
+    /// The `CONNECT host:port` request that opens a multiplexed stream to the endpoint.
+    pub fn connect(&self) -> http::Request<()> {
+        let mut req = http::Request::new(());
+        *req.method_mut() = http::Method::CONNECT;
+        *req.uri_mut() = self.authority.clone();
+        req
+    }
+}
+
+impl std::fmt::Display for UpgradeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// A bound endpoint reached through an ingress.
 #[derive(Debug)]
 pub struct BindingTarget {
-    pub url: BoundUrl,
+    pub request: UpgradeRequest,
     pub ingress: Arc<Ingress>,
 }
 
 impl BindingTarget {
+    /// See [`UpgradeRequest::new`] for how this fails.
+    pub fn new(url: BoundUrl, ingress: Arc<Ingress>) -> Result<BindingTarget, String> {
+        Ok(BindingTarget {
+            request: UpgradeRequest::new(url)?,
+            ingress,
+        })
+    }
+
+    pub fn url(&self) -> &BoundUrl {
+        &self.request.url
+    }
+
     /// Opens an upgraded stream to the endpoint through the ingress's transport. The connect
     /// stack's timeout layer bounds the whole of it (a dial, a pooled connection's upgrade, or
     /// a CONNECT stream) by the ingress's `connect_timeout`.
     pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
-        let request = ConnRequest {
-            host: self.url.host.clone(),
-            port: i64::from(self.url.port),
-            pod_identity: None,
-        };
         // Published snapshots activate their transports; a snapshot used before that (or
         // never published) starts its transport on first use.
         if !self.ingress.transport.is_activated() {
             self.ingress.activate();
         }
-        self.ingress.transport.open(&self.url, &request).await
+        self.ingress.transport.open(&self.request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_request_is_the_protocol_frame_and_connect_authority() {
+        let url = BoundUrl::parse("http://svc.ns", None).unwrap();
+        let request = UpgradeRequest::new(url).unwrap();
+        // PROTOCOL.md §1's vector for `ConnRequest{host:"svc.ns", port:80}`.
+        assert_eq!(
+            request.frame(),
+            [
+                0x0a, 0x00, 0x0a, 0x06, b's', b'v', b'c', b'.', b'n', b's', 0x10, 0x50
+            ]
+        );
+        let connect = request.connect();
+        assert_eq!(connect.method(), http::Method::CONNECT);
+        assert_eq!(connect.uri().to_string(), "svc.ns:80");
+        assert_eq!(
+            connect.uri().authority().map(|a| a.as_str()),
+            Some("svc.ns:80")
+        );
+        assert_eq!(&*request.name, "http://svc.ns:80");
+        assert_eq!(request.to_string(), "http://svc.ns:80");
     }
 }

@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::binding::UpgradeRequest;
 use super::early::EarlyUpgrade;
 use super::resolve::IngressResolver;
 use super::{UpstreamError, UpstreamStream};
-use crate::bound_url::BoundUrl;
-use crate::wire::{self, ConnRequest, ConnResponse, FrameError};
+use crate::wire::{self, ConnResponse, FrameError};
 
 /// A TLS connection to an ingress, before or after the upgrade.
 pub type IngressTls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -162,13 +162,9 @@ impl IngressDialer {
     }
 
     /// The `direct` transport: a fresh connection and its upgrade.
-    pub async fn dial(
-        &self,
-        endpoint: &BoundUrl,
-        request: &ConnRequest,
-    ) -> Result<UpstreamStream, UpstreamError> {
+    pub async fn dial(&self, request: &UpgradeRequest) -> Result<UpstreamStream, UpstreamError> {
         let tls = self.handshake().await?;
-        upgrade(self, tls, endpoint, request)
+        upgrade(self, tls, request)
             .await
             .map_err(UpgradeError::into_inner)
     }
@@ -204,25 +200,27 @@ impl UpgradeError {
 pub async fn upgrade(
     dialer: &IngressDialer,
     mut tls: IngressTls,
-    endpoint: &BoundUrl,
-    request: &ConnRequest,
+    request: &UpgradeRequest,
 ) -> Result<UpstreamStream, UpgradeError> {
     let addr = &*dialer.address;
     let started = tokio::time::Instant::now();
-    wire::write_frame(&mut tls, request)
-        .await
-        .map_err(|e| broken_or_answered(addr, e))?;
+    let sent = async {
+        tls.write_all(request.frame()).await?;
+        tls.flush().await
+    };
+    sent.await
+        .map_err(|e| broken_or_answered(addr, FrameError::Io(e)))?;
     if dialer.early_data {
         return Ok(UpstreamStream::Early(Box::new(EarlyUpgrade::new(
             tls,
             dialer.name.clone(),
             dialer.address.clone(),
-            endpoint.to_string(),
+            request.name.clone(),
             super::early::AnswerDeadline::new(dialer.connect_timeout),
         ))));
     }
     // TLS 1.3 reports a rejected client certificate here, on the first read.
-    read_answer(&mut tls, &dialer.name, addr, endpoint).await?;
+    read_answer(&mut tls, &dialer.name, addr, request).await?;
     crate::telemetry::binding_upgrade_duration(&dialer.name, started.elapsed());
     Ok(UpstreamStream::Tls(Box::new(tls)))
 }

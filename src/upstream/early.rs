@@ -36,7 +36,7 @@ enum Answer {
 struct PendingResponse {
     ingress: Arc<str>,
     address: Arc<str>,
-    endpoint: String,
+    endpoint: Arc<str>,
     frame: FrameReader,
     deadline: AnswerDeadline,
 }
@@ -99,7 +99,7 @@ impl<S> EarlyUpgrade<S> {
         tls: S,
         ingress: Arc<str>,
         address: Arc<str>,
-        endpoint: String,
+        endpoint: Arc<str>,
         answer_within: AnswerDeadline,
     ) -> EarlyUpgrade<S> {
         EarlyUpgrade {

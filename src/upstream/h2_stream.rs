@@ -115,7 +115,7 @@ impl H2Stream {
                 }
                 UpstreamError::Refused {
                     addr: answer.address.to_string(),
-                    endpoint: answer.endpoint.clone(),
+                    endpoint: answer.endpoint.to_string(),
                     failure: refusal,
                 }
             }

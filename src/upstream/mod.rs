@@ -21,7 +21,7 @@ pub mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use binding::{BindingTarget, Ingress};
+pub use binding::{BindingTarget, Ingress, UpgradeRequest};
 pub use dial::IngressDialer;
 pub use h2_stream::H2Stream;
 pub use multiplex::{MultiplexSettings, MultiplexStats, Multiplexer};
@@ -246,7 +246,10 @@ impl Cluster {
         match &*self.target {
             ClusterTarget::Static(s) => format!("static:{}", s.addresses.join(",")),
             ClusterTarget::Binding(b) => {
-                format!("binding:{}@{}={}", b.url, b.ingress.name, b.ingress.address)
+                format!(
+                    "binding:{}@{}={}",
+                    b.request, b.ingress.name, b.ingress.address
+                )
             }
         }
     }
@@ -258,7 +261,7 @@ impl Cluster {
                 "name": self.name, "type": "static", "endpoints": s.addresses,
             }),
             ClusterTarget::Binding(b) => serde_json::json!({
-                "name": self.name, "type": "binding_upstream", "endpoint": b.url.to_string(),
+                "name": self.name, "type": "binding_upstream", "endpoint": &*b.request.name,
                 "ingress": b.ingress.name, "ingress_address": b.ingress.address,
                 "transport": b.ingress.transport.describe(),
             }),

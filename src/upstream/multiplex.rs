@@ -28,18 +28,17 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, Reason, RecvStream, SendStream};
-use http::{Method, Request};
 use rustls::sign::CertifiedKey;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
+use super::binding::UpgradeRequest;
 use super::dial::{IngressDialer, IngressTls};
 use super::h2_stream::H2Stream;
 use super::pool::{PoolSettings, WarmPool};
 use super::{UpstreamError, UpstreamStream};
-use crate::bound_url::BoundUrl;
 use crate::config::MultiplexFallback;
-use crate::wire::{self, ConnRequest};
+use crate::wire;
 
 /// Flow-control windows we grant the ingress: per stream, and per connection.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -105,7 +104,7 @@ pub struct EarlyAnswer {
     pub(crate) response: ResponseFuture,
     pub(crate) ingress: Arc<str>,
     pub(crate) address: Arc<str>,
-    pub(crate) endpoint: String,
+    pub(crate) endpoint: Arc<str>,
     pub(crate) deadline: super::early::AnswerDeadline,
 }
 
@@ -330,11 +329,7 @@ impl Multiplexer {
     }
 
     /// A CONNECT stream to `endpoint` (or, when the ingress refused HTTP/2, what `fallback` says).
-    pub async fn open(
-        &self,
-        endpoint: &BoundUrl,
-        request: &ConnRequest,
-    ) -> Result<UpstreamStream, UpstreamError> {
+    pub async fn open(&self, request: &UpgradeRequest) -> Result<UpstreamStream, UpstreamError> {
         self.start();
         let st = &self.state;
         let addr = &*st.plain.address;
@@ -342,8 +337,8 @@ impl Multiplexer {
         for _ in 0..STREAM_ATTEMPTS {
             let conn = match st.acquire().await {
                 Acquired::Conn(c) => c,
-                Acquired::NoH2 => return self.open_fallback(endpoint, request).await,
-                Acquired::Retired => return st.plain.dial(endpoint, request).await,
+                Acquired::NoH2 => return self.open_fallback(request).await,
+                Acquired::Retired => return st.plain.dial(request).await,
                 Acquired::Failed(e) => return Err(e),
             };
             let slot = StreamSlot {
@@ -359,7 +354,7 @@ impl Multiplexer {
                             response,
                             ingress: st.plain.name.clone(),
                             address: st.plain.address.clone(),
-                            endpoint: endpoint.to_string(),
+                            endpoint: request.name.clone(),
                             deadline: super::early::AnswerDeadline::new(st.plain.connect_timeout),
                         };
                         H2Stream::awaiting(send, answer, slot)
@@ -373,16 +368,16 @@ impl Multiplexer {
                 Ok(stream) => {
                     st.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                     st.changed();
-                    tracing::debug!(ingress = %st.plain.name, %endpoint, conn, early_data = st.h2.early_data, "CONNECT stream open");
+                    tracing::debug!(ingress = %st.plain.name, endpoint = %request, conn, early_data = st.h2.early_data, "CONNECT stream open");
                     return Ok(UpstreamStream::H2(Box::new(stream)));
                 }
                 Err(StreamFailure::Refused(failure)) => {
-                    return Err(self.refused(endpoint, failure));
+                    return Err(self.refused(request, failure));
                 }
                 Err(StreamFailure::Retry(e)) => {
                     st.stats.stream_retries.fetch_add(1, Ordering::Relaxed);
                     st.changed();
-                    tracing::debug!(ingress = %st.plain.name, %endpoint, conn, "CONNECT not processed, trying another connection: {e}");
+                    tracing::debug!(ingress = %st.plain.name, endpoint = %request, conn, "CONNECT not processed, trying another connection: {e}");
                     last = Some(e);
                 }
             }
@@ -394,20 +389,19 @@ impl Multiplexer {
     }
 
     /// Counts a refused stream and makes its error.
-    fn refused(&self, endpoint: &BoundUrl, failure: String) -> UpstreamError {
+    fn refused(&self, request: &UpgradeRequest, failure: String) -> UpstreamError {
         let st = &self.state;
         st.refused_stream();
         UpstreamError::Refused {
             addr: st.plain.address.to_string(),
-            endpoint: endpoint.to_string(),
+            endpoint: request.name.to_string(),
             failure,
         }
     }
 
     async fn open_fallback(
         &self,
-        endpoint: &BoundUrl,
-        request: &ConnRequest,
+        request: &UpgradeRequest,
     ) -> Result<UpstreamStream, UpstreamError> {
         let st = &self.state;
         match st.settings.fallback {
@@ -416,7 +410,7 @@ impl Multiplexer {
                     tracing::info!(ingress = %st.plain.name, "the ingress did not negotiate HTTP/2 (ALPN h2); multiplex falls back to the warm pool");
                     Arc::new(WarmPool::new(st.plain.clone(), self.pool_settings))
                 });
-                pool.open(endpoint, request).await
+                pool.open(request).await
             }
             MultiplexFallback::Fail => Err(no_h2_error(&st.plain.address)),
         }
@@ -661,18 +655,9 @@ fn h2_error(addr: &str, e: &h2::Error) -> UpstreamError {
 async fn send_connect(
     state: &MuxState,
     conn: &H2Conn,
-    request: &ConnRequest,
+    request: &UpgradeRequest,
 ) -> Result<(ResponseFuture, SendStream<Bytes>), StreamFailure> {
-    let authority = format!("{}:{}", request.host, request.port);
-    let req = Request::builder()
-        .method(Method::CONNECT)
-        .uri(authority.as_str())
-        .body(())
-        .map_err(|e| {
-            StreamFailure::Refused(format!(
-                "`{authority}` is not a valid CONNECT authority: {e}"
-            ))
-        })?;
+    let req = request.connect();
     let mut send = conn
         .send
         .clone()
@@ -700,7 +685,7 @@ fn retry_elsewhere(state: &MuxState, conn: &H2Conn, e: h2::Error) -> StreamFailu
 async fn open_stream(
     state: &MuxState,
     conn: &H2Conn,
-    request: &ConnRequest,
+    request: &UpgradeRequest,
 ) -> Result<(SendStream<Bytes>, RecvStream), StreamFailure> {
     let (response, stream) = send_connect(state, conn, request).await?;
     let response = response

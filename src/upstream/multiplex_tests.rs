@@ -73,19 +73,13 @@ impl Fixture {
     }
 }
 
-fn endpoint(url: &str) -> (BoundUrl, ConnRequest) {
-    let url = BoundUrl::parse(url, None).unwrap();
-    let request = ConnRequest {
-        host: url.host.clone(),
-        port: i64::from(url.port),
-        pod_identity: None,
-    };
-    (url, request)
+fn endpoint(url: &str) -> UpgradeRequest {
+    UpgradeRequest::new(crate::bound_url::BoundUrl::parse(url, None).unwrap()).unwrap()
 }
 
 async fn open(mux: &Multiplexer) -> UpstreamStream {
-    let (url, request) = endpoint("tcp://echo.mux:7000");
-    mux.open(&url, &request).await.unwrap()
+    let request = endpoint("tcp://echo.mux:7000");
+    mux.open(&request).await.unwrap()
 }
 
 async fn echo(mut stream: UpstreamStream, text: &[u8]) {
@@ -145,8 +139,8 @@ async fn extra_connections_stop_at_max_connections_and_openers_wait_for_a_free_s
 async fn a_refusal_is_refused_with_the_ngrok_code() {
     let f = Fixture::start("").await;
     let mux = f.multiplexer(1, MultiplexFallback::Fail);
-    let (url, request) = endpoint("tcp://ghost.mux:1");
-    match mux.open(&url, &request).await {
+    let request = endpoint("tcp://ghost.mux:1");
+    match mux.open(&request).await {
         Err(UpstreamError::Refused {
             endpoint, failure, ..
         }) => {
@@ -202,8 +196,8 @@ async fn without_h2_the_fallback_decides() {
     assert_eq!(pool.stats().hits + pool.stats().misses, 1);
 
     let strict = f.multiplexer(1, MultiplexFallback::Fail);
-    let (url, request) = endpoint("tcp://echo.mux:7000");
-    match strict.open(&url, &request).await {
+    let request = endpoint("tcp://echo.mux:7000");
+    match strict.open(&request).await {
         Err(UpstreamError::Upgrade { reason, .. }) => {
             assert!(reason.contains("does not speak HTTP/2"), "{reason}")
         }

@@ -35,10 +35,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::binding::UpgradeRequest;
 use super::dial::{self, IngressDialer, IngressTls, UpgradeError};
 use super::{UpstreamError, UpstreamStream};
-use crate::bound_url::BoundUrl;
-use crate::wire::ConnRequest;
 
 /// Refill handshakes in flight at once, per pool: `max_idle`, within these bounds. A refill
 /// waits on round trips (TCP, TLS) far more than on CPU, so across the internet the refill rate
@@ -260,11 +259,7 @@ impl WarmPool {
 
     /// An upgraded stream: a pooled connection if one is idle (falling back to one fresh dial if
     /// it breaks during the upgrade), else a direct dial.
-    pub async fn open(
-        &self,
-        endpoint: &BoundUrl,
-        request: &ConnRequest,
-    ) -> Result<UpstreamStream, UpstreamError> {
+    pub async fn open(&self, request: &UpgradeRequest) -> Result<UpstreamStream, UpstreamError> {
         self.start();
         let shared = &self.shared;
         if !self.is_retired() {
@@ -275,13 +270,13 @@ impl WarmPool {
                 Some(parked) => {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     shared.changed();
-                    match dial::upgrade(&shared.dialer, parked.tls, endpoint, request).await {
+                    match dial::upgrade(&shared.dialer, parked.tls, request).await {
                         Ok(stream) => return Ok(stream),
                         Err(UpgradeError::Answered(e)) => return Err(e),
                         Err(UpgradeError::Broken(e)) => {
                             shared.stats.redials.fetch_add(1, Ordering::Relaxed);
                             shared.changed();
-                            tracing::debug!(ingress = %shared.dialer.name, %endpoint, "pooled connection broke during the upgrade, dialing a fresh one: {e}");
+                            tracing::debug!(ingress = %shared.dialer.name, endpoint = %request, "pooled connection broke during the upgrade, dialing a fresh one: {e}");
                         }
                     }
                 }
@@ -299,7 +294,7 @@ impl WarmPool {
                 }
             }
         }
-        shared.dialer.dial(endpoint, request).await
+        shared.dialer.dial(request).await
     }
 }
 

@@ -14,7 +14,7 @@ use crate::identity::ClientIdentity;
 use crate::secret::Secret;
 use crate::upstream::IngressTransport;
 use crate::upstream::transport::{Fingerprint, TransportSettings, TransportSpec, Transports};
-use crate::wire::{self, ConnResponse};
+use crate::wire::{self, ConnRequest, ConnResponse};
 
 /// What the test ingress saw on accepted connection number `.0` (1-based, accept order).
 #[derive(Debug)]
@@ -192,14 +192,9 @@ async fn left_idle(ingress: &mut TestIngress, n: usize) -> Vec<usize> {
 
 type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
-fn endpoint() -> (BoundUrl, ConnRequest) {
-    let url = BoundUrl::parse("tcp://echo.test:7000", None).unwrap();
-    let request = ConnRequest {
-        host: url.host.clone(),
-        port: i64::from(url.port),
-        pod_identity: None,
-    };
-    (url, request)
+fn endpoint() -> UpgradeRequest {
+    UpgradeRequest::new(crate::bound_url::BoundUrl::parse("tcp://echo.test:7000", None).unwrap())
+        .unwrap()
 }
 
 fn settings(min_idle: usize, max_idle: usize) -> PoolSettings {
@@ -212,8 +207,8 @@ fn settings(min_idle: usize, max_idle: usize) -> PoolSettings {
 
 /// Opens through `pool` and checks the stream echoes.
 async fn open_and_echo(pool: &WarmPool, text: &[u8]) {
-    let (url, request) = endpoint();
-    let mut stream = pool.open(&url, &request).await.unwrap();
+    let request = endpoint();
+    let mut stream = pool.open(&request).await.unwrap();
     stream.write_all(text).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut back = Vec::new();
@@ -311,8 +306,8 @@ async fn a_burst_larger_than_the_pool_dials_directly() {
     pool.start();
     pool.wait_until(|s| s.idle == 2).await;
 
-    let (url, request) = endpoint();
-    let opens = (0..5).map(|_| pool.open(&url, &request));
+    let request = endpoint();
+    let opens = (0..5).map(|_| pool.open(&request));
     let streams = futures_util::future::join_all(opens).await;
     assert_eq!(streams.iter().filter(|s| s.is_ok()).count(), 5);
     let stats = pool.stats();

@@ -25,12 +25,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 
+use super::binding::UpgradeRequest;
 use super::dial::IngressDialer;
 use super::multiplex::{MultiplexSettings, Multiplexer};
 use super::pool::{PoolSettings, WarmPool};
 use super::{UpstreamError, UpstreamStream};
-use crate::bound_url::BoundUrl;
-use crate::wire::ConnRequest;
 
 /// How connections reach one ingress.
 #[derive(Clone, Debug)]
@@ -51,15 +50,11 @@ pub struct DirectTransport {
 impl IngressTransport {
     /// Opens an upgraded byte stream to `endpoint`. Not bounded in time here: the caller bounds
     /// it with the ingress's `connect_timeout`.
-    pub async fn open(
-        &self,
-        endpoint: &BoundUrl,
-        request: &ConnRequest,
-    ) -> Result<UpstreamStream, UpstreamError> {
+    pub async fn open(&self, request: &UpgradeRequest) -> Result<UpstreamStream, UpstreamError> {
         match self {
-            IngressTransport::Direct(d) => d.dialer.dial(endpoint, request).await,
-            IngressTransport::Pool(p) => p.open(endpoint, request).await,
-            IngressTransport::Multiplex(m) => m.open(endpoint, request).await,
+            IngressTransport::Direct(d) => d.dialer.dial(request).await,
+            IngressTransport::Pool(p) => p.open(request).await,
+            IngressTransport::Multiplex(m) => m.open(request).await,
         }
     }
 
