@@ -42,7 +42,10 @@ impl SandboxProcess {
         settings: &Settings,
         echo: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
-        let echo_target = echo.map_or_else(|| "echo".to_owned(), |a| a.to_string());
+        // `inline_echo`: the ingress echoes on the upgraded connection itself, as its raw echo
+        // port does for HAProxy and stunnel, so bindgate's hop ends where theirs ends (the
+        // built-in `echo` would add a loopback connection per proxied one, inside the sandbox).
+        let echo_target = echo.map_or_else(|| "inline_echo".to_owned(), |a| a.to_string());
         let config = dir.join("sandbox.yaml");
         let text = format!(
             "\

@@ -134,7 +134,8 @@ impl Default for BackendsConfig {
 pub struct EndpointConfig {
     /// Canonical `scheme://service.namespace:port`.
     pub url: String,
-    /// `echo`, `http`, or a `host:port` TCP address.
+    /// `echo`, `http`, `inline_echo` (an echo the ingress serves itself, without a backend
+    /// connection, as the raw echo port does), or a `host:port` TCP address.
     pub target: String,
     #[serde(default)]
     pub faults: FaultsConfig,

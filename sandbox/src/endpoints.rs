@@ -161,6 +161,12 @@ pub enum Target {
     Echo,
     /// The built-in HTTP backend.
     Http,
+    /// An echo the ingress serves in place, on the upgraded connection itself, with no
+    /// connection to a backend: what the raw echo port does after its handshake. Benchmarks
+    /// point their endpoint here so bindgate's hop ends where the peers' hop ends. Like the raw
+    /// echo port, it reads only while its answer can be written: a client must read while it
+    /// writes once more than the buffers on the way hold.
+    InlineEcho,
     /// Any TCP address, `host:port`.
     Address(String),
 }
@@ -170,6 +176,7 @@ impl fmt::Display for Target {
         match self {
             Target::Echo => f.write_str("echo"),
             Target::Http => f.write_str("http"),
+            Target::InlineEcho => f.write_str("inline_echo"),
             Target::Address(addr) => f.write_str(addr),
         }
     }
@@ -182,6 +189,7 @@ impl FromStr for Target {
         match target {
             "echo" => return Ok(Target::Echo),
             "http" => return Ok(Target::Http),
+            "inline_echo" => return Ok(Target::InlineEcho),
             _ => {}
         }
         let ok = target.rsplit_once(':').is_some_and(|(host, port)| {
@@ -190,7 +198,8 @@ impl FromStr for Target {
         if !ok {
             return Err(EndpointError::Target {
                 target: target.to_string(),
-                reason: "expected `echo`, `http` or a `host:port` address".to_string(),
+                reason: "expected `echo`, `http`, `inline_echo` or a `host:port` address"
+                    .to_string(),
             });
         }
         Ok(Target::Address(target.to_string()))
@@ -206,13 +215,15 @@ pub struct BoundEndpoint {
     pub target: Target,
     pub faults: Faults,
     pub created_at: OffsetDateTime,
-    /// The address the ingress dials, with built-in targets resolved to their listeners.
-    dial: String,
+    /// The address the ingress dials, with built-in targets resolved to their listeners; none
+    /// for `inline_echo`.
+    dial: Option<String>,
 }
 
 impl BoundEndpoint {
-    pub fn dial_address(&self) -> &str {
-        &self.dial
+    /// Where the ingress connects this endpoint's connections; `None`: it serves them itself.
+    pub fn dial_address(&self) -> Option<&str> {
+        self.dial.as_deref()
     }
 }
 
@@ -277,9 +288,10 @@ impl EndpointRegistry {
                 reason,
             })?;
         let dial = match &target {
-            Target::Echo => self.echo.to_string(),
-            Target::Http => self.http.to_string(),
-            Target::Address(addr) => addr.clone(),
+            Target::Echo => Some(self.echo.to_string()),
+            Target::Http => Some(self.http.to_string()),
+            Target::InlineEcho => None,
+            Target::Address(addr) => Some(addr.clone()),
         };
         let now = OffsetDateTime::now_utc();
         let endpoint = Arc::new(BoundEndpoint {
@@ -384,6 +396,7 @@ mod tests {
     fn targets_parse() {
         assert_eq!("echo".parse::<Target>(), Ok(Target::Echo));
         assert_eq!("http".parse::<Target>(), Ok(Target::Http));
+        assert_eq!("inline_echo".parse::<Target>(), Ok(Target::InlineEcho));
         assert_eq!(
             "localhost:5432".parse::<Target>(),
             Ok(Target::Address("localhost:5432".into()))
@@ -421,11 +434,17 @@ mod tests {
         )
         .unwrap();
         let e = registry.lookup("echo.demo", 7000).unwrap();
-        assert_eq!(e.dial_address(), "127.0.0.1:1001");
+        assert_eq!(e.dial_address(), Some("127.0.0.1:1001"));
         assert_eq!(
             registry.lookup("web.demo", 80).unwrap().dial_address(),
-            "127.0.0.1:1002"
+            Some("127.0.0.1:1002")
         );
+        let inline = registry
+            .add(&endpoint("tcp://inline.demo:7000", "inline_echo"))
+            .unwrap();
+        assert_eq!(inline.target, Target::InlineEcho);
+        assert_eq!(inline.dial_address(), None);
+        registry.remove("tcp://inline.demo:7000").unwrap();
         assert!(registry.lookup("echo.demo", 7001).is_none());
         assert!(registry.lookup("echo.demo", 7000 + 65536).is_none());
         assert!(matches!(

@@ -38,7 +38,7 @@ use tracing::debug;
 use super::endpoints::BoundEndpoint;
 use super::faults::REFUSE_CODE;
 use super::ingress::{
-    ACCOUNT_MISMATCH_CODE, ClientIdentity, Ingress, NOT_FOUND_CODE, PipeEnd, PipeError,
+    ACCOUNT_MISMATCH_CODE, Backend, ClientIdentity, Ingress, NOT_FOUND_CODE, PipeEnd, PipeError,
     TARGET_UNREACHABLE_CODE, copy_client_to_backend,
 };
 
@@ -147,7 +147,11 @@ async fn serve_stream(
             return;
         }
     };
-    match pipe(request.into_body(), send, backend, &endpoint).await {
+    let piped = match backend {
+        Backend::Tcp(backend) => pipe(request.into_body(), send, backend, &endpoint).await,
+        Backend::InlineEcho => echo_in_place(request.into_body(), send, &endpoint).await,
+    };
+    match piped {
         Ok(PipeEnd::Done { up, down }) => {
             debug!(%peer, endpoint = %endpoint.url, up, down, "ingress stream done")
         }
@@ -253,7 +257,28 @@ async fn pipe(
         to_client.shutdown().await?;
         Ok::<_, PipeError>(total)
     };
-    match tokio::try_join!(up, down) {
+    let piped = tokio::try_join!(up, down);
+    stream_end(piped, &mut to_client)
+}
+
+/// `inline_echo` on a CONNECT stream: DATA straight back, faults applied on the way in; the
+/// client's END_STREAM ends the echo with END_STREAM.
+async fn echo_in_place(
+    recv: RecvStream,
+    send: SendStream<Bytes>,
+    endpoint: &BoundEndpoint,
+) -> io::Result<PipeEnd> {
+    let mut from_client = StreamReader::new(recv);
+    let mut to_client = StreamWriter::new(send);
+    let echoed = copy_client_to_backend(&mut from_client, &mut to_client, endpoint).await;
+    stream_end(echoed.map(|n| (n, n)), &mut to_client)
+}
+
+fn stream_end(
+    piped: Result<(u64, u64), PipeError>,
+    to_client: &mut StreamWriter,
+) -> io::Result<PipeEnd> {
+    match piped {
         Ok((up, down)) => Ok(PipeEnd::Done { up, down }),
         Err(PipeError::ResetFault { up }) => {
             to_client.reset(Reason::CANCEL);

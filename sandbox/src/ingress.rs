@@ -62,6 +62,14 @@ impl std::fmt::Debug for Ingress {
     }
 }
 
+/// Where an upgraded connection's bytes go once the ingress said yes.
+pub(super) enum Backend {
+    /// The endpoint's target, connected.
+    Tcp(TcpStream),
+    /// `inline_echo`: back to the client, from the ingress itself.
+    InlineEcho,
+}
+
 /// Why a connection ended before or during the pipe; only for the debug log line.
 pub(super) enum PipeEnd {
     Done { up: u64, down: u64 },
@@ -195,7 +203,11 @@ impl Ingress {
             },
             None => None,
         };
-        match pipe(tls, backend, &endpoint, reset).await {
+        let piped = match backend {
+            Backend::Tcp(backend) => pipe(tls, backend, &endpoint, reset).await,
+            Backend::InlineEcho => echo_in_place(tls, &endpoint, reset).await,
+        };
+        match piped {
             Ok(PipeEnd::Done { up, down }) => {
                 debug!(%peer, endpoint = %endpoint.url, up, down, "ingress connection done")
             }
@@ -212,7 +224,7 @@ impl Ingress {
         &self,
         identity: Option<&ClientIdentity>,
         request: &ConnRequest,
-    ) -> Result<(Arc<BoundEndpoint>, TcpStream), ConnResponse> {
+    ) -> Result<(Arc<BoundEndpoint>, Backend), ConnResponse> {
         if identity.is_some_and(|id| self.ca.is_revoked(&id.serial)) {
             return Err(ConnResponse::error(
                 ACCOUNT_MISMATCH_CODE,
@@ -253,18 +265,16 @@ impl Ingress {
                 ),
             ));
         }
-        let dial = timeout(
-            self.handshake_timeout,
-            TcpStream::connect(endpoint.dial_address()),
-        )
-        .await;
-        match dial {
+        let Some(address) = endpoint.dial_address() else {
+            return Ok((endpoint, Backend::InlineEcho));
+        };
+        match timeout(self.handshake_timeout, TcpStream::connect(address)).await {
             Ok(Ok(backend)) => {
                 let _ = backend.set_nodelay(true);
-                Ok((endpoint, backend))
+                Ok((endpoint, Backend::Tcp(backend)))
             }
-            Ok(Err(e)) => Err(unreachable_target(&endpoint, &e.to_string())),
-            Err(_) => Err(unreachable_target(&endpoint, "connect timed out")),
+            Ok(Err(e)) => Err(unreachable_target(&endpoint, address, &e.to_string())),
+            Err(_) => Err(unreachable_target(&endpoint, address, "connect timed out")),
         }
     }
 }
@@ -290,13 +300,12 @@ async fn linger(tls: &mut TlsStream<TcpStream>) {
     let _ = timeout(LINGER_TIME, drain).await;
 }
 
-fn unreachable_target(endpoint: &BoundEndpoint, cause: &str) -> ConnResponse {
+fn unreachable_target(endpoint: &BoundEndpoint, address: &str, cause: &str) -> ConnResponse {
     ConnResponse::error(
         TARGET_UNREACHABLE_CODE,
         format!(
-            "endpoint {} could not reach its upstream {}: {cause}",
-            endpoint.url,
-            endpoint.dial_address()
+            "endpoint {} could not reach its upstream {address}: {cause}",
+            endpoint.url
         ),
     )
 }
@@ -387,7 +396,27 @@ async fn pipe(
         client_write.shutdown().await?;
         Ok::<_, PipeError>(n)
     };
-    match tokio::try_join!(up, down) {
+    let piped = tokio::try_join!(up, down);
+    pipe_end(piped, reset)
+}
+
+/// `inline_echo`: the client's bytes go straight back, with the faults applied on the way in;
+/// the client's EOF ends the echo with close_notify.
+async fn echo_in_place(
+    tls: TlsStream<TcpStream>,
+    endpoint: &BoundEndpoint,
+    reset: Option<ResetHandle>,
+) -> io::Result<PipeEnd> {
+    let (mut read, mut write) = tokio::io::split(tls);
+    let echoed = copy_client_to_backend(&mut read, &mut write, endpoint).await;
+    pipe_end(echoed.map(|n| (n, n)), reset)
+}
+
+fn pipe_end(
+    piped: Result<(u64, u64), PipeError>,
+    reset: Option<ResetHandle>,
+) -> io::Result<PipeEnd> {
+    match piped {
         Ok((up, down)) => Ok(PipeEnd::Done { up, down }),
         Err(PipeError::ResetFault { up }) => {
             if let Some(handle) = reset {
@@ -433,6 +462,9 @@ where
             return Ok(total);
         }
         backend.write_all(&buf[..n]).await?;
+        // A no-op on a TCP target; what a TLS or HTTP/2 writer (an in-place echo's) still
+        // holds must reach the client before the next read waits.
+        backend.flush().await?;
         total += n as u64;
         if let Some(p) = pacer.as_mut() {
             p.consumed(n).await;

@@ -729,3 +729,69 @@ async fn a_client_offering_no_alpn_gets_the_plain_upgrade_even_with_h2_on() {
     assert_eq!(response.failure(), None);
     f.sandbox.shutdown().await;
 }
+
+const INLINE: &str = "endpoints:\n  - { url: 'tcp://inline.ns:7000', target: inline_echo }\n  - { url: 'tcp://cut.ns:7000', target: inline_echo, faults: { reset_after_bytes: 1000 } }\n";
+
+#[tokio::test]
+async fn inline_echo_answers_from_the_ingress_with_half_close() {
+    let f = Fixture::start(INLINE).await;
+    let (tls, response) = f.upgrade("inline.ns", 7000).await;
+    assert_eq!(response.failure(), None);
+    let payload: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let sent = payload.clone();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&sent).await.unwrap();
+        writer.shutdown().await.unwrap();
+    });
+    let (got, end) = timeout(GUARD, read_until_end(&mut reader)).await.unwrap();
+    writing.await.unwrap();
+    end.unwrap();
+    assert!(got == payload, "echo differs from what was sent");
+
+    // The same on CONNECT streams of one HTTP/2 connection.
+    let client = f.dir.path().join("client");
+    let connector = h2_connector(
+        &f.sandbox.ca_pem_path(),
+        Some((&client.join("tls.crt"), &client.join("tls.key"))),
+    );
+    let send = h2_client(&f, &connector).await;
+    for i in 0..2u8 {
+        let (head, mut up, mut down) =
+            h2_request(&send, http::Method::CONNECT, "inline.ns:7000").await;
+        assert_eq!(head.status, http::StatusCode::OK);
+        let text = Bytes::from(vec![b'a' + i; 100_000]);
+        up.send_data(text.clone(), false).unwrap();
+        up.send_data(Bytes::new(), true).unwrap();
+        assert_eq!(h2_body(&mut down).await, text);
+    }
+    f.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn inline_echo_applies_the_reset_fault() {
+    let f = Fixture::start(INLINE).await;
+    let (tls, response) = f.upgrade("cut.ns", 7000).await;
+    assert_eq!(response.failure(), None);
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&vec![7u8; 100_000]).await;
+        let _ = writer.shutdown().await;
+    });
+    let (got, end) = timeout(GUARD, read_until_end(&mut reader)).await.unwrap();
+    writing.await.unwrap();
+    assert!(
+        got.len() <= 1000,
+        "echoed {} bytes past the fault",
+        got.len()
+    );
+    let err = end.unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
+        "{err:?}"
+    );
+    f.sandbox.shutdown().await;
+}
