@@ -67,21 +67,26 @@ def ports(pkts):
     busy = [port for port, n in syns.items() if n >= top // 2]
     big = collections.Counter(p[2] for p in pkts if p[4] >= 300)
     ingress = None
-    if len(busy) == 3:
+    hello = [port for port in busy if big[port] >= top // 2]
+    if len(hello) == 1:
         # `pool`: each checkout's refill is a new connection too, opened with a ClientHello.
-        ingress = max(busy, key=lambda port: big[port])
+        ingress = hello[0]
         busy.remove(ingress)
-    if len(busy) != 2:
-        sys.exit(f"expected the listener and the echo backend among {sorted(busy)}")
-    at = {port: sorted(p[0] for p in pkts if p[2] == port and p[3] & SYN and not p[3] & ACK) for port in busy}
+    if len(busy) == 1:
+        # An `inline_echo` endpoint (the load bench's): the ingress echoes, no backend is dialed.
+        listener, backend = busy[0], None
+    elif len(busy) == 2:
+        at = {port: sorted(p[0] for p in pkts if p[2] == port and p[3] & SYN and not p[3] & ACK) for port in busy}
 
-    def lead(a, b):
-        """Median time from a SYN to `a` to the next SYN to `b`."""
-        gaps = [at[b][i] - t for t in at[a] if (i := bisect.bisect_left(at[b], t)) < len(at[b])]
-        return statistics.median(gaps) if gaps else float("inf")
+        def lead(a, b):
+            """Median time from a SYN to `a` to the next SYN to `b`."""
+            gaps = [at[b][i] - t for t in at[a] if (i := bisect.bisect_left(at[b], t)) < len(at[b])]
+            return statistics.median(gaps) if gaps else float("inf")
 
-    a, b = busy
-    listener, backend = (a, b) if lead(a, b) < lead(b, a) else (b, a)
+        a, b = busy
+        listener, backend = (a, b) if lead(a, b) < lead(b, a) else (b, a)
+    else:
+        sys.exit(f"expected the listener, and the echo backend if one is dialed, among {sorted(busy)}")
     if ingress is None:
         # `multiplex`: the busiest other port the traffic goes to.
         sent = collections.Counter(
@@ -112,8 +117,9 @@ def phases(pkts, listener, ingress, backend):
             "client handshake done": first(lambda e: e[1] == client and e[2] == listener and e[3] & ACK),
             "upgrade sent to the ingress": first(lambda e: e[2] == ingress and 0 < e[4] < 200),
             "client's first byte": first(lambda e: e[1] == client and e[2] == listener and e[4] > 0),
-            "ingress's first byte to the backend": first(lambda e: e[2] == backend and e[4] > 0),
-            "backend's answer": first(lambda e: e[1] == backend and e[4] > 0),
+            "ingress's first byte to the backend": first(lambda e: backend and e[2] == backend and e[4] > 0),
+            "backend's answer": first(lambda e: backend and e[1] == backend and e[4] > 0),
+            "ingress's first byte back": first(lambda e: e[1] == ingress and e[4] > 0),
             "echo reaches the client": echoed,
             "client's FIN": first(lambda e: e[1] == client and e[3] & FIN),
         }
@@ -131,7 +137,7 @@ def main():
         sys.exit(__doc__)
     pkts = packets(sys.argv[1])
     listener, ingress, backend = ports(pkts)
-    print(f"listener :{listener}, ingress :{ingress}, echo backend :{backend}")
+    print(f"listener :{listener}, ingress :{ingress}, echo backend :{backend or 'none (inline_echo)'}")
     rows = phases(pkts, listener, ingress, backend)
     n = max((len(v) for v in rows.values()), default=0)
     print(f"{n} connections; microseconds after the client's SYN")
