@@ -49,6 +49,15 @@ impl Fixture {
         }
     }
 
+    /// A connector offering ALPN `h2`, with the client certificate the fixture was issued.
+    fn h2_connector(&self) -> TlsConnector {
+        let client = self.dir.path().join("client");
+        h2_connector(
+            &self.sandbox.ca_pem_path(),
+            Some((&client.join("tls.crt"), &client.join("tls.key"))),
+        )
+    }
+
     async fn connect_with(
         &self,
         connector: &TlsConnector,
@@ -136,7 +145,14 @@ async fn echo_through_an_upgrade_framed_like_the_vectors() {
 #[tokio::test]
 async fn half_close_still_returns_the_whole_echo() {
     let f = Fixture::start(ECHO).await;
-    let (tls, response) = f.upgrade("svc.ns", 80).await;
+    echoes_through_half_close(&f, "svc.ns", 80).await;
+    f.sandbox.shutdown().await;
+}
+
+/// Upgrades to `host:port`, writes 512 KiB while reading, then sends close_notify: the whole
+/// echo must still come back, then a clean end.
+async fn echoes_through_half_close(f: &Fixture, host: &str, port: i64) {
+    let (tls, response) = f.upgrade(host, port).await;
     assert_eq!(response.failure(), None);
     let payload: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
     let (mut reader, mut writer) = tokio::io::split(tls);
@@ -151,7 +167,6 @@ async fn half_close_still_returns_the_whole_echo() {
     end.unwrap();
     assert_eq!(got.len(), payload.len());
     assert!(got == payload, "echo differs from what was sent");
-    f.sandbox.shutdown().await;
 }
 
 #[tokio::test]
@@ -421,7 +436,13 @@ async fn reset_after_bytes_aborts_before_the_echo_completes() {
         "endpoints:\n  - { url: 'tcp://reset.demo:7000', target: echo, faults: { reset_after_bytes: 1000 } }\n",
     )
     .await;
-    let (tls, response) = f.upgrade("reset.demo", 7000).await;
+    resets_after_1000_bytes(&f, "reset.demo", 7000).await;
+    f.sandbox.shutdown().await;
+}
+
+/// Upgrades to `host:port`, whose endpoint has `reset_after_bytes: 1000`, and writes 100 kB.
+async fn resets_after_1000_bytes(f: &Fixture, host: &str, port: i64) {
+    let (tls, response) = f.upgrade(host, port).await;
     assert_eq!(response.failure(), None);
     let (mut reader, mut writer) = tokio::io::split(tls);
     let writing = tokio::spawn(async move {
@@ -445,7 +466,6 @@ async fn reset_after_bytes_aborts_before_the_echo_completes() {
         ),
         "{err:?}"
     );
-    f.sandbox.shutdown().await;
 }
 
 #[tokio::test]
@@ -637,15 +657,17 @@ fn header(head: &http::response::Parts, name: &str) -> String {
 #[tokio::test]
 async fn h2_connect_streams_are_upgrades_with_half_close() {
     let f = Fixture::start(ECHO).await;
-    let client = f.dir.path().join("client");
-    let connector = h2_connector(
-        &f.sandbox.ca_pem_path(),
-        Some((&client.join("tls.crt"), &client.join("tls.key"))),
-    );
+    let connector = f.h2_connector();
     let send = h2_client(&f, &connector).await;
-    // Several streams on one connection, each its own upgrade.
+    h2_streams_echo(&send, "svc.ns:80").await;
+    f.sandbox.shutdown().await;
+}
+
+/// Several CONNECT streams to `authority` on one connection, each its own upgrade, each echoing
+/// 100 kB through the client's END_STREAM.
+async fn h2_streams_echo(send: &h2::client::SendRequest<Bytes>, authority: &str) {
     for i in 0..3u8 {
-        let (head, mut up, mut down) = h2_request(&send, http::Method::CONNECT, "svc.ns:80").await;
+        let (head, mut up, mut down) = h2_request(send, http::Method::CONNECT, authority).await;
         assert_eq!(head.status, http::StatusCode::OK);
         let text = Bytes::from(vec![b'a' + i; 100_000]);
         up.send_data(text.clone(), false).unwrap();
@@ -653,17 +675,12 @@ async fn h2_connect_streams_are_upgrades_with_half_close() {
         // END_STREAM reached the echo target as a write shutdown: the echo ends too.
         assert_eq!(h2_body(&mut down).await, text);
     }
-    f.sandbox.shutdown().await;
 }
 
 #[tokio::test]
 async fn h2_refusals_carry_the_ngrok_code_in_headers() {
     let f = Fixture::start(ECHO).await;
-    let client = f.dir.path().join("client");
-    let connector = h2_connector(
-        &f.sandbox.ca_pem_path(),
-        Some((&client.join("tls.crt"), &client.join("tls.key"))),
-    );
+    let connector = f.h2_connector();
     let send = h2_client(&f, &connector).await;
 
     let (head, _, _) = h2_request(&send, http::Method::CONNECT, "ghost.ns:1").await;
@@ -697,11 +714,7 @@ async fn h2_refusals_carry_the_ngrok_code_in_headers() {
 #[tokio::test]
 async fn with_h2_off_alpn_is_not_selected_and_the_plain_upgrade_works() {
     let f = Fixture::start(&format!("ingress: {{ h2: false }}\n{ECHO}")).await;
-    let client = f.dir.path().join("client");
-    let connector = h2_connector(
-        &f.sandbox.ca_pem_path(),
-        Some((&client.join("tls.crt"), &client.join("tls.key"))),
-    );
+    let connector = f.h2_connector();
     let mut tls = f.connect_with(&connector).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
     let request = ConnRequest {
@@ -735,63 +748,16 @@ const INLINE: &str = "endpoints:\n  - { url: 'tcp://inline.ns:7000', target: inl
 #[tokio::test]
 async fn inline_echo_answers_from_the_ingress_with_half_close() {
     let f = Fixture::start(INLINE).await;
-    let (tls, response) = f.upgrade("inline.ns", 7000).await;
-    assert_eq!(response.failure(), None);
-    let payload: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    let sent = payload.clone();
-    let writing = tokio::spawn(async move {
-        writer.write_all(&sent).await.unwrap();
-        writer.shutdown().await.unwrap();
-    });
-    let (got, end) = timeout(GUARD, read_until_end(&mut reader)).await.unwrap();
-    writing.await.unwrap();
-    end.unwrap();
-    assert!(got == payload, "echo differs from what was sent");
-
-    // The same on CONNECT streams of one HTTP/2 connection.
-    let client = f.dir.path().join("client");
-    let connector = h2_connector(
-        &f.sandbox.ca_pem_path(),
-        Some((&client.join("tls.crt"), &client.join("tls.key"))),
-    );
+    echoes_through_half_close(&f, "inline.ns", 7000).await;
+    let connector = f.h2_connector();
     let send = h2_client(&f, &connector).await;
-    for i in 0..2u8 {
-        let (head, mut up, mut down) =
-            h2_request(&send, http::Method::CONNECT, "inline.ns:7000").await;
-        assert_eq!(head.status, http::StatusCode::OK);
-        let text = Bytes::from(vec![b'a' + i; 100_000]);
-        up.send_data(text.clone(), false).unwrap();
-        up.send_data(Bytes::new(), true).unwrap();
-        assert_eq!(h2_body(&mut down).await, text);
-    }
+    h2_streams_echo(&send, "inline.ns:7000").await;
     f.sandbox.shutdown().await;
 }
 
 #[tokio::test]
 async fn inline_echo_applies_the_reset_fault() {
     let f = Fixture::start(INLINE).await;
-    let (tls, response) = f.upgrade("cut.ns", 7000).await;
-    assert_eq!(response.failure(), None);
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    let writing = tokio::spawn(async move {
-        let _ = writer.write_all(&vec![7u8; 100_000]).await;
-        let _ = writer.shutdown().await;
-    });
-    let (got, end) = timeout(GUARD, read_until_end(&mut reader)).await.unwrap();
-    writing.await.unwrap();
-    assert!(
-        got.len() <= 1000,
-        "echoed {} bytes past the fault",
-        got.len()
-    );
-    let err = end.unwrap_err();
-    assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
-        ),
-        "{err:?}"
-    );
+    resets_after_1000_bytes(&f, "cut.ns", 7000).await;
     f.sandbox.shutdown().await;
 }
