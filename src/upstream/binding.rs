@@ -159,10 +159,6 @@ impl BindingTarget {
         })
     }
 
-    pub fn url(&self) -> &BoundUrl {
-        &self.request.url
-    }
-
     /// Opens an upgraded stream to the endpoint through the ingress's transport. The connect
     /// stack's timeout layer bounds the whole of it (a dial, a pooled connection's upgrade, or
     /// a CONNECT stream) by the ingress's `connect_timeout`.
