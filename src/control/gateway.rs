@@ -107,8 +107,96 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Stops accepting everywhere and drains open connections (each listener's `drain_timeout`).
+    /// Stops accepting everywhere, drains open connections (each listener's `drain_timeout`),
+    /// then retires the ingress transports: warm pools close their idle connections and stop
+    /// refilling, instead of dialing an ingress that may be going away too (the demo's sandbox
+    /// stops right after the proxy).
     pub async fn shutdown(&mut self) {
         self.listeners.shutdown().await;
+        self.snapshot.load().retire_transports();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use bindgate_sandbox::{Sandbox, SandboxConfig};
+
+    use crate::control::ControlPlane;
+    use crate::upstream::{ClusterTarget, IngressTransport};
+
+    /// At shutdown the warm pool stops with the listeners: before, it kept refilling until the
+    /// process exited, so the demo (whose sandbox stops right after the proxy) could log a
+    /// failed refill as a warning on Ctrl-C.
+    #[tokio::test]
+    async fn shutdown_retires_the_warm_pool() {
+        crate::identity::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::start(
+            SandboxConfig::from_yaml(&format!(
+                "state_dir: {}\naccount_id: ac_gw\nendpoints:\n  - {{ url: 'tcp://echo.gw:7000', target: echo }}\n",
+                dir.path().join("sandbox").display()
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let (cert, key) = sandbox.ca().issue_client_cert("ac_gw").unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let yaml = format!(
+            "\
+version: 1
+ingresses:
+  - name: sandbox
+    address: {ingress}
+    server_name: localhost
+    ca: {ca}
+    system_roots: false
+    client_cert: {cert}
+    client_key: {key}
+    transport: pool
+static_resources:
+  listeners:
+    - name: echo
+      address: 127.0.0.1:0
+      protocol: tcp
+      routes:
+        - cluster: echo
+  clusters:
+    - name: echo
+      type: binding_upstream
+      endpoint: tcp://echo.gw:7000
+      ingress: sandbox
+",
+            ingress = sandbox.ingress_addr(),
+            ca = sandbox.ca_pem_path().display(),
+            cert = cert_path.display(),
+            key = key_path.display(),
+        );
+        let parsed =
+            crate::config::parse(&yaml, "gateway-test.yaml", dir.path().to_owned(), |_| None);
+        let loaded = crate::snapshot::check(parsed).unwrap();
+        let mut plane = ControlPlane::start(None, yaml, loaded, Vec::new(), None)
+            .await
+            .unwrap();
+        let snapshot = plane.gateway().current();
+        let ClusterTarget::Binding(target) = &*snapshot.clusters["echo"].target else {
+            panic!("`echo` is a binding_upstream cluster");
+        };
+        let IngressTransport::Pool(pool) = &target.ingress.transport else {
+            panic!("the ingress has `transport: pool`");
+        };
+        pool.wait_until(|s| s.idle >= 1).await;
+        assert!(!pool.is_retired());
+
+        plane.shutdown().await;
+        assert!(pool.is_retired(), "the pool still refills after shutdown");
+        // Its idle connections are closed too, while the ingress is still there to see it.
+        pool.wait_until(|s| s.idle == 0).await;
+        sandbox.shutdown().await;
     }
 }

@@ -62,6 +62,21 @@ impl Snapshot {
         }
     }
 
+    /// Retires the transports of this snapshot's ingresses (see [`IngressTransport::retire`]):
+    /// at shutdown, once no connection needs them, so that no refill outlives the listeners.
+    ///
+    /// [`IngressTransport::retire`]: crate::upstream::IngressTransport::retire
+    pub fn retire_transports(&self) {
+        let mut done = std::collections::HashSet::new();
+        for cluster in self.clusters.values() {
+            if let ClusterTarget::Binding(b) = &*cluster.target {
+                if done.insert(Arc::as_ptr(&b.ingress)) {
+                    b.ingress.transport.retire();
+                }
+            }
+        }
+    }
+
     /// The chains in force, shorthand fields compiled in (for `/config_dump`): network filters
     /// per listener, http filters per route (`listener/route`), the connect stack per cluster.
     pub fn chains(&self) -> serde_json::Value {

@@ -58,6 +58,16 @@ impl IngressTransport {
         }
     }
 
+    /// Stops its background work: a warm pool closes its idle connections and stops refilling,
+    /// a multiplexer lets its connections go once their streams end. Later opens dial directly.
+    pub fn retire(&self) {
+        match self {
+            IngressTransport::Pool(p) => p.retire(),
+            IngressTransport::Multiplex(m) => m.retire(),
+            IngressTransport::Direct(_) => {}
+        }
+    }
+
     /// How this transport dials the ingress.
     pub fn dialer(&self) -> &IngressDialer {
         match self {
@@ -154,10 +164,8 @@ impl WeakTransport {
     }
 
     fn retire(&self) {
-        match self.upgrade() {
-            Some(IngressTransport::Pool(p)) => p.retire(),
-            Some(IngressTransport::Multiplex(m)) => m.retire(),
-            Some(IngressTransport::Direct(_)) | None => {}
+        if let Some(t) = self.upgrade() {
+            t.retire();
         }
     }
 }
