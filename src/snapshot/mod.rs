@@ -52,13 +52,8 @@ impl Snapshot {
     /// HTTP/2 connections open) and retires those they replace. Called when the snapshot is
     /// published, never by `validate`; idempotent.
     pub fn activate_transports(&self) {
-        let mut done = std::collections::HashSet::new();
-        for cluster in self.clusters.values() {
-            if let ClusterTarget::Binding(b) = &*cluster.target {
-                if done.insert(Arc::as_ptr(&b.ingress)) {
-                    b.ingress.activate();
-                }
-            }
+        for ingress in self.ingresses_in_use() {
+            ingress.activate();
         }
     }
 
@@ -67,14 +62,22 @@ impl Snapshot {
     ///
     /// [`IngressTransport::retire`]: crate::upstream::IngressTransport::retire
     pub fn retire_transports(&self) {
-        let mut done = std::collections::HashSet::new();
-        for cluster in self.clusters.values() {
-            if let ClusterTarget::Binding(b) = &*cluster.target {
-                if done.insert(Arc::as_ptr(&b.ingress)) {
-                    b.ingress.transport.retire();
-                }
-            }
+        for ingress in self.ingresses_in_use() {
+            ingress.transport.retire();
         }
+    }
+
+    /// Each ingress this snapshot's clusters reach, once.
+    fn ingresses_in_use(&self) -> impl Iterator<Item = &Arc<crate::upstream::Ingress>> {
+        let mut seen = std::collections::HashSet::new();
+        self.clusters
+            .values()
+            .filter_map(move |cluster| match &*cluster.target {
+                ClusterTarget::Binding(b) if seen.insert(Arc::as_ptr(&b.ingress)) => {
+                    Some(&b.ingress)
+                }
+                _ => None,
+            })
     }
 
     /// The chains in force, shorthand fields compiled in (for `/config_dump`): network filters

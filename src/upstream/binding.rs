@@ -93,7 +93,6 @@ impl std::fmt::Debug for Ingress {
 /// authority of the CONNECT stream the `multiplex` transport opens.
 #[derive(Debug)]
 pub struct UpgradeRequest {
-    pub url: BoundUrl,
     /// The URL as text, for logs, errors and early upgrades' deferred answers.
     pub name: Arc<str>,
     /// The `ConnRequest`, length prefix included.
@@ -117,7 +116,6 @@ impl UpgradeRequest {
                 .map_err(|e| format!("`{url}` is not a valid CONNECT authority: {e}"))?;
         Ok(UpgradeRequest {
             name: url.to_string().into(),
-            url,
             frame: frame.into(),
             authority,
         })
