@@ -98,8 +98,17 @@ def ports(pkts):
     return listener, ingress, backend
 
 
+def upgrade_size(n, pooled):
+    """Whether a packet to the ingress of `n` payload bytes can be the upgrade. With `pool`, the
+    refills' handshakes send small records too (a 64-byte Finished, 23- and 24-byte records); a
+    bench endpoint's `ConnRequest` is one 30-60 byte record."""
+    return 30 <= n <= 60 if pooled else 0 < n < 200
+
+
 def phases(pkts, listener, ingress, backend):
     times = [p[0] for p in pkts]
+    # `pool`: new connections to the ingress during the run (the refills).
+    pooled = any(p[2] == ingress and p[3] & SYN and not p[3] & ACK for p in pkts)
     out = collections.defaultdict(list)
     for p in pkts:
         if p[2] != listener or not p[3] & SYN or p[3] & ACK:
@@ -113,13 +122,18 @@ def phases(pkts, listener, ingress, backend):
         echoed = first(lambda e: e[1] == listener and e[2] == client and e[4] > 0)
         if echoed is None:
             continue
+        upgrade = next((e for e in window if e[2] == ingress and upgrade_size(e[4], pooled)), None)
+        # The connection to the ingress that carried the upgrade (with `multiplex`, the shared one).
+        conn = upgrade[1] if upgrade else None
         row = {
             "client handshake done": first(lambda e: e[1] == client and e[2] == listener and e[3] & ACK),
-            "upgrade sent to the ingress": first(lambda e: e[2] == ingress and 0 < e[4] < 200),
+            "upgrade sent to the ingress": upgrade and upgrade[0] - t0,
             "client's first byte": first(lambda e: e[1] == client and e[2] == listener and e[4] > 0),
             "ingress's first byte to the backend": first(lambda e: backend and e[2] == backend and e[4] > 0),
             "backend's answer": first(lambda e: backend and e[1] == backend and e[4] > 0),
-            "ingress's first byte back": first(lambda e: e[1] == ingress and e[4] > 0),
+            "ingress's first byte back": first(
+                lambda e: conn and e[1] == ingress and e[2] == conn and e[4] > 0 and e[0] > upgrade[0]
+            ),
             "echo reaches the client": echoed,
             "client's FIN": first(lambda e: e[1] == client and e[3] & FIN),
         }
