@@ -75,8 +75,14 @@ fn main() -> ExitCode {
             cli::schema::run();
             ExitCode::SUCCESS
         }
-        Command::Run(args) => block_on(threads, cli::run::run(args, hangup)),
-        Command::Demo(args) => block_on(threads, cli::demo::run(args)),
+        Command::Run(args) => {
+            bindgate::upstream::background::enable();
+            block_on(threads, cli::run::run(args, hangup))
+        }
+        Command::Demo(args) => {
+            bindgate::upstream::background::enable();
+            block_on(threads, cli::demo::run(args))
+        }
         Command::Sandbox(args) => block_on(threads, async {
             cli::sandbox::run(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -5,13 +5,16 @@
 //! warm pool does the first ahead of time, the multiplexer uses the first (with ALPN `h2`) for its
 //! persistent connections. This module owns no state.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -22,7 +25,82 @@ use super::{UpstreamError, UpstreamStream};
 use crate::wire::{self, ConnResponse, FrameError};
 
 /// A TLS connection to an ingress, before or after the upgrade.
-pub type IngressTls = tokio_rustls::client::TlsStream<TcpStream>;
+pub type IngressTls = tokio_rustls::client::TlsStream<IngressSocket>;
+
+/// The TCP connection under [`IngressTls`]: a tokio `TcpStream` that can move to another
+/// runtime's reactor. A warm pool dials on its background thread ([`super::background`]) and
+/// moves each connection to the serving runtime when it hands it out.
+#[derive(Debug)]
+pub struct IngressSocket {
+    /// `None` only if a move failed half-way (the socket is then closed and every operation
+    /// fails).
+    tcp: Option<TcpStream>,
+}
+
+impl IngressSocket {
+    pub fn new(tcp: TcpStream) -> IngressSocket {
+        IngressSocket { tcp: Some(tcp) }
+    }
+
+    /// Registers the socket with the reactor of the runtime this is called on, leaving the one
+    /// it was opened on. Two `epoll_ctl` calls; nothing in flight is lost (the TLS state lives
+    /// above, and unread bytes stay in the kernel).
+    pub fn rebind(&mut self) -> io::Result<()> {
+        let tcp = self.tcp.take().ok_or_else(moved_away)?;
+        self.tcp = Some(TcpStream::from_std(tcp.into_std()?)?);
+        Ok(())
+    }
+
+    fn tcp(self: Pin<&mut Self>) -> io::Result<Pin<&mut TcpStream>> {
+        match self.get_mut().tcp.as_mut() {
+            Some(tcp) => Ok(Pin::new(tcp)),
+            None => Err(moved_away()),
+        }
+    }
+}
+
+fn moved_away() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection was lost while moving between runtimes",
+    )
+}
+
+impl AsyncRead for IngressSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.tcp()?.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for IngressSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.tcp()?.poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.tcp()?.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.as_ref().is_some_and(|t| t.is_write_vectored())
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp()?.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp()?.poll_shutdown(cx)
+    }
+}
 
 /// Where and how to reach one ingress; cheap to clone (transports keep their own copy, so they
 /// never hold the `Ingress` that holds them).
@@ -154,7 +232,7 @@ impl IngressDialer {
         };
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(self.tls.clone())
-            .connect(self.server_name.clone(), tcp)
+            .connect(self.server_name.clone(), IngressSocket::new(tcp))
             .await
             .map_err(|e| UpstreamError::tls(addr, &e))?;
         self.handshakes.record(&tls);

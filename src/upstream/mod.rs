@@ -6,6 +6,7 @@
 //! and outlives snapshots: `transport::Transports` (held by the retained store) hands a rebuilt
 //! ingress its predecessor's.
 
+pub mod background;
 pub mod binding;
 pub mod dial;
 pub mod early;

@@ -14,7 +14,8 @@
 //! - One driver task per pool refills in the background with bounded concurrency (`max_idle`,
 //!   4 to 32 handshakes in flight), backing off exponentially with jitter while the ingress
 //!   fails; it stops when the pool is retired or dropped. Refills resume TLS sessions through
-//!   the shared `ClientConfig`'s session cache.
+//!   the shared `ClientConfig`'s session cache. In the proxy the handshakes run on a
+//!   low-priority thread while the pool still holds an idle connection (`super::background`).
 //! - A pooled connection is handed out only for the client identity it was dialed with.
 //! - If a pooled connection breaks during the upgrade (nothing reached the endpoint yet), the
 //!   open is retried once on a fresh direct dial.
@@ -35,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::background;
 use super::binding::UpgradeRequest;
 use super::dial::{self, IngressDialer, IngressTls, UpgradeError};
 use super::{UpstreamError, UpstreamStream};
@@ -76,6 +78,9 @@ struct Stats {
     /// Refill handshakes that succeeded / failed.
     dialed: AtomicU64,
     dial_failures: AtomicU64,
+    /// Successful refills that ran on the low-priority refill thread (the others ran on the
+    /// serving threads, the pool being empty, or had no such thread).
+    dialed_in_background: AtomicU64,
     /// Idle connections discarded: closed by the ingress (or sent something unexpected), too
     /// old, or dialed with a client identity that is no longer current.
     closed_idle: AtomicU64,
@@ -93,6 +98,7 @@ pub struct PoolStats {
     pub redials: u64,
     pub dialed: u64,
     pub dial_failures: u64,
+    pub dialed_in_background: u64,
     pub closed_idle: u64,
     pub aged: u64,
     pub stale_identity: u64,
@@ -183,16 +189,22 @@ impl WarmPool {
         &self.activated
     }
 
-    /// Starts the refill driver (once). Needs a tokio runtime.
+    /// Starts the refill driver (once). Needs a tokio runtime: the one that serves the pooled
+    /// connections. The refills run on [`background`]'s thread when it is enabled, else here.
     pub fn start(&self) {
         // A load first: `open` calls this for every connection.
-        if self.started.load(Ordering::Acquire)
-            || self.started.swap(true, Ordering::AcqRel)
-            || self.is_retired()
-        {
+        if self.started.load(Ordering::Acquire) {
             return;
         }
-        tokio::spawn(drive(self.shared.clone()));
+        self.start_with(background::handle());
+    }
+
+    /// [`WarmPool::start`] with the refills on `refills`, or on the current runtime.
+    fn start_with(&self, refills: Option<tokio::runtime::Handle>) {
+        if self.started.swap(true, Ordering::AcqRel) || self.is_retired() {
+            return;
+        }
+        tokio::spawn(drive(self.shared.clone(), refills));
     }
 
     /// Closes the idle connections and stops refilling; later opens dial directly. Used when
@@ -219,6 +231,7 @@ impl WarmPool {
             redials: s.redials.load(Ordering::Relaxed),
             dialed: s.dialed.load(Ordering::Relaxed),
             dial_failures: s.dial_failures.load(Ordering::Relaxed),
+            dialed_in_background: s.dialed_in_background.load(Ordering::Relaxed),
             closed_idle: s.closed_idle.load(Ordering::Relaxed),
             aged: s.aged.load(Ordering::Relaxed),
             stale_identity: s.stale_identity.load(Ordering::Relaxed),
@@ -331,14 +344,15 @@ impl Shared {
         found
     }
 
-    /// Hands a fresh connection to a watcher task and lists it as idle.
-    async fn park(self: &Arc<Self>, tls: IngressTls, identity: Option<Arc<CertifiedKey>>) {
+    /// Hands a fresh connection to a watcher task and lists it as idle; `rebind` if it was
+    /// dialed on another runtime.
+    async fn park(self: &Arc<Self>, parked: Parked, rebind: bool) {
         if self.stop.is_cancelled() {
             return;
         }
         let (take, asks) = oneshot::channel();
         self.parked.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(watch_idle(self.clone(), Parked { tls, identity }, asks));
+        tokio::spawn(watch_idle(self.clone(), parked, asks, rebind));
         self.idle.lock().await.push(IdleHandle { take });
         self.changed();
     }
@@ -365,15 +379,26 @@ enum WatchEnd {
     Taken(oneshot::Sender<Parked>),
 }
 
-/// Owns one idle connection until it is taken, closes, ages out, or the pool stops.
+/// Owns one idle connection until it is taken, closes, ages out, or the pool stops. With
+/// `rebind`, it first moves the connection from the refill thread's reactor to this task's
+/// runtime's, the one that serves it once taken.
 async fn watch_idle(
     shared: Arc<Shared>,
     mut parked: Parked,
     mut asks: oneshot::Receiver<oneshot::Sender<Parked>>,
+    rebind: bool,
 ) {
     let born = Instant::now();
     let deadline = born + shared.settings.max_age;
-    let end = {
+    let rebound = if rebind {
+        parked.tls.get_mut().0.rebind()
+    } else {
+        Ok(())
+    };
+    let end = if let Err(e) = rebound {
+        tracing::debug!(ingress = %shared.dialer.name, "cannot move a refilled connection to the serving runtime: {e}");
+        WatchEnd::Closed("it could not be moved to the serving runtime")
+    } else {
         let tls = &mut parked.tls;
         tokio::select! {
             // Order matters: when a checkout asks, the connection is polled once more first.
@@ -431,6 +456,13 @@ fn poll_peer_closed(tls: &mut IngressTls, cx: &mut Context<'_>) -> Poll<&'static
     }
 }
 
+/// Removes `id` from `ids`; whether it was there.
+fn forget(ids: &mut Vec<tokio::task::Id>, id: tokio::task::Id) -> bool {
+    let before = ids.len();
+    ids.retain(|i| *i != id);
+    ids.len() != before
+}
+
 /// Equal jitter: half of the exponential step fixed, half random.
 fn backoff(failures: u32) -> Duration {
     let step = BACKOFF_BASE
@@ -456,9 +488,16 @@ type Refill = (Result<IngressTls, UpstreamError>, Option<Arc<CertifiedKey>>);
 
 /// The refill loop: keeps `target` connections idle, at most `concurrent_dials` handshakes
 /// at once, backing off while the ingress fails. Ends when the pool stops.
-async fn drive(shared: Arc<Shared>) {
+///
+/// With `background` (the low-priority refill thread), handshakes run there while the pool
+/// still holds an idle connection; when it holds none, one handshake at a time runs here, at
+/// the serving threads' priority, so that a saturated host cannot starve the pool (the next
+/// checkout would otherwise pay a direct dial). The loop itself and the watchers stay here.
+async fn drive(shared: Arc<Shared>, background: Option<tokio::runtime::Handle>) {
     let name = shared.dialer.name.clone();
     let mut dials: JoinSet<Refill> = JoinSet::new();
+    // Handshakes in flight on the serving runtime while `background` is set.
+    let mut urgent: Vec<tokio::task::Id> = Vec::new();
     let mut failures: u32 = 0;
     // Whether a refill failure was logged at warn, so that recovery is logged too.
     let mut warned = false;
@@ -482,26 +521,41 @@ async fn drive(shared: Arc<Shared>) {
             let room = concurrent_dials(&shared.settings).saturating_sub(dials.len());
             for _ in 0..want.min(room) {
                 let dialer = shared.dialer.clone();
-                dials.spawn(async move {
+                let dial = async move {
                     let identity = dialer.current_identity();
                     (dialer.handshake().await, identity)
-                });
+                };
+                match &background {
+                    Some(b) if !urgent.is_empty() || shared.parked.load(Ordering::Relaxed) > 0 => {
+                        dials.spawn_on(dial, b);
+                    }
+                    Some(_) => urgent.push(dials.spawn(dial).id()),
+                    None => {
+                        dials.spawn(dial);
+                    }
+                }
             }
         }
         tokio::select! {
             _ = shared.stop.cancelled() => break,
             _ = shared.wake.notified() => {}
-            Some(joined) = dials.join_next(), if !dials.is_empty() => match joined {
-                Ok((Ok(tls), identity)) => {
+            Some(joined) = dials.join_next_with_id(), if !dials.is_empty() => match joined {
+                Ok((id, (Ok(tls), identity))) => {
+                    let was_urgent = forget(&mut urgent, id);
                     shared.stats.dialed.fetch_add(1, Ordering::Relaxed);
                     failures = 0;
                     if warned {
                         tracing::info!(ingress = %name, "warm pool refills succeed again");
                         warned = false;
                     }
-                    shared.park(tls, identity).await;
+                    let rebind = background.is_some() && !was_urgent;
+                    if rebind {
+                        shared.stats.dialed_in_background.fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared.park(Parked { tls, identity }, rebind).await;
                 }
-                Ok((Err(e), _)) => {
+                Ok((id, (Err(e), _))) => {
+                    forget(&mut urgent, id);
                     shared.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
                     shared.changed();
                     failures = failures.saturating_add(1);
@@ -514,7 +568,10 @@ async fn drive(shared: Arc<Shared>) {
                         tracing::debug!(ingress = %name, failures, ?wait, "warm pool refill failed again: {e}");
                     }
                 }
-                Err(_) => {} // a dial task panicked or was aborted: nothing to park
+                // A dial task panicked or was aborted: nothing to park.
+                Err(e) => {
+                    forget(&mut urgent, e.id());
+                }
             },
             _ = sleep_until(resume_at.unwrap_or_else(Instant::now)), if resume_at.is_some() => {}
             _ = decay.tick() => {

@@ -258,6 +258,54 @@ async fn a_pooled_connection_serves_one_upgrade() {
     pool.wait_until(|s| s.idle == 1 && s.dialed == 2).await;
 }
 
+/// Refilled on another runtime (the low-priority refill thread in the proxy), a pooled
+/// connection is served by the runtime that takes it even while the refill runtime is stuck:
+/// it was moved to the serving runtime's reactor when it was parked. A refill into an empty
+/// pool runs on the serving runtime.
+#[tokio::test]
+async fn a_connection_refilled_elsewhere_is_served_without_the_refill_runtime() {
+    let mut ingress = TestIngress::start().await;
+    let refills = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = refills.handle().clone();
+    let (get_stuck, stuck_when_told) = oneshot::channel::<()>();
+    let (stuck, is_stuck) = oneshot::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        refills.block_on(async move {
+            let _ = stuck_when_told.await;
+            let _ = stuck.send(());
+            // Blocks the runtime's only thread: no I/O, timer or task of it runs until released.
+            let _ = released.recv();
+        });
+    });
+
+    // The first refill finds the pool empty and runs here; the second runs on `refills`.
+    let pool = WarmPool::new(ingress.dialer(ingress.client_tls()), settings(2, 2));
+    pool.start_with(Some(handle));
+    ingress.accepted().await;
+    ingress.accepted().await;
+    let stats = pool.wait_until(|s| s.idle == 2).await;
+    assert_eq!((stats.dialed, stats.dialed_in_background), (2, 1));
+    get_stuck.send(()).unwrap();
+    is_stuck.await.unwrap();
+
+    for text in [&b"first"[..], b"second"] {
+        tokio::time::timeout(Duration::from_secs(10), open_and_echo(&pool, text))
+            .await
+            .expect("a pooled connection was served while the refill runtime was stuck");
+    }
+    assert!(matches!(
+        ingress.outcomes(2).await.as_slice(),
+        [Seen::Served(_), Seen::Served(_)]
+    ));
+    assert_eq!(pool.stats().hits, 2);
+    release.send(()).unwrap();
+    thread.join().unwrap();
+}
+
 #[tokio::test]
 async fn refills_resume_the_tls_session() {
     let mut ingress = TestIngress::start().await;

@@ -8,14 +8,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use super::H2Stream;
+use super::dial::IngressTls;
 use super::early::EarlyUpgrade;
 
 pub enum UpstreamStream {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<IngressTls>),
     /// TLS after a `ConnRequest` sent with early data: the `ConnResponse` is read on first read.
     Early(Box<EarlyUpgrade>),
     H2(Box<H2Stream>),
