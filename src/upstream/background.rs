@@ -105,8 +105,9 @@ mod tests {
     fn the_refill_thread_runs_at_a_lower_priority() {
         use rustix::process::getpriority_process;
         use rustix::thread::gettid;
-        enable();
-        let handle = handle().expect("the background runtime starts");
+        // `start`, not `enable` + `handle`: turning the process-wide switch on here would move
+        // the refills of other pool tests sharing this process (under `cargo test`).
+        let handle = start().expect("the background runtime starts");
         let (tx, rx) = std::sync::mpsc::channel();
         handle.spawn(async move {
             let nice = getpriority_process(Some(gettid())).unwrap();
