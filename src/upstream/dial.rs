@@ -242,7 +242,7 @@ impl IngressDialer {
     /// The `direct` transport: a fresh connection and its upgrade.
     pub async fn dial(&self, request: &UpgradeRequest) -> Result<UpstreamStream, UpstreamError> {
         let tls = self.handshake().await?;
-        upgrade(self, tls, request)
+        upgrade(self, tls, request, || {})
             .await
             .map_err(UpgradeError::into_inner)
     }
@@ -274,11 +274,13 @@ impl UpgradeError {
 }
 
 /// Sends the `ConnRequest` on `tls` and reads the `ConnResponse`; on success the same stream is
-/// the byte pipe to the endpoint.
+/// the byte pipe to the endpoint. `on_sent` runs once the request is written (or failed to be),
+/// before any wait for the answer.
 pub async fn upgrade(
     dialer: &IngressDialer,
     mut tls: IngressTls,
     request: &UpgradeRequest,
+    on_sent: impl FnOnce(),
 ) -> Result<UpstreamStream, UpgradeError> {
     let addr = &*dialer.address;
     let started = tokio::time::Instant::now();
@@ -286,8 +288,9 @@ pub async fn upgrade(
         tls.write_all(request.frame()).await?;
         tls.flush().await
     };
-    sent.await
-        .map_err(|e| broken_or_answered(addr, FrameError::Io(e)))?;
+    let sent = sent.await;
+    on_sent();
+    sent.map_err(|e| broken_or_answered(addr, FrameError::Io(e)))?;
     if dialer.early_data {
         return Ok(UpstreamStream::Early(Box::new(EarlyUpgrade::new(
             tls,

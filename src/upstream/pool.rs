@@ -283,7 +283,11 @@ impl WarmPool {
                 Some(parked) => {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     shared.changed();
-                    match dial::upgrade(&shared.dialer, parked.tls, request).await {
+                    // The refill starts once the request is out: waking the driver earlier would
+                    // put it (and, through tokio's work stealing, a wake-up of another worker
+                    // thread: a system call) ahead of this connection's upgrade.
+                    let refill = || shared.wake.notify_one();
+                    match dial::upgrade(&shared.dialer, parked.tls, request, refill).await {
                         Ok(stream) => return Ok(stream),
                         Err(UpgradeError::Answered(e)) => return Err(e),
                         Err(UpgradeError::Broken(e)) => {
@@ -317,7 +321,7 @@ impl Shared {
     }
 
     /// The most recent idle connection that is still open, young enough and of the current
-    /// identity; `None` if there is none.
+    /// identity; `None` if there is none. A hit leaves waking the driver to the caller.
     async fn checkout(&self) -> Option<Parked> {
         let current = self.dialer.current_identity();
         let found = loop {
@@ -340,7 +344,9 @@ impl Shared {
             }
             break Some(parked);
         };
-        self.wake.notify_one();
+        if found.is_none() {
+            self.wake.notify_one();
+        }
         found
     }
 
@@ -417,8 +423,14 @@ async fn watch_idle(
     let name = &shared.dialer.name;
     match end {
         WatchEnd::Taken(reply) => {
-            // If the checkout gave up meanwhile, the connection is simply closed.
-            let _ = reply.send(parked);
+            // The checkout wakes the driver itself once it holds the connection. Waking it from
+            // here, on the worker that the checkout's task has just been woken on, would queue
+            // the driver ahead of the checkout and wake another worker thread: a system call on
+            // the connection's path before its upgrade is written.
+            if reply.send(parked).is_ok() {
+                return;
+            }
+            // The checkout gave up meanwhile: the connection is closed, and refilled.
         }
         WatchEnd::Stopped => {}
         WatchEnd::Closed(why) => {

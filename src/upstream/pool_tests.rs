@@ -32,6 +32,8 @@ struct TestIngress {
     roots: RootCertStore,
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     seen: mpsc::UnboundedReceiver<Seen>,
+    /// While `false`, served connections read their `ConnRequest` but hold the answer.
+    answers: watch::Sender<bool>,
 }
 
 impl TestIngress {
@@ -58,6 +60,8 @@ impl TestIngress {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, seen) = mpsc::unbounded_channel();
+        let answers = watch::Sender::new(true);
+        let open = answers.subscribe();
         tokio::spawn(async move {
             let mut n = 0;
             loop {
@@ -68,7 +72,7 @@ impl TestIngress {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     continue;
                 };
-                tokio::spawn(serve(n, tls, tx.clone()));
+                tokio::spawn(serve(n, tls, tx.clone(), open.clone()));
             }
         });
         let mut roots = RootCertStore::empty();
@@ -80,6 +84,7 @@ impl TestIngress {
             roots,
             ca,
             seen,
+            answers,
         }
     }
 
@@ -141,7 +146,12 @@ impl TestIngress {
 }
 
 /// One connection of the test ingress: wait for a `ConnRequest` (answer and echo) or a close.
-async fn serve(n: usize, mut tls: TlsStream, seen: mpsc::UnboundedSender<Seen>) {
+async fn serve(
+    n: usize,
+    mut tls: TlsStream,
+    seen: mpsc::UnboundedSender<Seen>,
+    mut answers: watch::Receiver<bool>,
+) {
     let (close, closed) = oneshot::channel();
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let _ = seen.send(Seen::Accepted(n, close, resumed));
@@ -155,6 +165,9 @@ async fn serve(n: usize, mut tls: TlsStream, seen: mpsc::UnboundedSender<Seen>) 
     };
     if request.is_err() {
         let _ = seen.send(Seen::LeftIdle(n));
+        return;
+    }
+    if answers.wait_for(|open| *open).await.is_err() {
         return;
     }
     let response = ConnResponse {
@@ -256,6 +269,40 @@ async fn a_pooled_connection_serves_one_upgrade() {
     assert_eq!((stats.hits, stats.misses, stats.redials), (1, 0, 0));
     // The pool refills behind the checkout.
     pool.wait_until(|s| s.idle == 1 && s.dialed == 2).await;
+}
+
+/// The refill behind a checkout starts once the upgrade request is written, not once it is
+/// answered: the ingress here holds its answer until it has accepted the refill.
+#[tokio::test]
+async fn the_refill_starts_before_the_upgrade_is_answered() {
+    let mut ingress = TestIngress::start().await;
+    let dialer = IngressDialer::new(
+        "test",
+        ingress.addr.to_string().as_str(),
+        ServerName::try_from("localhost").unwrap(),
+        ingress.client_tls(),
+        Duration::from_secs(5),
+        false,
+    );
+    let pool = Arc::new(WarmPool::new(dialer, settings(1, 1)));
+    pool.start();
+    let (first, _close, _) = ingress.accepted().await;
+    pool.wait_until(|s| s.idle == 1).await;
+    ingress.answers.send_replace(false);
+
+    let opening = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.open(&endpoint()).await.map(|_| ()) }
+    });
+    // Well within the driver's 10 s decay tick, its only other wake-up here.
+    let (refill, _keep, _) = tokio::time::timeout(Duration::from_secs(5), ingress.accepted())
+        .await
+        .expect("no refill while the upgrade waited for its answer");
+    assert_eq!(refill, first + 1);
+    assert!(!opening.is_finished());
+    ingress.answers.send_replace(true);
+    opening.await.unwrap().unwrap();
+    assert_eq!(pool.stats().hits, 1);
 }
 
 /// Refilled on another runtime (the low-priority refill thread in the proxy), a pooled
