@@ -16,6 +16,8 @@
 //!   fails; it stops when the pool is retired or dropped. Refills resume TLS sessions through
 //!   the shared `ClientConfig`'s session cache. In the proxy the handshakes run on a
 //!   low-priority thread while the pool still holds an idle connection (`super::background`).
+//!   A checkout wakes the driver once its upgrade request is written, so that neither the
+//!   driver nor the wake-up of another worker thread it causes comes before it.
 //! - A pooled connection is handed out only for the client identity it was dialed with.
 //! - If a pooled connection breaks during the upgrade (nothing reached the endpoint yet), the
 //!   open is retried once on a fresh direct dial.
