@@ -90,6 +90,48 @@ async fn echo(mut stream: UpstreamStream, text: &[u8]) {
     assert_eq!(back, text);
 }
 
+/// A busy connection's driver lets the stream tasks woken with it run first, so their frames
+/// share one write: woken before another task, it is polled after it. An idle one is polled at
+/// once.
+#[tokio::test]
+async fn a_woken_busy_driver_is_polled_after_the_tasks_woken_with_it() {
+    for busy in [true, false] {
+        let (driver_at, stream_at) = wake_driver_then_stream(busy).await;
+        assert_eq!(
+            stream_at < driver_at,
+            busy,
+            "busy: {busy}; the driver ran at {driver_at}, the stream task at {stream_at}"
+        );
+    }
+}
+
+/// When a driver (`Coalesced`, `busy` or not) and another task, woken in that order, ran.
+async fn wake_driver_then_stream(busy: bool) -> (usize, usize) {
+    let clock = Arc::new(AtomicUsize::new(0));
+    let (driver_wake, stream_wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let inner = Box::pin({
+        let (clock, wake) = (clock.clone(), driver_wake.clone());
+        async move {
+            wake.notified().await;
+            clock.fetch_add(1, Ordering::SeqCst)
+        }
+    });
+    let driver = tokio::spawn(Coalesced::new(inner, move || busy));
+    let stream = tokio::spawn({
+        let (clock, wake) = (clock.clone(), stream_wake.clone());
+        async move {
+            wake.notified().await;
+            clock.fetch_add(1, Ordering::SeqCst)
+        }
+    });
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    driver_wake.notify_one();
+    stream_wake.notify_one();
+    (driver.await.unwrap(), stream.await.unwrap())
+}
+
 #[tokio::test]
 async fn streams_share_the_persistent_connections() {
     let f = Fixture::start("").await;
