@@ -124,6 +124,8 @@ async fn wake_driver_then_stream(busy: bool) -> (usize, usize) {
             clock.fetch_add(1, Ordering::SeqCst)
         }
     });
+    // Both park on their `Notify` first, so that the notifications below wake them as a
+    // stream's frames would wake a driver.
     for _ in 0..4 {
         tokio::task::yield_now().await;
     }

@@ -279,17 +279,19 @@ impl WarmPool {
         let shared = &self.shared;
         if !self.is_retired() {
             let started = tokio::time::Instant::now();
+            // Wakes the refill driver when dropped: on a hit once the upgrade request is out
+            // (waking it earlier would put it, and through tokio's work stealing the wake-up of
+            // another worker thread, a system call, ahead of this connection's upgrade); on a
+            // miss once the target is raised; and whenever this open is cancelled before that.
+            let refill = WakeOnDrop(&shared.wake);
             let checked_out = shared.checkout().await;
             crate::telemetry::pool_checkout_duration(&shared.dialer.name, started.elapsed());
             match checked_out {
                 Some(parked) => {
                     shared.stats.hits.fetch_add(1, Ordering::Relaxed);
                     shared.changed();
-                    // The refill starts once the request is out: waking the driver earlier would
-                    // put it (and, through tokio's work stealing, a wake-up of another worker
-                    // thread: a system call) ahead of this connection's upgrade.
-                    let refill = || shared.wake.notify_one();
-                    match dial::upgrade(&shared.dialer, parked.tls, request, refill).await {
+                    let sent = move || drop(refill);
+                    match dial::upgrade(&shared.dialer, parked.tls, request, sent).await {
                         Ok(stream) => return Ok(stream),
                         Err(UpgradeError::Answered(e)) => return Err(e),
                         Err(UpgradeError::Broken(e)) => {
@@ -309,7 +311,7 @@ impl WarmPool {
                             (t < max).then_some(t + 1)
                         });
                     shared.changed();
-                    shared.wake.notify_one();
+                    drop(refill);
                 }
             }
         }
@@ -323,10 +325,10 @@ impl Shared {
     }
 
     /// The most recent idle connection that is still open, young enough and of the current
-    /// identity; `None` if there is none. A hit leaves waking the driver to the caller.
+    /// identity; `None` if there is none. Waking the driver is left to the caller.
     async fn checkout(&self) -> Option<Parked> {
         let current = self.dialer.current_identity();
-        let found = loop {
+        loop {
             let Some(handle) = self.idle.lock().await.pop() else {
                 break None;
             };
@@ -345,11 +347,7 @@ impl Shared {
                 continue;
             }
             break Some(parked);
-        };
-        if found.is_none() {
-            self.wake.notify_one();
         }
-        found
     }
 
     /// Hands a fresh connection to a watcher task and lists it as idle; `rebind` if it was
@@ -368,6 +366,15 @@ impl Shared {
     /// Drops list entries whose watcher is gone.
     async fn prune(&self) {
         self.idle.lock().await.retain(|h| !h.take.is_closed());
+    }
+}
+
+/// Wakes a pool's refill driver when dropped.
+struct WakeOnDrop<'a>(&'a Notify);
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 
