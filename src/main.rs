@@ -60,6 +60,11 @@ fn main() -> ExitCode {
     // First of all: a SIGHUP during start-up must not kill the process.
     let hangup = cli::early_hangup();
     cli::file_size_limit_is_an_error();
+    bindgate::admin::set_memory_trim(|| {
+        // SAFETY: `mi_collect` has no preconditions; it returns the free memory of the calling
+        // thread's heap (and, forced, of abandoned ones) to the system.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

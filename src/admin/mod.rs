@@ -251,6 +251,44 @@ impl AdminState {
     }
 }
 
+/// Responses at least this large (`/metrics` with hundreds of endpoints is megabytes, and so
+/// can `/config_dump` be) are followed by a trim of the admin thread's allocator.
+pub const TRIM_AFTER_BYTES: u64 = 64 * 1024;
+/// How long after such a response the trim runs: time for the body to be written and freed.
+const TRIM_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Returns the calling thread's free allocator memory to the system (see [`set_memory_trim`]).
+static MEMORY_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+/// A trim is scheduled and has not run yet (one at a time, however many responses).
+static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Sets what the admin thread calls after a large response: the binary passes its allocator's
+/// collect. A scrape renders, and frees, several times its own size; the allocator keeps what a
+/// thread freed for that thread's next allocations, and the admin thread allocates only at the
+/// next request, so without a trim each scrape's peak stayed resident (10 scrapes of 1,000
+/// endpoints: 15 -> 31 MiB of anonymous memory). Only the first call counts.
+pub fn set_memory_trim(trim: fn()) {
+    let _ = MEMORY_TRIM.set(trim);
+}
+
+/// After a response of `bytes`, schedules a trim on the admin thread's runtime (this task runs
+/// there) unless one is already pending.
+fn trim_after(bytes: u64) {
+    if bytes < TRIM_AFTER_BYTES || MEMORY_TRIM.get().is_none() {
+        return;
+    }
+    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(TRIM_DELAY).await;
+        TRIM_PENDING.store(false, Ordering::Release);
+        if let Some(trim) = MEMORY_TRIM.get() {
+            trim();
+        }
+    });
+}
+
 /// A running admin server; dropping it does not stop it (it lives as long as the process).
 pub struct AdminServer {
     pub address: SocketAddr,
@@ -314,7 +352,11 @@ async fn serve(listener: TcpListener, state: AdminState) {
             let _permit = permit;
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                async move {
+                    let response = route(&state, &req);
+                    trim_after(hyper::body::Body::size_hint(response.body()).lower());
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -441,6 +483,36 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::loopback_host;
+
+    /// Trims counted by the hook `a_large_response_is_followed_by_one_trim` installs.
+    static TRIMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_response_is_followed_by_one_trim() {
+        use super::{TRIM_AFTER_BYTES, TRIM_DELAY, set_memory_trim, trim_after};
+        use std::sync::atomic::Ordering::SeqCst;
+        set_memory_trim(|| {
+            TRIMS.fetch_add(1, SeqCst);
+        });
+        let trims = || TRIMS.load(SeqCst);
+
+        trim_after(TRIM_AFTER_BYTES - 1);
+        tokio::time::sleep(TRIM_DELAY * 2).await;
+        assert_eq!(trims(), 0, "a small response schedules no trim");
+
+        // Two large responses close together: one trim, after the bodies had time to go.
+        trim_after(TRIM_AFTER_BYTES);
+        trim_after(10 * TRIM_AFTER_BYTES);
+        tokio::time::sleep(TRIM_DELAY / 2).await;
+        assert_eq!(trims(), 0, "not before the delay");
+        tokio::time::sleep(TRIM_DELAY).await;
+        assert_eq!(trims(), 1);
+
+        // The next large response gets its own.
+        trim_after(TRIM_AFTER_BYTES);
+        tokio::time::sleep(TRIM_DELAY * 2).await;
+        assert_eq!(trims(), 2);
+    }
 
     #[test]
     fn only_loopback_hosts_pass() {
