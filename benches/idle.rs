@@ -11,8 +11,9 @@
 //! run), with the default `pool` transport and a discovery poll every second. Once `/listeners`
 //! shows all N bound, the bench leaves the gateway alone for three polls, then reads
 //! `/proc/PID/status` (`VmRSS`, and its anonymous and file-backed parts) and `/proc/PID/fd`: at
-//! rest. It then scrapes `/metrics` ten times, as Prometheus would, and looks again: a scrape's
-//! transient memory is partly kept by the allocator. The per-endpoint cost is the difference to the smallest count measured,
+//! rest. It then scrapes `/metrics` ten times, as Prometheus would, and looks again two polls
+//! after the last: what the scrapes left behind (a scrape renders and frees several times its
+//! own size; the admin thread hands that back to the system after each large response). The per-endpoint cost is the difference to the smallest count measured,
 //! divided by the endpoints added. Nothing proxies a byte: this is the process at rest.
 
 #[path = "harness/mod.rs"]
@@ -224,6 +225,9 @@ async fn measure(bin: &Path, n: usize, cidr: &str) -> anyhow::Result<(Rest, Rest
     for _ in 0..SCRAPES - 1 {
         probe::get(admin, "/metrics").await?;
     }
+    // Looked at between scrapes, as the process spends its time (Prometheus scrapes every 15 s
+    // by default): two discovery polls after the last, not while its response is in flight.
+    sleep(2 * POLL).await;
     let scraped = look(pid, n, bound)?;
     if polls < 3.0 {
         bail!("discovery polled {polls} times in the settle: the gateway is not at rest");
