@@ -259,8 +259,12 @@ const TRIM_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Returns the calling thread's free allocator memory to the system (see [`set_memory_trim`]).
 static MEMORY_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-/// A trim is scheduled and has not run yet (one at a time, however many responses).
-static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// A trim of this thread's heap is scheduled and has not run yet (one at a time, however
+    /// many responses). Per thread: the trim returns the memory of the thread it runs on, and
+    /// the task that runs it is spawned on the serving thread's own (current-thread) runtime.
+    static TRIM_PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Sets what the admin thread calls after a large response: the binary passes its allocator's
 /// collect. A scrape renders, and frees, several times its own size; the allocator keeps what a
@@ -272,17 +276,17 @@ pub fn set_memory_trim(trim: fn()) {
 }
 
 /// After a response of `bytes`, schedules a trim on the admin thread's runtime (this task runs
-/// there) unless one is already pending.
+/// there) unless one is already pending on this thread.
 fn trim_after(bytes: u64) {
     if bytes < TRIM_AFTER_BYTES || MEMORY_TRIM.get().is_none() {
         return;
     }
-    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
+    if TRIM_PENDING.replace(true) {
         return;
     }
     tokio::spawn(async {
         tokio::time::sleep(TRIM_DELAY).await;
-        TRIM_PENDING.store(false, Ordering::Release);
+        TRIM_PENDING.set(false);
         if let Some(trim) = MEMORY_TRIM.get() {
             trim();
         }
