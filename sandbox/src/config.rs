@@ -91,6 +91,11 @@ pub struct IngressConfig {
     /// those streams finish, new ones must go to another connection).
     #[serde(default)]
     pub h2_goaway_after_streams: Option<u64>,
+    /// TLS 1.3 session tickets sent after each handshake (ingress and raw echo port). The
+    /// default, 1, is what Go's `crypto/tls` sends, and ngrok's ingress is written in Go;
+    /// rustls's own default is 2. Each ticket resumes one later session.
+    #[serde(default = "default_tls13_tickets")]
+    pub tls13_tickets: usize,
 }
 
 impl Default for IngressConfig {
@@ -101,8 +106,13 @@ impl Default for IngressConfig {
             handshake_timeout: default_handshake_timeout(),
             h2: true,
             h2_goaway_after_streams: None,
+            tls13_tickets: default_tls13_tickets(),
         }
     }
+}
+
+fn default_tls13_tickets() -> usize {
+    1
 }
 
 fn yes() -> bool {

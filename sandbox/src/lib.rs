@@ -129,6 +129,7 @@ impl Sandbox {
             &certificate_ips(ingress_addr.ip()),
             ClientAuth::Required,
         )?;
+        ingress_tls.send_tls13_tickets = config.ingress.tls13_tickets;
         if config.ingress.h2 {
             ingress_tls.alpn_protocols = vec![b"h2".to_vec()];
         }
@@ -152,11 +153,12 @@ impl Sandbox {
                 let listener = bind("raw echo", raw.address).await?;
                 let addr = local_addr("raw echo", raw.address, &listener)?;
                 // The ingress's server certificate names and client check; no ALPN, no upgrade.
-                let tls = ca.server_tls(
+                let mut tls = ca.server_tls(
                     &config.ingress.server_names,
                     &certificate_ips(addr.ip()),
                     ClientAuth::Required,
                 )?;
+                tls.send_tls13_tickets = config.ingress.tls13_tickets;
                 let raw_echo = Arc::new(RawEcho::new(
                     Arc::new(tls),
                     Arc::clone(&ca),

@@ -761,3 +761,89 @@ async fn inline_echo_applies_the_reset_fault() {
     resets_after_1000_bytes(&f, "cut.ns", 7000).await;
     f.sandbox.shutdown().await;
 }
+
+/// Counts the TLS 1.3 tickets a client is given, and keeps none (every dial is a full handshake).
+#[derive(Debug, Default)]
+struct TicketCounter(std::sync::atomic::AtomicUsize);
+
+impl rustls::client::ClientSessionStore for TicketCounter {
+    fn set_kx_hint(&self, _: rustls::pki_types::ServerName<'static>, _: rustls::NamedGroup) {}
+    fn kx_hint(&self, _: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        None
+    }
+    fn set_tls12_session(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+    }
+    fn tls12_session(
+        &self,
+        _: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+    fn remove_tls12_session(&self, _: &rustls::pki_types::ServerName<'static>) {}
+    fn insert_tls13_ticket(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn take_tls13_ticket(
+        &self,
+        _: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        None
+    }
+}
+
+/// The ingress sends one session ticket per handshake, as Go's `crypto/tls` (ngrok's ingress)
+/// does, unless `ingress.tls13_tickets` says otherwise; so does the raw echo port.
+#[tokio::test]
+async fn the_ingress_sends_as_many_session_tickets_as_configured() {
+    for (yaml, want) in [("", 1), ("ingress: { tls13_tickets: 3 }\n", 3)] {
+        let f = Fixture::start(&format!("{ECHO}raw_echo: {{}}\n{yaml}")).await;
+        let client = f.dir.path().join("client");
+        let tickets = Arc::new(TicketCounter::default());
+        let mut config = client_config(
+            &f.sandbox.ca_pem_path(),
+            Some((&client.join("tls.crt"), &client.join("tls.key"))),
+        );
+        config.resumption = rustls::client::Resumption::store(tickets.clone());
+        let connector = TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        timeout(GUARD, async {
+            // The tickets come right after the handshake, so they are read before the answer.
+            let mut tls = f.connect_with(&connector).await.unwrap();
+            let request = ConnRequest {
+                host: "svc.ns".into(),
+                port: 80,
+                pod_identity: None,
+            };
+            wire::write_frame(&mut tls, &request).await.unwrap();
+            let _: ConnResponse = wire::read_frame(&mut tls).await.unwrap();
+            assert_eq!(
+                tickets.0.load(std::sync::atomic::Ordering::Relaxed),
+                want,
+                "{yaml}"
+            );
+
+            let raw = f.sandbox.raw_echo_addr().expect("raw echo configured");
+            let tcp = TcpStream::connect(raw).await.unwrap();
+            let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+            tls.write_all(b"ping").await.unwrap();
+            let mut echoed = [0u8; 4];
+            tls.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(
+                tickets.0.load(std::sync::atomic::Ordering::Relaxed),
+                2 * want,
+                "{yaml}"
+            );
+        })
+        .await
+        .unwrap();
+        f.sandbox.shutdown().await;
+    }
+}
