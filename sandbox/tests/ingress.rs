@@ -816,14 +816,7 @@ async fn the_ingress_sends_as_many_session_tickets_as_configured() {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         timeout(GUARD, async {
             // The tickets come right after the handshake, so they are read before the answer.
-            let mut tls = f.connect_with(&connector).await.unwrap();
-            let request = ConnRequest {
-                host: "svc.ns".into(),
-                port: 80,
-                pod_identity: None,
-            };
-            wire::write_frame(&mut tls, &request).await.unwrap();
-            let _: ConnResponse = wire::read_frame(&mut tls).await.unwrap();
+            try_upgrade(&f, &connector).await.unwrap();
             assert_eq!(
                 tickets.0.load(std::sync::atomic::Ordering::Relaxed),
                 want,
