@@ -11,7 +11,6 @@ const ORDER: &str = "link/symbol-order.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed={ORDER}");
-    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=BINDGATE_NO_SYMBOL_ORDER");
     if env::var_os("BINDGATE_NO_SYMBOL_ORDER").is_some()
         || env::var("PROFILE").as_deref() != Ok("release")

@@ -39,9 +39,16 @@ exec $work/bindgate "\$@"
 WRAP
 chmod +x "$work/wrapper"
 
+# A gateway drains for up to 30 s (slower under callgrind); one still there after 3 minutes is
+# killed, and its profile is lost.
 stop_gateways() {
   pkill -TERM -f "valgrind.*$work" 2>/dev/null || true
-  while pgrep -f "valgrind.*$work" >/dev/null; do sleep 1; done
+  for _ in $(seq 180); do
+    pgrep -f "valgrind.*$work" >/dev/null || return 0
+    sleep 1
+  done
+  echo "a gateway did not stop within 3 minutes; killed, its profile is lost" >&2
+  pkill -KILL -f "valgrind.*$work" 2>/dev/null || true
 }
 
 BINDGATE_BIN="$work/wrapper" cargo bench --bench idle -- --endpoints 100

@@ -122,14 +122,20 @@ impl Sandbox {
             http_addr,
             &config.endpoints,
         )?);
+        // The ingress's TLS, for a port bound at `ip`: its server certificate names, the client
+        // certificate check, and as many session tickets per handshake as Go's server sends.
+        let ingress_server_tls = |ip: IpAddr| -> Result<rustls::ServerConfig, SandboxError> {
+            let mut tls = ca.server_tls(
+                &config.ingress.server_names,
+                &certificate_ips(ip),
+                ClientAuth::Required,
+            )?;
+            tls.send_tls13_tickets = config.ingress.tls13_tickets;
+            Ok(tls)
+        };
         let listener = bind("ingress", config.ingress.address).await?;
         let ingress_addr = local_addr("ingress", config.ingress.address, &listener)?;
-        let mut ingress_tls = ca.server_tls(
-            &config.ingress.server_names,
-            &certificate_ips(ingress_addr.ip()),
-            ClientAuth::Required,
-        )?;
-        ingress_tls.send_tls13_tickets = config.ingress.tls13_tickets;
+        let mut ingress_tls = ingress_server_tls(ingress_addr.ip())?;
         if config.ingress.h2 {
             ingress_tls.alpn_protocols = vec![b"h2".to_vec()];
         }
@@ -152,13 +158,8 @@ impl Sandbox {
             Some(raw) => {
                 let listener = bind("raw echo", raw.address).await?;
                 let addr = local_addr("raw echo", raw.address, &listener)?;
-                // The ingress's server certificate names and client check; no ALPN, no upgrade.
-                let mut tls = ca.server_tls(
-                    &config.ingress.server_names,
-                    &certificate_ips(addr.ip()),
-                    ClientAuth::Required,
-                )?;
-                tls.send_tls13_tickets = config.ingress.tls13_tickets;
+                // The ingress's TLS; no ALPN, no upgrade.
+                let tls = ingress_server_tls(addr.ip())?;
                 let raw_echo = Arc::new(RawEcho::new(
                     Arc::new(tls),
                     Arc::clone(&ca),
