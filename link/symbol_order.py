@@ -28,7 +28,13 @@ def costs(binary, path, totals):
                 ob = line[3:].strip()
             elif line.startswith("fn="):
                 name = line[3:].strip()
-                current = name if ob == binary and not name.startswith("0x") else None
+                # callgrind names a recursive activation `name'2`: the same function.
+                name = name.split("'", 1)[0]
+                current = (
+                    name
+                    if ob == binary and not name.startswith(("0x", "(")) and name
+                    else None
+                )
                 if current is not None:
                     totals[current] += 0
             elif line.startswith("calls="):

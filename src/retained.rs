@@ -24,8 +24,10 @@ pub struct StateKey {
     /// Whose it is: a listener, route or cluster name (with a position where one owner may
     /// hold several of a kind).
     pub owner: String,
-    /// The config that shaped it (serialized); a changed config gets fresh state.
-    pub fingerprint: String,
+    /// The config that shaped it (serialized); a changed config gets fresh state. Boxed: a
+    /// `String` from `serde_json` reserves 128 bytes for text as short as `null`, and each
+    /// discovered endpoint holds several keys.
+    pub fingerprint: Box<str>,
 }
 
 impl StateKey {
@@ -37,7 +39,9 @@ impl StateKey {
         StateKey {
             kind,
             owner: owner.into(),
-            fingerprint: serde_json::to_string(config).unwrap_or_default(),
+            fingerprint: serde_json::to_string(config)
+                .unwrap_or_default()
+                .into_boxed_str(),
         }
     }
 }
