@@ -8,7 +8,8 @@
 //! Per count N: a fresh `bindgate sandbox` serving N `tcp` bound endpoints through its API, and a
 //! `bindgate run` that registers with that API like the operator does, discovers them and
 //! exposes each on an address of its own (`expose.mode: virtual`, in a loopback /16 picked per
-//! run), with the default `pool` transport and a discovery poll every second. Once `/listeners`
+//! run), with the default `pool` transport, a discovery poll every second, and its default log
+//! level (`info`). Once `/listeners`
 //! shows all N bound, the bench leaves the gateway alone for three polls, then reads
 //! `/proc/PID/status` (`VmRSS`, and its anonymous and file-backed parts) and `/proc/PID/fd`: at
 //! rest. It then scrapes `/metrics` ten times, as Prometheus would, and looks again two polls
@@ -195,11 +196,14 @@ async fn measure(bin: &Path, n: usize, cidr: &str) -> anyhow::Result<(Rest, Rest
     };
     let gateway_yaml = dir.path().join("gateway.yaml");
     std::fs::write(&gateway_yaml, gateway_config(dir.path(), api, ca, cidr))?;
-    let (gateway, started) = ChildProcess::start(
+    // At the default log level, as a deployment runs it: the code that writes its `info` lines
+    // is part of what it keeps mapped.
+    let (gateway, started) = ChildProcess::start_logged(
         bin,
         &["run", "-c", path_arg(&gateway_yaml)?],
         "gateway",
         GUARD,
+        None,
     )
     .await?;
     let admin: SocketAddr = started["admin"]

@@ -20,16 +20,33 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Runs `bin ARGS` and waits (up to `limit`) for its first stdout line, a JSON event.
+    /// Runs `bin ARGS` at log level `warn` and waits (up to `limit`) for its first stdout line,
+    /// a JSON event.
     pub async fn start(
         bin: &Path,
         args: &[&str],
         name: &str,
         limit: Duration,
     ) -> anyhow::Result<(ChildProcess, serde_json::Value)> {
-        let mut child = Command::new(bin)
+        Self::start_logged(bin, args, name, limit, Some("warn")).await
+    }
+
+    /// Like [`ChildProcess::start`], at log level `level`, or at the binary's default (`info`,
+    /// what a deployment runs) with `None`; its `INFO` lines are read but not printed.
+    pub async fn start_logged(
+        bin: &Path,
+        args: &[&str],
+        name: &str,
+        limit: Duration,
+        level: Option<&str>,
+    ) -> anyhow::Result<(ChildProcess, serde_json::Value)> {
+        let mut command = Command::new(bin);
+        match level {
+            Some(level) => command.env("BINDGATE_LOG", level),
+            None => command.env_remove("BINDGATE_LOG"),
+        };
+        let mut child = command
             .args(args)
-            .env("BINDGATE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -85,13 +102,16 @@ impl ChildProcess {
     }
 }
 
-/// Reads a pipe to its end so the child never blocks on it; prints the lines when `name` is set.
+/// Reads a pipe to its end so the child never blocks on it; prints the lines when `name` is set,
+/// except `INFO` ones (a child started at the default level logs one per endpoint).
 async fn forward_lines<R: AsyncRead + Unpin>(
     mut lines: tokio::io::Lines<BufReader<R>>,
     name: Option<String>,
 ) {
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(name) = &name {
+        if let Some(name) = &name
+            && !line.contains(" INFO ")
+        {
             eprintln!("[{name}] {line}");
         }
     }
