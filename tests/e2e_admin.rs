@@ -429,9 +429,8 @@ admin: {{ address: 127.0.0.1:0 }}
     assert!(common::metric(&scrape, "process_open_fds", &[]) > 0.0);
 }
 
-#[tokio::test]
-async fn idle_admin_connections_are_capped_and_timed_out() {
-    let dir = tempfile::tempdir().unwrap();
+/// A gateway with its admin server and one listener routed to a port nothing answers on.
+async fn start_one_listener(dir: &std::path::Path) -> Proc {
     let cfg = "\
 version: 1
 admin: { address: 127.0.0.1:0 }
@@ -441,8 +440,14 @@ static_resources:
   clusters:
     - { name: c, type: static, endpoints: [ \"127.0.0.1:9\" ] }
 ";
-    let path = write(dir.path(), "cfg.yaml", cfg);
-    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let path = write(dir, "cfg.yaml", cfg);
+    Proc::start(&["run", "-c", &path], &[]).await
+}
+
+#[tokio::test]
+async fn idle_admin_connections_are_capped_and_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_one_listener(dir.path()).await;
     let admin = proxy.admin();
     // 64 clients that connect and send nothing hold every admin slot...
     let mut idle = Vec::new();
@@ -475,17 +480,7 @@ static_resources:
 #[tokio::test]
 async fn a_running_gateway_maps_no_libm() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = "\
-version: 1
-admin: { address: 127.0.0.1:0 }
-static_resources:
-  listeners:
-    - { name: a, address: 127.0.0.1:0, routes: [ { cluster: c } ] }
-  clusters:
-    - { name: c, type: static, endpoints: [ \"127.0.0.1:9\" ] }
-";
-    let path = write(dir.path(), "cfg.yaml", cfg);
-    let proxy = Proc::start(&["run", "-c", &path], &[]).await;
+    let proxy = start_one_listener(dir.path()).await;
     assert_eq!(get(proxy.admin(), "/ready").await.0, 200);
     let pid = proxy.child.id().expect("running");
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
