@@ -9,14 +9,13 @@
 //! `bindgate run` that registers with that API like the operator does, discovers them and
 //! exposes each on an address of its own (`expose.mode: virtual`, in a loopback /16 picked per
 //! run), with the default `pool` transport, a discovery poll every second, and its default log
-//! level (`info`). Once `/listeners`
-//! shows all N bound, the bench leaves the gateway alone for three polls, then reads
-//! `/proc/PID/status` (`VmRSS`, and its anonymous and file-backed parts) and `/proc/PID/fd`: at
-//! rest. It then scrapes `/metrics` ten times, as Prometheus would, and looks again two polls
-//! after the last: what the scrapes left behind (a scrape renders and frees several times its
-//! own size; the admin thread hands that back to the system after each large response). The
-//! per-endpoint cost is the difference to the smallest count measured, divided by the endpoints
-//! added. Nothing proxies a byte: this is the process at rest.
+//! level (`info`). Once `/listeners` shows all N bound, the bench leaves the gateway alone for
+//! three polls, then reads `/proc/PID/status` (`VmRSS`, and its anonymous and file-backed parts)
+//! and `/proc/PID/fd`: at rest. It then scrapes `/metrics` ten times, as Prometheus would, and
+//! looks again two polls after the last: what the scrapes left behind (a scrape renders and frees
+//! several times its own size; the admin thread hands that back to the system after each large
+//! response). The per-endpoint cost is the difference to the smallest count measured, divided
+//! by the endpoints added. Nothing proxies a byte: this is the process at rest.
 
 #[path = "harness/mod.rs"]
 #[allow(dead_code)] // the idle bench uses the harness's process and probe modules only

@@ -28,13 +28,11 @@ def costs(binary, path, totals):
                 ob = line[3:].strip()
             elif line.startswith("fn="):
                 name = line[3:].strip()
-                # callgrind names a recursive activation `name'2`: the same function.
+                # callgrind names a recursive activation `name'2`: the same function. Addresses
+                # (`0x...`) and `(below main)` are not functions of the binary.
                 name = name.split("'", 1)[0]
-                current = (
-                    name
-                    if ob == binary and not name.startswith(("0x", "(")) and name
-                    else None
-                )
+                ours = ob == binary and name and not name.startswith(("0x", "("))
+                current = name if ours else None
                 if current is not None:
                     totals[current] += 0
             elif line.startswith("calls="):
