@@ -300,7 +300,7 @@ async fn serve_offline(routes: Arc<RouteTable>, idle_timeout: Duration, data: &[
             )
         }
     });
-    let conn = crate::proxy::http::http1_server(idle_timeout)
+    let conn = crate::proxy::http::http1_server(idle_timeout, true)
         .serve_connection(hyper_util::rt::TokioIo::new(server), service)
         .with_upgrades();
     let send = async {

@@ -86,7 +86,7 @@ async fn every_supported_mode_produces_numbers() {
         Some(Target::ALL.len())
     );
 
-    // The http_peers group: skipped as a whole without nginx; else its three rows, HAProxy's
+    // The http_peers group: skipped as a whole without nginx; else its four rows, HAProxy's
     // measured when installed, and every proxy with its CPU per keep-alive request and RSS
     // (`missing_numbers` above already covers every installed load generator's columns).
     let http_peers = report
@@ -102,11 +102,18 @@ async fn every_supported_mode_produces_numbers() {
                 [
                     HttpPeer::NginxDirect,
                     HttpPeer::BindgateHttp,
+                    HttpPeer::BindgateHttpLowercase,
                     HttpPeer::HaproxyHttp
                 ]
             );
             for t in &http_peers.targets {
                 let measured = t.support == Support::Measured;
+                if matches!(
+                    t.target,
+                    HttpPeer::BindgateHttp | HttpPeer::BindgateHttpLowercase
+                ) {
+                    assert!(measured, "{}: {:?}", t.target.name(), t.support);
+                }
                 if t.target == HttpPeer::HaproxyHttp {
                     assert_eq!(measured, Peer::Haproxy.find().is_some(), "{:?}", t.support);
                 }

@@ -751,3 +751,85 @@ version: 1
         .unwrap();
     assert_eq!(read_all(&mut c).await, b"");
 }
+
+/// An upstream that answers every request with a mixed-case header, and sends the request heads
+/// it read (as bytes on the wire) to the returned channel.
+async fn head_recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                        let answer = b"HTTP/1.1 200 OK\r\nX-Upstream-Case: yes\r\nContent-Length: 2\r\n\r\nok";
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn header_names_keep_their_case_unless_the_listener_lowercases_them() {
+    let (upstream, mut heads) = head_recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "\
+version: 1
+static_resources:
+  listeners:
+    - {{ name: keeps, address: 127.0.0.1:0, protocol: http, routes: [ {{ cluster: rec }} ] }}
+    - {{ name: lowers, address: 127.0.0.1:0, protocol: http, preserve_header_case: false, routes: [ {{ cluster: rec }} ] }}
+  clusters:
+{}",
+        static_clusters(&[("rec", upstream)])
+    );
+    let proxy = start_proxy(&cfg, dir.path()).await;
+    let request = "GET /x HTTP/1.1\r\nHost: a.test\r\nX-Mixed-Case: 1\r\nConnection: close\r\n\r\n";
+    for (listener, sent, answered) in [
+        (
+            "keeps",
+            "\r\nX-Mixed-Case: 1\r\n",
+            "\r\nX-Upstream-Case: yes\r\n",
+        ),
+        (
+            "lowers",
+            "\r\nx-mixed-case: 1\r\n",
+            "\r\nx-upstream-case: yes\r\n",
+        ),
+    ] {
+        let reply = exchange(proxy.listener(listener), request).await;
+        let head = tokio::time::timeout(GUARD, heads.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            head.contains(sent),
+            "{listener}: the upstream read {head:?}"
+        );
+        assert!(
+            head.starts_with("GET /x HTTP/1.1\r\n"),
+            "{listener}: {head:?}"
+        );
+        assert!(
+            reply.contains(answered),
+            "{listener}: the client read {reply:?}"
+        );
+        assert!(reply.ends_with("\r\n\r\nok"), "{listener}: {reply:?}");
+    }
+}

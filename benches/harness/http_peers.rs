@@ -34,6 +34,9 @@ pub enum HttpPeer {
     NginxDirect,
     /// `bindgate run`, one `protocol: http` listener, a `static` cluster to nginx.
     BindgateHttp,
+    /// The same with `preserve_header_case: false`: header names sent on in lower case, as
+    /// HAProxy does.
+    BindgateHttpLowercase,
     /// HAProxy in `mode http` in front of nginx.
     HaproxyHttp,
 }
@@ -43,6 +46,7 @@ impl HttpPeer {
         match self {
             HttpPeer::NginxDirect => "nginx direct",
             HttpPeer::BindgateHttp => "bindgate http listener",
+            HttpPeer::BindgateHttpLowercase => "bindgate http lowercase",
             HttpPeer::HaproxyHttp => "haproxy http",
         }
     }
@@ -387,20 +391,19 @@ pub async fn run(settings: &Settings, dir: &Path) -> anyhow::Result<HttpPeersRep
         nginx.listen,
         Some(nginx.info.clone()),
     )];
-    match http_servers::start_bindgate(&settings.bin, &dir, nginx.listen, settings)
-        .await
-        .context("starting `bindgate run` for the http_peers group")?
-    {
-        Ok(proxy) => rows.push(Row::proxied(HttpPeer::BindgateHttp, proxy, None)),
-        Err(reason) => {
-            eprintln!(
-                "http_peers: {}: {NOT_SUPPORTED}: {reason}",
-                HttpPeer::BindgateHttp.name()
-            );
-            rows.push(Row::skipped(
-                HttpPeer::BindgateHttp,
-                Support::NotSupported { reason },
-            ));
+    for (target, lowercase) in [
+        (HttpPeer::BindgateHttp, false),
+        (HttpPeer::BindgateHttpLowercase, true),
+    ] {
+        match http_servers::start_bindgate(&settings.bin, &dir, nginx.listen, settings, lowercase)
+            .await
+            .with_context(|| format!("starting `{}` for the http_peers group", target.name()))?
+        {
+            Ok(proxy) => rows.push(Row::proxied(target, proxy, None)),
+            Err(reason) => {
+                eprintln!("http_peers: {}: {NOT_SUPPORTED}: {reason}", target.name());
+                rows.push(Row::skipped(target, Support::NotSupported { reason }));
+            }
         }
     }
     match Peer::Haproxy.find() {
@@ -728,7 +731,9 @@ impl HttpPeersReport {
              `vs haproxy http`: times better than HAProxy (req/s: target / haproxy; latency, CPU \
              per request, RSS: haproxy / target).\n\
              bindgate http listener: `bindgate run`, one `protocol: http` listener, one route to \
-             a `static` cluster (nginx), defaults otherwise (no access log, no filters); haproxy \
+             a `static` cluster (nginx), defaults otherwise (no access log, no filters); bindgate \
+             http lowercase: the same with `preserve_header_case: false` (header names sent on in \
+             lower case, as HAProxy does; the default keeps their case); haproxy \
              http: `mode http`, `option http-keep-alive`, `http-reuse always`, default \
              nbthread.\n",
             s.body_bytes,

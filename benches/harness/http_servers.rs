@@ -170,18 +170,24 @@ const BINDGATE_LISTENER: &str = "web";
 
 /// `bindgate run` with one `protocol: http` listener, whose one catch-all route goes to a
 /// `static` cluster with nginx as its only endpoint; every other setting at its default (no
-/// access log, no filters, no admin server). `Err(reason)`: this build has no http listener.
+/// access log, no filters, no admin server) but, with `lowercase`, `preserve_header_case:
+/// false`. `Err(reason)`: this build has no http listener, or no `preserve_header_case`.
 pub async fn start_bindgate(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
     settings: &Settings,
+    lowercase: bool,
 ) -> anyhow::Result<Result<RunningProxy, String>> {
-    let path = dir.join("http-peers-bindgate.yaml");
+    let path = dir.join(if lowercase {
+        "http-peers-bindgate-lowercase.yaml"
+    } else {
+        "http-peers-bindgate.yaml"
+    });
     let mut rejected = Vec::new();
     let mut accepted = None;
     for routes in HTTP_ROUTES {
-        let text = bindgate_config(upstream, routes);
+        let text = bindgate_config(upstream, routes, lowercase);
         match gateway::validate(bin, &path, &text, settings).await? {
             Validation::Ok => {
                 accepted = Some(text);
@@ -192,13 +198,22 @@ pub async fn start_bindgate(
         }
     }
     let Some(text) = accepted else {
+        if lowercase {
+            return Ok(Err(
+                "this build refuses `preserve_header_case` (added after it)".to_owned(),
+            ));
+        }
         bail!(
             "every generated bindgate config of the http_peers group is rejected:\n{}",
             rejected.join("\n")
         );
     };
     // The file on disk is the last one validated: the one that runs.
-    let name = "bindgate http listener";
+    let name = if lowercase {
+        "bindgate http lowercase"
+    } else {
+        "bindgate http listener"
+    };
     let (mut process, started) = ChildProcess::start(
         bin,
         &["run", "-c", path_arg(&path)?],
@@ -226,7 +241,12 @@ pub async fn start_bindgate(
     }))
 }
 
-fn bindgate_config(upstream: SocketAddr, routes: &str) -> String {
+fn bindgate_config(upstream: SocketAddr, routes: &str, lowercase: bool) -> String {
+    let case = if lowercase {
+        "\n      preserve_header_case: false"
+    } else {
+        ""
+    };
     format!(
         "\
 version: 1
@@ -234,7 +254,7 @@ static_resources:
   listeners:
     - name: {BINDGATE_LISTENER}
       address: 127.0.0.1:0
-      protocol: http
+      protocol: http{case}
       routes: {routes}
   clusters:
     - name: web

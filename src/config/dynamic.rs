@@ -134,6 +134,10 @@ pub struct DiscoveredListener {
     pub request_headers_timeout: HumanDuration,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// http endpoints: whether header names keep the case they came in (default `true`; see
+    /// the static listeners' `preserve_header_case`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_header_case: Option<bool>,
 }
 
 impl Default for DiscoveredListener {
@@ -144,6 +148,7 @@ impl Default for DiscoveredListener {
             idle_timeout: default_idle_timeout(),
             request_headers_timeout: default_request_headers_timeout(),
             drain_timeout: default_drain_timeout(),
+            preserve_header_case: None,
         }
     }
 }

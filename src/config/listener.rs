@@ -45,6 +45,12 @@ pub struct ListenerConfig {
     /// (default 60s). Shorthand for a `timeout` http filter on every route that has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<HumanDuration>,
+    /// http listeners: whether header names go on in the case they came in (a request's to the
+    /// upstream, a response's to the client). Default `true`. `false` sends them in lower case,
+    /// as HAProxy and Envoy do by default (HTTP/1.1 names are case-insensitive), and saves
+    /// recording each message's spelling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_header_case: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -58,7 +58,7 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(ctx, req).await) }
     });
-    let conn = http1_server(p.request_headers_timeout)
+    let conn = http1_server(p.request_headers_timeout, p.preserve_header_case)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -100,6 +100,7 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
 /// How the listener speaks HTTP/1 to its clients (`crate::fuzzing` serves its inputs with it).
 pub(crate) fn http1_server(
     request_headers_timeout: Duration,
+    preserve_header_case: bool,
 ) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -109,7 +110,8 @@ pub(crate) fn http1_server(
         .keep_alive(true)
         // A client may shut its write side after the request and still wait for the answer.
         .half_close(true)
-        .preserve_header_case(true)
+        // Records each request's spelling of its header names, for the upstream request.
+        .preserve_header_case(preserve_header_case)
         .auto_date_header(false);
     builder
 }
@@ -504,7 +506,8 @@ async fn forward_upgrade(
     req.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     // A dedicated connection: once upgraded it is no longer HTTP and never returns to a pool.
-    let mut sender = match http_pool::open(cluster, true).await {
+    let preserve = upstream.pool.preserve_header_case();
+    let mut sender = match http_pool::open(cluster, true, preserve).await {
         Ok(s) => s,
         Err(e) => return ctx.no_connection(&cluster.name, &e),
     };

@@ -30,6 +30,8 @@ pub struct Pipeline {
     /// http: the time to send a request head, or to start the next one on a kept-alive
     /// connection.
     pub request_headers_timeout: Duration,
+    /// http: header names go on in the case they came in (else in lower case).
+    pub preserve_header_case: bool,
     pub metrics: Arc<crate::telemetry::ListenerMetrics>,
 }
 

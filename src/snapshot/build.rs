@@ -353,6 +353,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                     idle_timeout: l.idle_timeout.get(),
                     request_headers_timeout: l.request_headers_timeout.get(),
                     drain_timeout: l.drain_timeout.get(),
+                    preserve_header_case: l.preserve_header_case.unwrap_or(true),
                     discovered: false,
                 },
                 retained,
@@ -453,6 +454,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                         routes.discovered_http(
                             name,
                             d.listener.idle_timeout.get(),
+                            d.listener.preserve_header_case.unwrap_or(true),
                             members_clusters
                                 .iter()
                                 .map(|(p, c)| (p.url.host.clone(), c.clone())),
@@ -476,6 +478,7 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                         idle_timeout: d.listener.idle_timeout.get(),
                         request_headers_timeout: d.listener.request_headers_timeout.get(),
                         drain_timeout: d.listener.drain_timeout.get(),
+                        preserve_header_case: d.listener.preserve_header_case.unwrap_or(true),
                         discovered: true,
                     },
                     retained,
@@ -729,6 +732,7 @@ struct ListenerParts<'a> {
     idle_timeout: Duration,
     request_headers_timeout: Duration,
     drain_timeout: Duration,
+    preserve_header_case: bool,
     discovered: bool,
 }
 
@@ -750,6 +754,7 @@ fn listener_spec(
         routes: routes.clone(),
         idle_timeout: parts.idle_timeout,
         request_headers_timeout: parts.request_headers_timeout,
+        preserve_header_case: parts.preserve_header_case,
         metrics: metrics.clone(),
     }));
     let network = network::build_chain(

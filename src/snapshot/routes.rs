@@ -258,7 +258,8 @@ pub(super) struct RouteCompiler<'a> {
     declared: &'a HashSet<&'a str>,
     retained: &'a Retained,
     base_dir: &'a std::path::Path,
-    http_upstreams: HashMap<String, HttpUpstream>,
+    /// By cluster name and whether header case is kept.
+    http_upstreams: HashMap<(String, bool), HttpUpstream>,
 }
 
 impl<'a> RouteCompiler<'a> {
@@ -289,6 +290,12 @@ impl<'a> RouteCompiler<'a> {
             c.err(
                 format!("{path}.request_timeout"),
                 "`request_timeout` applies to http listeners only",
+            );
+        }
+        if l.preserve_header_case.is_some() && l.protocol != Protocol::Http {
+            c.err(
+                format!("{path}.preserve_header_case"),
+                "`preserve_header_case` applies to http listeners only",
             );
         }
         let table = match l.protocol {
@@ -409,6 +416,7 @@ impl<'a> RouteCompiler<'a> {
                     &r.filters,
                     request_timeout,
                     l.idle_timeout.get(),
+                    l.preserve_header_case.unwrap_or(true),
                 ));
             }
         }
@@ -424,6 +432,7 @@ impl<'a> RouteCompiler<'a> {
         &mut self,
         listener: &str,
         idle_timeout: Duration,
+        preserve_header_case: bool,
         endpoints: impl IntoIterator<Item = (String, Arc<Cluster>)>,
     ) -> HttpRoutes {
         let routes = endpoints
@@ -439,6 +448,7 @@ impl<'a> RouteCompiler<'a> {
                     &[],
                     DEFAULT_REQUEST_TIMEOUT,
                     idle_timeout,
+                    preserve_header_case,
                 )
             })
             .collect();
@@ -483,8 +493,9 @@ impl<'a> RouteCompiler<'a> {
         filters: &[HttpFilterConfig],
         request_timeout: Duration,
         idle_timeout: Duration,
+        preserve_header_case: bool,
     ) -> HttpRoute {
-        let upstream = self.http_upstream(cluster);
+        let upstream = self.http_upstream(cluster, preserve_header_case);
         let leaf = crate::proxy::http::forwarder(upstream.clone(), idle_timeout);
         let owner = format!("{listener}/{name}");
         let service = build_chain(
@@ -517,22 +528,28 @@ impl<'a> RouteCompiler<'a> {
     }
 
     /// This build's upstream for `cluster`: shared by name within the build, and keeping the
-    /// pool of the snapshot in force when that cluster still points at the same upstream.
-    fn http_upstream(&mut self, cluster: Arc<Cluster>) -> HttpUpstream {
-        if let Some(u) = self.http_upstreams.get(&cluster.name) {
+    /// pool of the snapshot in force when that cluster still points at the same upstream. The
+    /// listeners that keep header case and those that do not get a pool each (a connection
+    /// records the case of what it reads, or not, from its start).
+    fn http_upstream(&mut self, cluster: Arc<Cluster>, preserve_header_case: bool) -> HttpUpstream {
+        let key = (cluster.name.clone(), preserve_header_case);
+        if let Some(u) = self.http_upstreams.get(&key) {
             return u.clone();
         }
         let pool = self.retained.get_or_insert(
             StateKey::new(
-                "cluster/http_pool",
+                if preserve_header_case {
+                    "cluster/http_pool"
+                } else {
+                    "cluster/http_pool/lowercase"
+                },
                 cluster.name.as_str(),
                 &cluster.identity(),
             ),
-            HttpPool::default,
+            || HttpPool::new(preserve_header_case),
         );
         let upstream = HttpUpstream { pool, cluster };
-        self.http_upstreams
-            .insert(upstream.cluster.name.clone(), upstream.clone());
+        self.http_upstreams.insert(key, upstream.clone());
         upstream
     }
 
@@ -844,6 +861,7 @@ mod tests {
       address: 127.0.0.1:0
       protocol: tls
       request_timeout: 5s
+      preserve_header_case: false
       routes:
         - { match: { sni: a.test, host: a.test, path_prefix: / }, cluster: a }
         - { match: { sni: A.Test }, cluster: b }
@@ -854,6 +872,10 @@ mod tests {
             &[
                 (
                     "static_resources.listeners[0].request_timeout",
+                    "applies to http listeners only",
+                ),
+                (
+                    "static_resources.listeners[0].preserve_header_case",
                     "applies to http listeners only",
                 ),
                 (
@@ -936,6 +958,42 @@ mod tests {
             Some(RouteTable::Http(h)) => &h.find(Some(host), path).unwrap().upstream,
             _ => panic!("{listener} is not http"),
         }
+    }
+
+    #[test]
+    fn listeners_that_lowercase_header_names_get_a_pool_of_their_own() {
+        let text = config(
+            "    - { name: keeps, address: 127.0.0.1:0, protocol: http, routes: [ { cluster: a } ] }
+    - name: lowers
+      address: 127.0.0.1:0
+      protocol: http
+      preserve_header_case: false
+      routes: [ { cluster: a } ]
+    - name: also_lowers
+      address: 127.0.0.1:0
+      protocol: http
+      preserve_header_case: false
+      routes: [ { cluster: a } ]
+",
+        );
+        let loaded = crate::config::parse(&text, "t.yaml", "/".into(), |_| None).unwrap();
+        let snap = super::super::build_with(super::super::BuildInput {
+            loaded: &loaded,
+            discovered: &[],
+            retained: &Retained::new(),
+            registered: None,
+            sources: &[],
+            version: 1,
+            offline: false,
+        })
+        .unwrap();
+        let keeps = upstream(&snap, "keeps", "x", "/");
+        let lowers = upstream(&snap, "lowers", "x", "/");
+        let also = upstream(&snap, "also_lowers", "x", "/");
+        assert!(keeps.pool.preserve_header_case());
+        assert!(!lowers.pool.preserve_header_case());
+        assert!(!Arc::ptr_eq(&keeps.pool, &lowers.pool));
+        assert!(Arc::ptr_eq(&lowers.pool, &also.pool));
     }
 
     #[test]

@@ -47,8 +47,10 @@ struct Idle {
 }
 
 /// One cluster's idle upstream HTTP/1.1 connections.
-#[derive(Default)]
 pub struct HttpPool {
+    /// Its connections write a request's header names as the client spelled them, and record
+    /// the spelling of the upstream's (see the listeners' `preserve_header_case`).
+    preserve_header_case: bool,
     /// Most recently returned last: reuse takes the warmest connection.
     idle: tokio::sync::Mutex<Vec<Idle>>,
     /// Connections opened since the pool was created (for views and tests).
@@ -60,6 +62,7 @@ pub struct HttpPool {
 impl std::fmt::Debug for HttpPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpPool")
+            .field("preserve_header_case", &self.preserve_header_case)
             .field("opened", &self.opened.load(Ordering::Relaxed))
             .field("reused", &self.reused.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -73,7 +76,28 @@ pub struct Checkout {
     pub reused: bool,
 }
 
+impl Default for HttpPool {
+    fn default() -> Self {
+        HttpPool::new(true)
+    }
+}
+
 impl HttpPool {
+    pub fn new(preserve_header_case: bool) -> Self {
+        HttpPool {
+            preserve_header_case,
+            idle: Default::default(),
+            opened: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether its connections keep header names as spelled: a request's as its client wrote
+    /// them (when the listener recorded them), a response's as the upstream did.
+    pub fn preserve_header_case(&self) -> bool {
+        self.preserve_header_case
+    }
+
     /// An idle connection that is ready for a request, or a new one; `fresh` skips the pool
     /// (after a reused connection turned out to be closed).
     pub async fn checkout(
@@ -97,7 +121,7 @@ impl HttpPool {
                 }
             }
         }
-        let sender = open(cluster, false).await?;
+        let sender = open(cluster, false, self.preserve_header_case).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             sender,
@@ -154,13 +178,15 @@ fn push_idle(list: &mut Vec<Idle>, sender: SendRequest<RequestBody>) {
 
 /// Opens an HTTP/1.1 client connection through `cluster`. Its driver runs in its own task
 /// until the connection closes (or, with `upgrades`, until it is upgraded and handed over).
+/// `preserve_header_case`: see [`HttpPool::preserve_header_case`].
 pub async fn open(
     cluster: &Cluster,
     upgrades: bool,
+    preserve_header_case: bool,
 ) -> Result<SendRequest<RequestBody>, HttpConnectError> {
     let stream = cluster.connect().await?;
     let (sender, conn) = http1::Builder::new()
-        .preserve_header_case(true)
+        .preserve_header_case(preserve_header_case)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(HttpConnectError::Handshake)?;
