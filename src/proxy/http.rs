@@ -355,40 +355,45 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes what belongs to one hop (RFC 9110 §7.6.1): `Connection`, the fields it names, and
 /// the fields defined as hop-by-hop. `Host` is never removed, whatever `Connection` says.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none, or only `Connection`.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names first: most messages carry none, or only `Connection`
+    // (`keep-alive`, from most servers), and only the fields there are looked up again.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        // The fields removed below anyway (`Connection: keep-alive`, `upgrade`) need no copy.
-        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| *n != HOST)
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if present[0] {
+        // Only the fields the message has: the usual tokens (`keep-alive`, `close`) name none,
+        // and making a name for them would allocate.
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| *n != HOST && !HOP_BY_HOP.contains(n))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for n in [CONNECTION, TE, TRANSFER_ENCODING, UPGRADE] {
-        headers.remove(n);
-    }
-    for n in ["keep-alive", "proxy-connection"] {
-        headers.remove(n);
+    for (name, there) in HOP_BY_HOP.iter().zip(present) {
+        if there {
+            headers.remove(name);
+        }
     }
 }
 
-/// The fields defined as hop-by-hop, lower case (as `HeaderName::as_str` gives them).
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
+/// The fields defined as hop-by-hop; `Connection` first.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
 
 /// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1, bindgate's
 /// own extensions dropped.
@@ -714,6 +719,18 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, headers(&[("x-b", "2")]));
+    }
+
+    #[test]
+    fn tokens_naming_no_field_of_the_message_remove_nothing_else() {
+        let mut h = headers(&[
+            ("Connection", "close, X-Absent, TE"),
+            ("x-present", "1"),
+            ("Proxy-Connection", "keep-alive"),
+            ("content-length", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, headers(&[("x-present", "1"), ("content-length", "2")]));
     }
 
     #[test]
