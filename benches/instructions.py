@@ -16,10 +16,13 @@ difference, divided by the difference of the counts, is the cost of one more req
 start-up or the fixed cost of a run.
 
     python3 benches/instructions.py --bin target/release/bindgate [--counts 200,600]
-        [--connections 4] [--workloads http,http-close,tcp] [--groups 12] [--functions 0]
+        [--connections 4] [--workloads http,http-lowercase,http-close,tcp] [--groups 12]
+        [--functions 0]
 
-Workloads: `http` (kept-alive clients, HTTP/1.1, `GET /`), `http-close` (a new client connection
-per request, `Connection: close`), `tcp` (a new connection per exchange of 32 bytes). Needs
+Workloads: `http` (kept-alive clients, HTTP/1.1, `GET /`), `http-lowercase` (the same through a
+listener with `preserve_header_case: false`), `http-close` (a new client connection per request,
+`Connection: close`), `tcp` (a new connection per exchange of 32 bytes). A build from before
+`preserve_header_case` refuses the config of `http-lowercase`: leave it out for such a build. Needs
 valgrind (`apt-get install valgrind`); says so and exits 0 without it. Loopback only, ports
 chosen by the OS, every wait bounded.
 """
@@ -147,6 +150,7 @@ def tcp_exchange(port, count):
 
 WORKLOADS = {
     "http": ("http", http_keep_alive, "request, kept-alive client"),
+    "http-lowercase": ("http-lc", http_keep_alive, "request, kept-alive client, names lowercased"),
     "http-close": ("http", http_close, "request, a new client connection each"),
     "tcp": ("tcp", tcp_exchange, "connection, 32-byte echo"),
 }
@@ -252,7 +256,7 @@ def main():
     ap.add_argument("--bin", default=os.environ.get("BINDGATE_BIN", "target/release/bindgate"))
     ap.add_argument("--counts", default="200,600", help="a small and a large count per connection")
     ap.add_argument("--connections", type=int, default=4)
-    ap.add_argument("--workloads", default="http,http-close,tcp")
+    ap.add_argument("--workloads", default="http,http-lowercase,http-close,tcp")
     ap.add_argument("--groups", type=int, default=12, help="crates listed per workload")
     ap.add_argument("--functions", type=int, default=0, help="functions listed per workload")
     args = ap.parse_args()
@@ -272,14 +276,20 @@ def main():
     echo_backend = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=serve_http, args=(http_backend,), daemon=True).start()
     threading.Thread(target=serve_echo, args=(echo_backend,), daemon=True).start()
-    ports = {"http": free_port(), "tcp": free_port(), "admin": free_port()}
+    ports = {"http": free_port(), "http-lc": free_port(), "tcp": free_port(), "admin": free_port()}
+    lowercase = ""
+    if "http-lowercase" in workloads:
+        lowercase = (
+            f"    - {{ name: web-lc, address: 127.0.0.1:{ports['http-lc']}, protocol: http, "
+            "preserve_header_case: false, routes: [ { cluster: web } ] }\n"
+        )
     config = f"""version: 1
 admin: {{ address: 127.0.0.1:{ports['admin']} }}
 static_resources:
   listeners:
     - {{ name: web, address: 127.0.0.1:{ports['http']}, protocol: http, routes: [ {{ cluster: web }} ] }}
     - {{ name: echo, address: 127.0.0.1:{ports['tcp']}, protocol: tcp, routes: [ {{ cluster: echo }} ] }}
-  clusters:
+{lowercase}  clusters:
     - {{ name: web, type: static, endpoints: [ "127.0.0.1:{http_backend.getsockname()[1]}" ] }}
     - {{ name: echo, type: static, endpoints: [ "127.0.0.1:{echo_backend.getsockname()[1]}" ] }}
 """
