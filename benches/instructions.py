@@ -17,7 +17,7 @@ start-up or the fixed cost of a run.
 
     python3 benches/instructions.py --bin target/release/bindgate [--counts 200,600]
         [--connections 4] [--workloads http,http-lowercase,http-close,tcp] [--groups 12]
-        [--functions 0]
+        [--functions 0] [--keep DIR]
 
 Workloads: `http` (kept-alive clients, HTTP/1.1, `GET /`), `http-lowercase` (the same through a
 listener with `preserve_header_case: false`), `http-close` (a new client connection per request,
@@ -259,6 +259,7 @@ def main():
     ap.add_argument("--workloads", default="http,http-lowercase,http-close,tcp")
     ap.add_argument("--groups", type=int, default=12, help="crates listed per workload")
     ap.add_argument("--functions", type=int, default=0, help="functions listed per workload")
+    ap.add_argument("--keep", metavar="DIR", help="copy the callgrind dumps there (for callgrind_annotate or kcachegrind)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if not shutil.which(tool):
@@ -326,7 +327,11 @@ static_resources:
                     callgrind_control(gw.pid, "--zero")
                     run_clients(fn, ports[kind], count, args.connections)
                     callgrind_control(gw.pid, "--dump")
-                    dumps.append(costs(newest_dump(tmp, gw.pid, seen)))
+                    dump = newest_dump(tmp, gw.pid, seen)
+                    if args.keep:
+                        os.makedirs(args.keep, exist_ok=True)
+                        shutil.copy(dump, os.path.join(args.keep, f"{w}-{count}.callgrind"))
+                    dumps.append(costs(dump))
                 n = args.connections * (large - small)
                 (t0, p0), (t1, p1) = dumps
                 per = (t1 - t0) / n
