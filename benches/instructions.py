@@ -65,18 +65,8 @@ def read_head(sock, buf):
     return head, rest
 
 
-def serve_http(listener):
-    def one(conn):
-        with conn:
-            buf = b""
-            while True:
-                head, buf = read_head(conn, buf)
-                if head is None:
-                    return
-                conn.sendall(HTTP_OK)
-                if b"connection: close" in head.lower():
-                    return
-
+def serve(listener, one):
+    """Accepts until the listener is closed; each connection is served by `one` in a thread."""
     while True:
         try:
             conn, _ = listener.accept()
@@ -85,21 +75,25 @@ def serve_http(listener):
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def serve_echo(listener):
-    def one(conn):
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
+def answer_http(conn):
+    with conn:
+        buf = b""
+        while True:
+            head, buf = read_head(conn, buf)
+            if head is None:
+                return
+            conn.sendall(HTTP_OK)
+            if b"connection: close" in head.lower():
+                return
 
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+def echo(conn):
+    with conn:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            conn.sendall(data)
 
 
 def read_response(sock, buf):
@@ -275,8 +269,8 @@ def main():
 
     http_backend = socket.create_server(("127.0.0.1", 0))
     echo_backend = socket.create_server(("127.0.0.1", 0))
-    threading.Thread(target=serve_http, args=(http_backend,), daemon=True).start()
-    threading.Thread(target=serve_echo, args=(echo_backend,), daemon=True).start()
+    threading.Thread(target=serve, args=(http_backend, answer_http), daemon=True).start()
+    threading.Thread(target=serve, args=(echo_backend, echo), daemon=True).start()
     ports = {"http": free_port(), "http-lc": free_port(), "tcp": free_port(), "admin": free_port()}
     lowercase = ""
     if "http-lowercase" in workloads:
