@@ -976,17 +976,7 @@ mod tests {
       routes: [ { cluster: a } ]
 ",
         );
-        let loaded = crate::config::parse(&text, "t.yaml", "/".into(), |_| None).unwrap();
-        let snap = super::super::build_with(super::super::BuildInput {
-            loaded: &loaded,
-            discovered: &[],
-            retained: &Retained::new(),
-            registered: None,
-            sources: &[],
-            version: 1,
-            offline: false,
-        })
-        .unwrap();
+        let snap = build_text(&text).unwrap();
         let keeps = upstream(&snap, "keeps", "x", "/");
         let lowers = upstream(&snap, "lowers", "x", "/");
         let also = upstream(&snap, "also_lowers", "x", "/");
