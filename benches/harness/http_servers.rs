@@ -179,11 +179,15 @@ pub async fn start_bindgate(
     settings: &Settings,
     lowercase: bool,
 ) -> anyhow::Result<Result<RunningProxy, String>> {
-    let path = dir.join(if lowercase {
-        "http-peers-bindgate-lowercase.yaml"
+    let (name, file) = if lowercase {
+        (
+            "bindgate http lowercase",
+            "http-peers-bindgate-lowercase.yaml",
+        )
     } else {
-        "http-peers-bindgate.yaml"
-    });
+        ("bindgate http listener", "http-peers-bindgate.yaml")
+    };
+    let path = dir.join(file);
     let mut rejected = Vec::new();
     let mut accepted = None;
     for routes in HTTP_ROUTES {
@@ -198,7 +202,9 @@ pub async fn start_bindgate(
         }
     }
     let Some(text) = accepted else {
-        if lowercase {
+        // A build from before the setting names it in its refusal; any other refusal is a
+        // broken harness or build, reported whole below.
+        if lowercase && rejected.iter().all(|r| r.contains("preserve_header_case")) {
             return Ok(Err(
                 "this build refuses `preserve_header_case` (added after it)".to_owned(),
             ));
@@ -209,11 +215,6 @@ pub async fn start_bindgate(
         );
     };
     // The file on disk is the last one validated: the one that runs.
-    let name = if lowercase {
-        "bindgate http lowercase"
-    } else {
-        "bindgate http listener"
-    };
     let (mut process, started) = ChildProcess::start(
         bin,
         &["run", "-c", path_arg(&path)?],
