@@ -29,7 +29,7 @@ use bindgate::retained::Retained;
 use bindgate::snapshot::{self, BoundUrl, BuildInput, Snapshot};
 use criterion::{Criterion, criterion_group};
 
-/// The allocator the `bindgate` binary uses (`src/main.rs`).
+/// mimalloc, the allocator the `bindgate` binary uses (`src/main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,7 +27,7 @@ use bindgate::snapshot::{self, BuildInput, Snapshot};
 use criterion::{Criterion, criterion_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The allocator the `bindgate` binary uses (`src/main.rs`).
+/// mimalloc, the allocator the `bindgate` binary uses (`src/main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

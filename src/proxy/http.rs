@@ -25,8 +25,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
-use super::Pipeline;
 use super::splice::{SpliceError, splice};
+use super::{Cancelled, Pipeline};
 use crate::filters::http::{HttpService, LocalAnswer, RequestInfo, answer};
 use crate::filters::network::{Conn, ConnOutcome, Outcome};
 use crate::http_body::{ProxyBody, RequestBody};
@@ -63,14 +63,15 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
         .with_upgrades();
     tokio::pin!(conn);
     let mut shutting_down = false;
+    let (mut drain, mut close) = (Cancelled::new(&draining), Cancelled::new(&force_close));
     let ended = loop {
         tokio::select! {
             r = conn.as_mut() => break Some(r),
-            _ = draining.cancelled(), if !shutting_down => {
+            _ = &mut drain, if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = force_close.cancelled() => break None,
+            _ = &mut close => break None,
         }
     };
     let name = &p.listener;
@@ -159,7 +160,7 @@ async fn route_inner(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<ProxyBo
         peer: ctx.peer,
         listener: p.listener.clone(),
         route: route.name.clone(),
-        cluster: Arc::from(route.upstream.cluster.name.as_str()),
+        cluster: route.cluster.clone(),
     });
     req.extensions_mut().insert(ctx.clone());
     let Ok(resp) = route.service.clone().oneshot(req).await;
@@ -339,44 +340,56 @@ fn is_normal_host(raw: &str) -> bool {
 pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| connection_options(v.as_bytes()))
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+/// The comma-separated options of one `Connection` value, trimmed, the empty ones left out.
+/// Bytes, not text: a token that is not ASCII names no field and no option.
+fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
 /// Removes what belongs to one hop (RFC 9110 §7.6.1): `Connection`, the fields it names, and
 /// the fields defined as hop-by-hop. `Host` is never removed, whatever `Connection` says.
+///
+/// It runs twice per proxied request (on the request and on the response), in one pass over
+/// the fields that neither hashes nor allocates unless a `Connection` option names a field
+/// the message has: the options are compared with the names as bytes, and the map is searched
+/// only for what goes.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none, or only `Connection`
-    // (`keep-alive`, from most servers), and only the fields there are looked up again.
     let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
+    let mut named: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) else {
+            continue;
+        };
+        present[i] = true;
+        if i != 0 {
+            continue;
+        }
+        // `Connection`: the usual options (`keep-alive`, `close`) name no field of the message.
+        for option in connection_options(value.as_bytes()) {
+            if option.eq_ignore_ascii_case(HOST.as_str().as_bytes()) || is_hop_by_hop(option) {
+                continue; // never removed, or removed below in any case
+            }
+            if let Some(field) = headers
+                .keys()
+                .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(option))
+            {
+                named.push(field.clone());
+            }
         }
     }
-    if !present.contains(&true) {
-        return;
-    }
-    if present[0] {
-        // Only the fields the message has: the usual tokens (`keep-alive`, `close`) name none,
-        // and making a name for them would allocate.
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| headers.contains_key(*t))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|n| *n != HOST && !HOP_BY_HOP.contains(n))
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    for n in named {
+        headers.remove(n);
     }
     for (name, there) in HOP_BY_HOP.iter().zip(present) {
         if there {
@@ -394,6 +407,13 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
+
+/// Whether a `Connection` option names a field of [`HOP_BY_HOP`], in any case.
+fn is_hop_by_hop(option: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(option))
+}
 
 /// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1, bindgate's
 /// own extensions dropped.
@@ -734,12 +754,29 @@ mod tests {
     }
 
     #[test]
-    fn connection_tokens_are_split_and_trimmed() {
-        let h = headers(&[
-            ("connection", " Upgrade ,, keep-alive"),
-            ("connection", "close"),
+    fn connection_options_are_split_and_trimmed() {
+        let options: Vec<&[u8]> = connection_options(b" Upgrade ,, keep-alive\t,close").collect();
+        assert_eq!(options, [&b"Upgrade"[..], b"keep-alive", b"close"]);
+    }
+
+    #[test]
+    fn options_in_several_connection_fields_all_count() {
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("x-a", "1"),
+            ("connection", "X-A, Host"),
+            ("host", "shop.default"),
         ]);
-        let tokens: Vec<&str> = connection_tokens(&h).collect();
-        assert_eq!(tokens, ["Upgrade", "keep-alive", "close"]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, headers(&[("host", "shop.default")]));
+        let mut req = Request::new(());
+        *req.headers_mut() = headers(&[
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive"),
+            ("connection", "UPGRADE"),
+        ]);
+        assert!(is_upgrade(&req));
+        req.headers_mut().remove(CONNECTION);
+        assert!(!is_upgrade(&req));
     }
 }

@@ -10,9 +10,14 @@ pub mod tcp;
 pub mod tls;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::Protocol;
 use crate::filters::network::{Conn, ConnService};
@@ -56,4 +61,79 @@ pub fn pipeline(p: Arc<Pipeline>) -> ConnService {
             Ok::<_, Infallible>(done)
         }
     }))
+}
+
+/// `token.cancelled()`, for a `select!` beside a connection's work, which polls it at each wake
+/// of the connection's task (two or more per proxied request): tokio-util's future takes the
+/// token's lock and then the lock of tokio's `Notify` at every poll. This one registers the
+/// task once and, while the same task polls it, only looks at the token.
+pub(crate) struct Cancelled {
+    token: CancellationToken,
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker the wait was registered with: a poll with another one registers again.
+    registered: Option<Waker>,
+}
+
+impl Cancelled {
+    pub(crate) fn new(token: &CancellationToken) -> Self {
+        Cancelled {
+            token: token.clone(),
+            wait: Box::pin(token.clone().cancelled_owned()),
+            registered: None,
+        }
+    }
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            // Cancelling wakes the registered waker, which is this one.
+            return if self.token.is_cancelled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            };
+        }
+        let this = &mut *self;
+        match this.wait.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                this.registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cancelling wakes a task that polled the future once, and it completes; a second task
+    /// that polls it after the first registers itself and is woken too.
+    #[tokio::test]
+    async fn a_registered_wait_ends_when_the_token_is_cancelled() {
+        let token = CancellationToken::new();
+        let mut cancelled = Cancelled::new(&token);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut cancelled).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut cancelled).poll(&mut cx).is_pending());
+        let waiter = tokio::spawn(cancelled);
+        tokio::task::yield_now().await;
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiting task was woken")
+            .unwrap();
+        // Already cancelled: ready at the first poll.
+        let mut late = Cancelled::new(&token);
+        assert!(Pin::new(&mut late).poll(&mut cx).is_ready());
+    }
 }

@@ -48,7 +48,7 @@ pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
     };
     let outcome = tokio::select! {
         o = work => o,
-        _ = force_close.cancelled() => {
+        _ = super::Cancelled::new(&force_close) => {
             tracing::debug!(listener = %p.listener, %peer, "closed at the end of the drain");
             Outcome::Drained
         }

@@ -76,7 +76,7 @@ pub async fn serve(p: &Pipeline, conn: Conn) -> ConnOutcome {
     };
     let outcome = tokio::select! {
         o = work => o,
-        _ = force_close.cancelled() => {
+        _ = super::Cancelled::new(&force_close) => {
             tracing::debug!(listener = %name, %peer, "closed at the end of the drain");
             Outcome::Drained
         }

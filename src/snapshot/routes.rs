@@ -175,6 +175,9 @@ pub struct HttpRoute {
     pub host: NamePattern,
     pub path_prefix: String,
     pub upstream: HttpUpstream,
+    /// The upstream cluster's name, shared with each request's `RequestInfo` (no copy per
+    /// request).
+    pub cluster: Arc<str>,
     /// The route's http filters, in force (the shorthand `request_timeout` included), for views.
     pub filters: Vec<HttpFilterConfig>,
     /// The filters around the forwarder: called once per request.
@@ -521,6 +524,7 @@ impl<'a> RouteCompiler<'a> {
             name,
             host,
             path_prefix,
+            cluster: Arc::from(upstream.cluster.name.as_str()),
             upstream,
             filters: effective,
             service,
@@ -718,6 +722,7 @@ mod tests {
             host,
             path_prefix: prefix.into(),
             service: crate::proxy::http::forwarder(upstream.clone(), Duration::from_secs(1)),
+            cluster: Arc::from(name),
             upstream,
             filters: Vec::new(),
         }
