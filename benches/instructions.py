@@ -16,12 +16,15 @@ difference, divided by the difference of the counts, is the cost of one more req
 start-up or the fixed cost of a run.
 
     python3 benches/instructions.py --bin target/release/bindgate [--counts 200,600]
-        [--connections 4] [--workloads http,http-lowercase,http-close,tcp] [--groups 12]
+        [--connections 4] [--workloads http,http-lowercase,http-close,tcp,pool,multiplex] [--groups 12]
         [--functions 0] [--keep DIR]
 
 Workloads: `http` (kept-alive clients, HTTP/1.1, `GET /`), `http-lowercase` (the same through a
 listener with `preserve_header_case: false`), `http-close` (a new client connection per request,
-`Connection: close`), `tcp` (a new connection per exchange of 32 bytes). A build from before
+`Connection: close`), `tcp` (a new connection per exchange of 32 bytes), and the same exchange
+through a `bindgate sandbox` as the binding ingress, with `transport: pool` (`pool`) and
+`transport: multiplex` (`multiplex`): the gateway's TLS, binding upgrades and refills counted,
+not the sandbox's. A build from before
 `preserve_header_case` refuses the config of `http-lowercase`: leave it out for such a build. Needs
 valgrind (`apt-get install valgrind`); says so and exits 0 without it. Loopback only, ports
 chosen by the OS, every wait bounded.
@@ -29,6 +32,7 @@ chosen by the OS, every wait bounded.
 
 import argparse
 import glob
+import json
 import os
 import re
 import shutil
@@ -147,7 +151,64 @@ WORKLOADS = {
     "http-lowercase": ("http-lc", http_keep_alive, "request, kept-alive client, names lowercased"),
     "http-close": ("http", http_close, "request, a new client connection each"),
     "tcp": ("tcp", tcp_exchange, "connection, 32-byte echo"),
+    "pool": ("pool", tcp_exchange, "connection, 32-byte echo through the sandbox, `transport: pool`"),
+    "multiplex": ("multiplex", tcp_exchange, "connection, 32-byte echo through the sandbox, `transport: multiplex`"),
 }
+# The workloads through a binding ingress: they start a `bindgate sandbox` (not under callgrind).
+INGRESS_WORKLOADS = ("pool", "multiplex")
+
+
+def start_sandbox(binary, tmp):
+    """`bindgate sandbox` with one endpoint echoing on the upgraded connection itself (as the
+    `load` bench's), and a client certificate it issued; returns (process, ingress, ca, cert,
+    key)."""
+    state = os.path.join(tmp, "sandbox-state")
+    cfg = os.path.join(tmp, "sandbox.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""state_dir: {state}
+account_id: ac_instructions
+ingress:
+  address: 127.0.0.1:0
+  server_names: [localhost]
+backends:
+  echo: 127.0.0.1:0
+  http: 127.0.0.1:0
+endpoints:
+  - url: tcp://echo.instructions:7000
+    target: inline_echo
+""")
+    certs = os.path.join(tmp, "client")
+    subprocess.run([binary, "sandbox", "-c", cfg, "client-cert", "--out", certs],
+                   check=True, capture_output=True, timeout=120)
+    proc = subprocess.Popen([binary, "sandbox", "-c", cfg], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "BINDGATE_LOG": "warn"})
+    ready = json.loads(proc.stdout.readline() or "{}")
+    if ready.get("event") != "ready":
+        proc.kill()
+        sys.exit(f"instructions: the sandbox did not start: {ready}")
+    return (proc, ready["ingress"], ready["ca"], os.path.join(certs, "tls.crt"),
+            os.path.join(certs, "tls.key"))
+
+
+def ingress_config(ports, ingress, ca, cert, key):
+    """Listeners `pool` and `multiplex`, each to the sandbox's echo endpoint through an ingress
+    of that transport."""
+    ingresses, listeners, clusters = "ingresses:\n", "", ""
+    for transport in INGRESS_WORKLOADS:
+        ingresses += f"""  - name: sandbox-{transport}
+    address: {ingress}
+    server_name: localhost
+    ca: {ca}
+    system_roots: false
+    client_cert: {cert}
+    client_key: {key}
+    transport: {transport}
+"""
+        listeners += (f"    - {{ name: {transport}, address: 127.0.0.1:{ports[transport]}, protocol: tcp, "
+                      f"routes: [ {{ cluster: echo-{transport} }} ] }}\n")
+        clusters += (f"    - {{ name: echo-{transport}, type: binding_upstream, "
+                     f"endpoint: \"tcp://echo.instructions:7000\", ingress: sandbox-{transport} }}\n")
+    return ingresses, listeners, clusters
 
 
 def run_clients(fn, port, count, connections):
@@ -271,84 +332,95 @@ def main():
     echo_backend = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=serve, args=(http_backend, answer_http), daemon=True).start()
     threading.Thread(target=serve, args=(echo_backend, echo), daemon=True).start()
-    ports = {"http": free_port(), "http-lc": free_port(), "tcp": free_port(), "admin": free_port()}
+    ports = {"http": free_port(), "http-lc": free_port(), "tcp": free_port(), "admin": free_port(),
+             "pool": free_port(), "multiplex": free_port()}
     lowercase = ""
     if "http-lowercase" in workloads:
         lowercase = (
             f"    - {{ name: web-lc, address: 127.0.0.1:{ports['http-lc']}, protocol: http, "
             "preserve_header_case: false, routes: [ { cluster: web } ] }\n"
         )
-    config = f"""version: 1
+    with tempfile.TemporaryDirectory() as tmp:
+        sandbox = None
+        try:
+            ingresses, ingress_listeners, ingress_clusters = "", "", ""
+            if any(w in INGRESS_WORKLOADS for w in workloads):
+                sandbox, *ingress = start_sandbox(args.bin, tmp)
+                ingresses, ingress_listeners, ingress_clusters = ingress_config(ports, *ingress)
+            config = f"""version: 1
 admin: {{ address: 127.0.0.1:{ports['admin']} }}
-static_resources:
+{ingresses}static_resources:
   listeners:
     - {{ name: web, address: 127.0.0.1:{ports['http']}, protocol: http, routes: [ {{ cluster: web }} ] }}
     - {{ name: echo, address: 127.0.0.1:{ports['tcp']}, protocol: tcp, routes: [ {{ cluster: echo }} ] }}
-{lowercase}  clusters:
+{lowercase}{ingress_listeners}  clusters:
     - {{ name: web, type: static, endpoints: [ "127.0.0.1:{http_backend.getsockname()[1]}" ] }}
     - {{ name: echo, type: static, endpoints: [ "127.0.0.1:{echo_backend.getsockname()[1]}" ] }}
-"""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "bindgate.yaml")
-        with open(cfg, "w") as f:
-            f.write(config)
-        log = open(os.path.join(tmp, "gateway.log"), "w")
-        gw = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p",
-             args.bin, "--concurrency", "1", "run", "-c", cfg],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BINDGATE_LOG": "warn"},
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/ready", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if gw.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"instructions: the gateway did not become ready (log: {open(log.name).read()[-2000:]})")
-                time.sleep(0.2)
-            seen = set()
-            print(f"instructions: {args.bin} under callgrind, 1 worker thread; per {args.connections} "
-                  f"client(s): {small} and {large}; cost of one more = difference / {args.connections * (large - small)}")
-            for w in workloads:
-                kind, fn, unit = WORKLOADS[w]
-                run_clients(fn, ports[kind], 20, 1)  # warm: pools, caches
-                dumps = []
-                for count in (small, large):
-                    callgrind_control(gw.pid, "--zero")
-                    run_clients(fn, ports[kind], count, args.connections)
-                    callgrind_control(gw.pid, "--dump")
-                    dump = newest_dump(tmp, gw.pid, seen)
-                    if args.keep:
-                        os.makedirs(args.keep, exist_ok=True)
-                        shutil.copy(dump, os.path.join(args.keep, f"{w}-{count}.callgrind"))
-                    dumps.append(costs(dump))
-                n = args.connections * (large - small)
-                (t0, p0), (t1, p1) = dumps
-                per = (t1 - t0) / n
-                groups = {}
-                for name in set(p0) | set(p1):
-                    g = group(name)
-                    groups[g] = groups.get(g, 0) + (p1.get(name, 0) - p0.get(name, 0)) / n
-                print(f"\n{w}: {per:,.0f} instructions per {unit}")
-                for g, v in sorted(groups.items(), key=lambda kv: -kv[1])[: args.groups]:
-                    print(f"  {v:9,.0f}  {g}")
-                if args.functions:
-                    diff = {k: (p1.get(k, 0) - p0.get(k, 0)) / n for k in set(p0) | set(p1)}
-                    print(f"  the {args.functions} costliest functions (self), by source file:")
-                    for k, v in sorted(diff.items(), key=lambda kv: -kv[1])[: args.functions]:
-                        src, _, fn = k.partition(":")
-                        print(f"  {v:9,.0f}  {fn[:110]}  ({src.rsplit('/', 1)[-1]})")
-        finally:
-            gw.terminate()
+{ingress_clusters}"""
+            cfg = os.path.join(tmp, "bindgate.yaml")
+            with open(cfg, "w") as f:
+                f.write(config)
+            log = open(os.path.join(tmp, "gateway.log"), "w")
+            gw = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p",
+                 args.bin, "--concurrency", "1", "run", "-c", cfg],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BINDGATE_LOG": "warn"},
+            )
             try:
-                gw.wait(60)
-            except subprocess.TimeoutExpired:
-                gw.kill()
-            log.close()
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/ready", timeout=5) as r:
+                            if r.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    if gw.poll() is not None or time.monotonic() > deadline:
+                        sys.exit(f"instructions: the gateway did not become ready (log: {open(log.name).read()[-2000:]})")
+                    time.sleep(0.2)
+                seen = set()
+                print(f"instructions: {args.bin} under callgrind, 1 worker thread; per {args.connections} "
+                      f"client(s): {small} and {large}; cost of one more = difference / {args.connections * (large - small)}")
+                for w in workloads:
+                    kind, fn, unit = WORKLOADS[w]
+                    run_clients(fn, ports[kind], 20, 1)  # warm: pools, caches
+                    dumps = []
+                    for count in (small, large):
+                        callgrind_control(gw.pid, "--zero")
+                        run_clients(fn, ports[kind], count, args.connections)
+                        callgrind_control(gw.pid, "--dump")
+                        dump = newest_dump(tmp, gw.pid, seen)
+                        if args.keep:
+                            os.makedirs(args.keep, exist_ok=True)
+                            shutil.copy(dump, os.path.join(args.keep, f"{w}-{count}.callgrind"))
+                        dumps.append(costs(dump))
+                    n = args.connections * (large - small)
+                    (t0, p0), (t1, p1) = dumps
+                    per = (t1 - t0) / n
+                    groups = {}
+                    for name in set(p0) | set(p1):
+                        g = group(name)
+                        groups[g] = groups.get(g, 0) + (p1.get(name, 0) - p0.get(name, 0)) / n
+                    print(f"\n{w}: {per:,.0f} instructions per {unit}")
+                    for g, v in sorted(groups.items(), key=lambda kv: -kv[1])[: args.groups]:
+                        print(f"  {v:9,.0f}  {g}")
+                    if args.functions:
+                        diff = {k: (p1.get(k, 0) - p0.get(k, 0)) / n for k in set(p0) | set(p1)}
+                        print(f"  the {args.functions} costliest functions (self), by source file:")
+                        for k, v in sorted(diff.items(), key=lambda kv: -kv[1])[: args.functions]:
+                            src, _, fn = k.partition(":")
+                            print(f"  {v:9,.0f}  {fn[:110]}  ({src.rsplit('/', 1)[-1]})")
+            finally:
+                gw.terminate()
+                try:
+                    gw.wait(60)
+                except subprocess.TimeoutExpired:
+                    gw.kill()
+                log.close()
+        finally:
+            if sandbox:
+                sandbox.kill()
+                sandbox.wait()
     return 0
 
 
