@@ -2,6 +2,10 @@
 //! on the other while the opposite direction keeps flowing. The connection ends when both
 //! directions are done, on an error, or when no byte has moved for `idle_timeout`.
 //!
+//! One shutdown is left out: the downstream's (the client's TCP connection), when the client
+//! had already ended its side. Both directions are then done, and the socket is closed as the
+//! splice returns, which sends the same FIN: one system call less per connection.
+//!
 //! A direction holds a buffer only while bytes are in flight: it borrows one from a per-thread
 //! free list to read, and gives it back when the read finds nothing or all of it is written. An
 //! idle connection holds no buffer at all (tokio's `copy_bidirectional` keeps two for a
@@ -68,12 +72,14 @@ struct Direction {
 
 impl Direction {
     /// Moves bytes from `r` to `w` until `r` has nothing more for now (`Pending`) or ends (then
-    /// `w` is shut down and this returns `Ready(Ok(()))`).
+    /// `w` is shut down, unless `closes_after` says that it is closed right after, and this
+    /// returns `Ready(Ok(()))`).
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        closes_after: bool,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -141,7 +147,9 @@ impl Direction {
                     std::task::ready!(w.as_mut().poll_flush(cx))?;
                     self.need_flush = false;
                 }
-                std::task::ready!(w.as_mut().poll_shutdown(cx))?;
+                if !closes_after {
+                    std::task::ready!(w.as_mut().poll_shutdown(cx))?;
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -250,8 +258,10 @@ where
     };
     let (mut d2u, mut u2d) = (Direction::default(), Direction::default());
     let copy = std::future::poll_fn(|cx| {
-        let a = d2u.poll_copy(cx, Pin::new(&mut down), Pin::new(&mut up))?;
-        let b = u2d.poll_copy(cx, Pin::new(&mut up), Pin::new(&mut down))?;
+        let a = d2u.poll_copy(cx, Pin::new(&mut down), Pin::new(&mut up), false)?;
+        // The upstream's end finishes the connection when the client's side is done already:
+        // the downstream is then closed as this returns (its shutdown would add only a call).
+        let b = u2d.poll_copy(cx, Pin::new(&mut up), Pin::new(&mut down), d2u.done)?;
         match (a, b) {
             (Poll::Ready(()), Poll::Ready(())) => {
                 Poll::Ready(Ok::<_, io::Error>((d2u.moved, u2d.moved)))
@@ -307,6 +317,92 @@ mod tests {
                 upstream_to_downstream: 15
             }
         );
+    }
+
+    /// Counts the shutdowns asked of the stream it wraps.
+    struct CountShutdowns<S> {
+        inner: S,
+        shutdowns: Arc<AtomicU64>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountShutdowns<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountShutdowns<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shutdowns.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// When the client ends its side first, the upstream's end closes the client's connection
+    /// without a shutdown before it (the close sends the EOF); when the upstream ends first,
+    /// the client, still sending, gets the shutdown at once. The upstream is shut down in both.
+    #[tokio::test]
+    async fn the_client_is_shut_down_only_while_it_still_sends() {
+        for client_first in [true, false] {
+            let (client, proxy_down) = duplex(1024);
+            let (proxy_up, server) = duplex(1024);
+            let (down_shutdowns, up_shutdowns) = (Arc::default(), Arc::default());
+            let down = CountShutdowns {
+                inner: proxy_down,
+                shutdowns: Arc::clone(&down_shutdowns),
+            };
+            let up = CountShutdowns {
+                inner: proxy_up,
+                shutdowns: Arc::clone(&up_shutdowns),
+            };
+            let task = tokio::spawn(splice(down, up, Duration::from_secs(60)));
+            let (mut client_r, mut client_w) = tokio::io::split(client);
+            let (mut server_r, mut server_w) = tokio::io::split(server);
+            let mut got = Vec::new();
+            if client_first {
+                client_w.write_all(b"ping").await.unwrap();
+                client_w.shutdown().await.unwrap();
+                server_r.read_to_end(&mut got).await.unwrap();
+                server_w.write_all(b"pong").await.unwrap();
+                server_w.shutdown().await.unwrap();
+                let mut reply = Vec::new();
+                client_r.read_to_end(&mut reply).await.unwrap();
+                assert_eq!(reply, b"pong", "the client reads the answer, then EOF");
+                task.await.unwrap().unwrap();
+                assert_eq!(down_shutdowns.load(Ordering::SeqCst), 0);
+            } else {
+                server_w.write_all(b"hello").await.unwrap();
+                server_w.shutdown().await.unwrap();
+                let mut greeting = Vec::new();
+                client_r.read_to_end(&mut greeting).await.unwrap();
+                assert_eq!(greeting, b"hello", "EOF while the client's side is open");
+                assert_eq!(down_shutdowns.load(Ordering::SeqCst), 1);
+                client_w.write_all(b"bye").await.unwrap();
+                client_w.shutdown().await.unwrap();
+                server_r.read_to_end(&mut got).await.unwrap();
+                task.await.unwrap().unwrap();
+            }
+            assert_eq!(got, if client_first { &b"ping"[..] } else { b"bye" });
+            assert_eq!(
+                up_shutdowns.load(Ordering::SeqCst),
+                1,
+                "client_first {client_first}"
+            );
+        }
     }
 
     #[tokio::test]
