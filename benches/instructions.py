@@ -35,6 +35,7 @@ import glob
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -182,7 +183,14 @@ endpoints:
                    check=True, capture_output=True, timeout=120)
     proc = subprocess.Popen([binary, "sandbox", "-c", cfg], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env={**os.environ, "BINDGATE_LOG": "warn"})
-    ready = json.loads(proc.stdout.readline() or "{}")
+    # Bounded, as every wait here: a sandbox that hangs before its ready line is given up on.
+    line = ""
+    if select.select([proc.stdout], [], [], 60)[0]:
+        line = proc.stdout.readline()
+    try:
+        ready = json.loads(line or "{}")
+    except ValueError:
+        ready = {"line": line}
     if ready.get("event") != "ready":
         proc.kill()
         sys.exit(f"instructions: the sandbox did not start: {ready}")

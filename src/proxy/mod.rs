@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::config::Protocol;
 use crate::filters::network::{Conn, ConnService};
@@ -66,25 +66,26 @@ pub fn pipeline(p: Arc<Pipeline>) -> ConnService {
 /// `token.cancelled()`, for a `select!` beside a connection's work, which polls it at each wake
 /// of the connection's task (two or more per proxied request): tokio-util's future takes the
 /// token's lock and then the lock of tokio's `Notify` at every poll. This one registers the
-/// task once and, while the same task polls it, only looks at the token.
-pub(crate) struct Cancelled {
-    token: CancellationToken,
-    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+/// task once and, while the same task polls it, only looks at the token. It borrows the token:
+/// a clone would take the token's lock to count the handle, and again to drop it.
+pub(crate) struct Cancelled<'a> {
+    token: &'a CancellationToken,
+    wait: Pin<Box<WaitForCancellationFuture<'a>>>,
     /// The waker the wait was registered with: a poll with another one registers again.
     registered: Option<Waker>,
 }
 
-impl Cancelled {
-    pub(crate) fn new(token: &CancellationToken) -> Self {
+impl<'a> Cancelled<'a> {
+    pub(crate) fn new(token: &'a CancellationToken) -> Self {
         Cancelled {
-            token: token.clone(),
-            wait: Box::pin(token.clone().cancelled_owned()),
+            token,
+            wait: Box::pin(token.cancelled()),
             registered: None,
         }
     }
 }
 
-impl Future for Cancelled {
+impl Future for Cancelled<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -119,8 +120,9 @@ mod tests {
     /// that polls it after the first registers itself and is woken too.
     #[tokio::test]
     async fn a_registered_wait_ends_when_the_token_is_cancelled() {
-        let token = CancellationToken::new();
-        let mut cancelled = Cancelled::new(&token);
+        // Borrowed by a spawned task: it lives as long as the test binary.
+        let token: &'static CancellationToken = Box::leak(Box::new(CancellationToken::new()));
+        let mut cancelled = Cancelled::new(token);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut cancelled).poll(&mut cx).is_pending());
@@ -133,7 +135,7 @@ mod tests {
             .expect("the waiting task was woken")
             .unwrap();
         // Already cancelled: ready at the first poll.
-        let mut late = Cancelled::new(&token);
+        let mut late = Cancelled::new(token);
         assert!(Pin::new(&mut late).poll(&mut cx).is_ready());
     }
 }
