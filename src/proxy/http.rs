@@ -179,11 +179,14 @@ pub fn select_route<'t, B>(
     if req.method() == Method::CONNECT {
         return Err(Refusal::Connect);
     }
-    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+    // One lookup for both checks.
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let (first, second) = (hosts.next().is_some(), hosts.next().is_some());
+    if req.version() == Version::HTTP_11 && !first {
         // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host.
         return Err(Refusal::NoHost);
     }
-    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+    if second {
         return Err(Refusal::SeveralHosts);
     }
     let req = normalize_target(req).map_err(|why| {
@@ -368,7 +371,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut named: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) else {
+        let Some(i) = hop_by_hop_index(name) else {
             continue;
         };
         present[i] = true;
@@ -408,11 +411,37 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Whether a `Connection` option names a field of [`HOP_BY_HOP`], in any case.
+/// Where a field name is in [`HOP_BY_HOP`], if it is there. A match on the name's text (a
+/// `HeaderName` is lower case): a length test rules out most fields, where comparing with each
+/// of the six names cost about a hundred instructions per field.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    hop_by_hop_position(name.as_str().as_bytes())
+}
+
+/// [`hop_by_hop_index`] of a lower-case name.
+fn hop_by_hop_position(lower: &[u8]) -> Option<usize> {
+    match lower {
+        b"connection" => Some(0),
+        b"te" => Some(1),
+        b"transfer-encoding" => Some(2),
+        b"upgrade" => Some(3),
+        b"keep-alive" => Some(4),
+        b"proxy-connection" => Some(5),
+        _ => None,
+    }
+}
+
+/// Whether a `Connection` option names a field of [`HOP_BY_HOP`], in any case. The option is
+/// lowercased on the stack (no name there is longer than 17 bytes) and matched once, rather
+/// than compared without case with each name in turn.
 fn is_hop_by_hop(option: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(option))
+    let mut lower = [0u8; 17];
+    let Some(buf) = lower.get_mut(..option.len()) else {
+        return false;
+    };
+    buf.copy_from_slice(option);
+    buf.make_ascii_lowercase();
+    hop_by_hop_position(buf).is_some()
 }
 
 /// The request as it goes upstream: hop-by-hop fields removed, spoken as HTTP/1.1, bindgate's
@@ -751,6 +780,119 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, headers(&[("x-present", "1"), ("content-length", "2")]));
+    }
+
+    #[test]
+    fn the_name_match_and_the_hop_by_hop_table_agree() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for other in [
+            "host",
+            "connections",
+            "t",
+            "tes",
+            "upgrade-insecure-requests",
+            "x-connection",
+            "keep-alives",
+            "content-length",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&name), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn connection_options_name_hop_by_hop_fields_in_any_case() {
+        for option in [
+            "Connection",
+            "TE",
+            "Transfer-Encoding",
+            "UPGRADE",
+            "keep-alive",
+            "Proxy-Connection",
+        ] {
+            assert!(is_hop_by_hop(option.as_bytes()), "{option}");
+        }
+        for option in [
+            "",
+            "close",
+            "x-a",
+            "keep-alive ",
+            "transfer-encodings",
+            "proxy-connection-and-more-than-17-bytes",
+        ] {
+            assert!(!is_hop_by_hop(option.as_bytes()), "{option}");
+        }
+    }
+
+    /// One listener `web` with a route for `shop.default` and one for any other host.
+    fn web_routes() -> Arc<RouteTable> {
+        const CONFIG: &str = r#"
+version: 1
+static_resources:
+  listeners:
+    - name: web
+      address: 127.0.0.1:0
+      protocol: http
+      routes:
+        - match: { host: shop.default }
+          name: shop
+          cluster: shop
+        - name: other
+          cluster: shop
+  clusters:
+    - name: shop
+      type: static
+      endpoints: [ "127.0.0.1:9" ]
+"#;
+        let loaded = crate::config::parse(CONFIG, "web.yaml", "/".into(), |_| None).unwrap();
+        let snapshot = crate::snapshot::build(&loaded, 0).unwrap();
+        snapshot.listener("web").unwrap().routes.clone()
+    }
+
+    #[tokio::test]
+    async fn host_fields_are_counted_for_the_version_that_needs_one() {
+        let routes = web_routes();
+        let RouteTable::Http(table) = &*routes else {
+            panic!("an http listener");
+        };
+        let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
+        let request = |version: Version, hosts: &[&str]| {
+            let mut req = Request::new(());
+            *req.version_mut() = version;
+            *req.uri_mut() = http::Uri::from_static("/cart");
+            for h in hosts {
+                req.headers_mut()
+                    .append(HOST, HeaderValue::from_str(h).unwrap());
+            }
+            req
+        };
+        let chosen = |version, hosts: &[&str]| {
+            select_route(table, "web", peer, request(version, hosts))
+                .map(|(route, _)| route.name.to_string())
+        };
+        assert_eq!(
+            chosen(Version::HTTP_11, &["shop.default"]),
+            Ok("shop".into())
+        );
+        assert_eq!(chosen(Version::HTTP_11, &[]), Err(Refusal::NoHost));
+        // HTTP/1.0 needs no Host: routed as a request for no host in particular.
+        assert_eq!(chosen(Version::HTTP_10, &[]), Ok("other".into()));
+        assert_eq!(
+            chosen(Version::HTTP_10, &["shop.default"]),
+            Ok("shop".into())
+        );
+        for version in [Version::HTTP_10, Version::HTTP_11] {
+            assert_eq!(
+                chosen(version, &["shop.default", "shop.default"]),
+                Err(Refusal::SeveralHosts)
+            );
+            assert_eq!(
+                chosen(version, &["shop.default", "other.default"]),
+                Err(Refusal::SeveralHosts)
+            );
+        }
     }
 
     #[test]
