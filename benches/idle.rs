@@ -314,6 +314,8 @@ fn main() -> ExitCode {
         "bindgate idle: binary {}, addresses in {cidr}",
         bin.display()
     );
+    let layout = harness::layout::LayoutCoverage::of(&bin);
+    eprintln!("{}", harness::layout::LayoutCoverage::describe(layout));
     let (mut rests, mut scraped) = (Vec::new(), Vec::new());
     for &n in &args.endpoints {
         match runtime.block_on(measure(&bin, n, &cidr)) {
@@ -340,6 +342,7 @@ fn main() -> ExitCode {
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "binary": bin,
+            "function_layout": layout,
             "cidr": cidr,
             "rest": rests,
             "after_scrapes": SCRAPES,

@@ -28,6 +28,7 @@ pub mod gateway;
 mod http1;
 pub mod http_peers;
 mod http_servers;
+pub mod layout;
 mod loadgen;
 pub mod peers;
 #[allow(dead_code)] // the /metrics probe is used by benches/soak.rs only

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use super::http_peers::HttpPeersReport;
+use super::layout::LayoutCoverage;
 use super::peers::PeerInfo;
 use super::workloads::{LatencyResult, RateResult, ThroughputResult};
 use super::{Measurement, NO_HTTP_PEERS_WITH_RTT, NO_THROUGHPUT_WITH_RTT, Settings, Target};
@@ -327,6 +328,8 @@ pub const NOT_INSTALLED: &str = "skipped: not installed";
 pub struct Report {
     pub bindgate_version: String,
     pub bindgate_binary: String,
+    /// How much of the function layout names functions of that binary (its RSS depends on it).
+    pub function_layout: Option<LayoutCoverage>,
     /// Logical CPUs the run shared with everything else on the machine.
     pub cpus: usize,
     /// `/proc/loadavg` when the report was made: how busy the rest of the machine was.
@@ -380,6 +383,7 @@ impl Report {
         Report {
             bindgate_version: version,
             bindgate_binary: settings.bin.display().to_string(),
+            function_layout: LayoutCoverage::of(&settings.bin),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             load_average: std::fs::read_to_string("/proc/loadavg")
                 .ok()
@@ -496,6 +500,7 @@ impl Report {
             },
             self.load_average.as_deref().unwrap_or("unknown"),
         );
+        let _ = writeln!(out, "{}", LayoutCoverage::describe(self.function_layout));
         out
     }
 
