@@ -814,6 +814,11 @@ mod tests {
         ] {
             assert!(is_hop_by_hop(option.as_bytes()), "{option}");
         }
+        // Every name of the table, however long: the stack buffer must hold the longest.
+        for name in &HOP_BY_HOP {
+            let upper = name.as_str().to_ascii_uppercase();
+            assert!(is_hop_by_hop(upper.as_bytes()), "{upper}");
+        }
         for option in [
             "",
             "close",
