@@ -63,6 +63,10 @@ pub const TARGETS: &[Target] = &[
         name: "http_head",
         run: http_head,
     },
+    Target {
+        name: "source_document",
+        run: source_document,
+    },
 ];
 
 /// Bytes from a peer → one framed `ConnRequest` / `ConnResponse` (`wire::decode_frame`).
@@ -93,6 +97,119 @@ pub fn config_parse(data: &[u8]) {
         Err(errors) => {
             let _ = errors.to_string();
         }
+    }
+}
+
+/// The config file that a [`source_document`] is built with: a listener and a cluster of its own,
+/// so a document can collide with them or refer to them.
+const SOURCE_BASE_CONFIG: &str = r#"
+version: 1
+static_resources:
+  listeners:
+    - { name: base, address: "127.0.0.1:0", routes: [ { cluster: base } ] }
+  clusters:
+    - { name: base, type: static, endpoints: [ "127.0.0.1:9" ] }
+"#;
+
+/// What a config source serves → what the gateway does with one answer: the first byte chooses
+/// the kind (a REST answer as JSON, as YAML, or a file of a `path` source), the rest is the
+/// text. It is parsed (`config::parse_rest_document`, `config::parse_resource_file`); when it
+/// parses, it is built with [`SOURCE_BASE_CONFIG`] as the answer of one source
+/// (`control::sources`' build check, the same as before an answer is put in force); then the
+/// error report and the `error_detail` reported back to a REST server. Invariants: every error
+/// names the document; the reported detail is at most 512 bytes; and a REST answer that builds
+/// names no file for an `access_log` (a config server must not make this host write files).
+pub fn source_document(data: &[u8]) {
+    use crate::config::{SourceResources, parse_resource_file, parse_rest_document};
+    use crate::control::sources;
+    const URL: &str = "https://config.fuzz/resources";
+    const FILE: &str = "/etc/bindgate/conf.d/fuzz.yaml";
+    static BASE: OnceLock<LoadedConfig> = OnceLock::new();
+    let Some((&kind, text)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let (name, parsed) = match kind % 3 {
+        0 => (URL, parse_rest_document(text, URL, false)),
+        1 => (URL, parse_rest_document(text, URL, true)),
+        _ => (
+            FILE,
+            parse_resource_file(text, FILE).map(|d| (String::new(), d)),
+        ),
+    };
+    let why = match parsed {
+        Err(errors) => {
+            for e in &errors {
+                assert_eq!(
+                    e.file.as_deref(),
+                    Some(name),
+                    "an error without its document"
+                );
+            }
+            sources::source_errors("fuzz", errors)
+        }
+        Ok((version_info, doc)) => {
+            let remote = doc.is_remote();
+            assert_eq!(remote, name == URL);
+            let files = remote.then(|| access_log_files(&doc.resources));
+            let base = BASE.get_or_init(|| {
+                match config::parse(
+                    SOURCE_BASE_CONFIG,
+                    "base.yaml",
+                    "/nonexistent".into(),
+                    |_| None,
+                ) {
+                    Ok(loaded) => loaded,
+                    Err(e) => unreachable!("a fixed, valid config: {e}"),
+                }
+            });
+            let source = Arc::new(SourceResources {
+                source: "fuzz".into(),
+                version_info,
+                docs: vec![doc],
+            });
+            match sources::build_check(base, &[source]) {
+                Ok(()) => {
+                    assert_eq!(
+                        files.unwrap_or_default(),
+                        0,
+                        "a REST answer that names a file to log to was accepted"
+                    );
+                    return;
+                }
+                Err(errors) => errors.to_string(),
+            }
+        }
+    };
+    let detail = sources::error_detail(&why);
+    assert!(
+        detail.len() <= 512,
+        "a reported error detail over 512 bytes"
+    );
+}
+
+/// How many `access_log`s in `resources` name a file (a `path` other than `-`), found in their
+/// serialized form, whatever filter list holds them.
+fn access_log_files(resources: &config::ResourceSet) -> usize {
+    fn walk(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let here = k == "access_log"
+                        && v.get("path").and_then(serde_json::Value::as_str) != Some("-");
+                    usize::from(here) + walk(v)
+                })
+                .sum(),
+            serde_json::Value::Array(items) => items.iter().map(walk).sum(),
+            _ => 0,
+        }
+    }
+    match serde_json::to_value(resources) {
+        Ok(v) => walk(&v),
+        Err(e) => unreachable!("resources always serialize: {e}"),
     }
 }
 
@@ -425,5 +542,45 @@ impl AsyncWrite for ScriptedStream<'_> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The invariant of [`source_document`] sees a file-writing `access_log` wherever it is, and
+    /// the build refuses such a REST answer (were it accepted, the target would panic).
+    #[test]
+    fn a_rest_answer_logging_to_a_file_is_seen_and_refused() {
+        let listener = |filters: &str, route_filters: &str| {
+            format!(
+                r#"{{"version_info": "1", "resources": {{"listeners": [{{"name": "l", "address": "127.0.0.1:0",
+  "protocol": "http", "filters": [{filters}], "routes": [{{"cluster": "base", "filters": [{route_filters}]}}]}}]}}}}"#
+            )
+        };
+        let count = |text: &str| {
+            let (_, doc) = config::parse_rest_document(text, "u", false).unwrap();
+            access_log_files(&doc.resources)
+        };
+        let log = |path: &str| format!(r#"{{"access_log": {{"path": "{path}"}}}}"#);
+        assert_eq!(count(&listener("", "")), 0);
+        assert_eq!(count(&listener(&log("-"), &log("-"))), 0);
+        assert_eq!(count(&listener(&log("/tmp/a.log"), "")), 1);
+        assert_eq!(count(&listener(&log("a.log"), &log("/tmp/b"))), 2);
+        for text in [
+            listener(&log("/tmp/a.log"), ""),
+            listener("", &log("/tmp/b")),
+        ] {
+            let mut data = vec![0u8];
+            data.extend_from_slice(text.as_bytes());
+            source_document(&data); // refused, so no panic
+        }
+        // The same from a `path` source's file is accepted (local files may name files).
+        let mut data = vec![2u8];
+        data.extend_from_slice(
+            br#"{"listeners": [{"name": "l", "address": "127.0.0.1:0", "filters": [{"access_log": {"path": "/tmp/a.log"}}], "routes": [{"cluster": "base"}]}]}"#,
+        );
+        source_document(&data);
     }
 }

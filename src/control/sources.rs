@@ -151,7 +151,8 @@ pub fn validate(loaded: &LoadedConfig, offline: bool) -> Result<(), ConfigErrors
     build_with_sources(loaded, &all, offline)
 }
 
-fn build_check(
+/// Whether `sources`, as the answers in force, build with `loaded` into a snapshot.
+pub fn build_check(
     loaded: &LoadedConfig,
     sources: &[Arc<SourceResources>],
 ) -> Result<(), ConfigErrors> {
@@ -561,7 +562,7 @@ impl Entry {
 }
 
 /// What is reported back for a rejected answer: the first error line, at most 512 bytes.
-fn error_detail(why: &str) -> String {
+pub fn error_detail(why: &str) -> String {
     let line = why
         .lines()
         .map(str::trim)
