@@ -551,3 +551,72 @@ fn validate_checks_the_files_of_path_sources() {
         "{out}"
     );
 }
+
+/// A YAML document of `n` clusters sharing one anchored list of `m` addresses: a few KB of text
+/// that aliases repeat into `n * m` strings once read.
+fn alias_bomb(version: &str, n: usize, m: usize) -> String {
+    let list: Vec<String> = (0..m).map(|i| format!("\"127.0.0.1:{}\"", i + 1)).collect();
+    let mut doc = format!(
+        "version_info: \"{version}\"\nresources:\n  clusters:\n    - {{ name: c0, type: static, endpoints: &e [{}] }}\n",
+        list.join(", ")
+    );
+    for i in 1..n {
+        doc.push_str(&format!(
+            "    - {{ name: c{i}, type: static, endpoints: *e }}\n"
+        ));
+    }
+    doc
+}
+
+/// A REST source answering YAML whose aliases would repeat 9 million addresses is NACKed before
+/// anything is built from it (the line of the alias that crossed the bound named), and the
+/// version in force keeps serving; `validate` refuses the same in a config file.
+#[tokio::test]
+async fn yaml_aliases_that_repeat_too_much_are_refused_and_the_version_in_force_stays() {
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
+    let echo = echo_server().await;
+    put_doc(&sb, "fleet", document("1", 1, echo, |_| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bindgate.yaml", &rest_config(&sb));
+    let gw = Proc::start(&["run", "-c", &path], &[("CONFIG_TOKEN", "k-e2e")]).await;
+    let admin = gw.admin();
+    wait_source(admin, "central", "central ACKED v1", |s| {
+        s["state"] == "ACKED" && s["version_info"] == "1"
+    })
+    .await;
+    let l = bound(admin, 1).await["l0000"].parse().unwrap();
+    assert_eq!(echo_once(l, b"v1").await, b"v1");
+
+    put_doc_as(
+        &sb,
+        "fleet",
+        alias_bomb("2", 3_000, 3_000),
+        "application/yaml",
+    )
+    .await;
+    let dump = wait_source(admin, "central", "central NACKED", |s| {
+        s["state"] == "NACKED"
+    })
+    .await;
+    let s = &dump["config_sources"][0];
+    let error = s["error"].as_str().unwrap();
+    // Each use repeats 3,001 nodes: the 334th crosses 1,000,000, on line 4 + 334.
+    assert!(
+        error.contains("line 338, column") && error.contains("YAML aliases"),
+        "{error}"
+    );
+    assert_eq!(s["version_info"], "1");
+    assert_eq!(echo_once(l, b"still v1").await, b"still v1");
+
+    let bomb = alias_bomb("x", 3_000, 3_000).replace(
+        "version_info: \"x\"\nresources:\n",
+        "version: 1\nstatic_resources:\n",
+    );
+    let file = write(dir.path(), "bomb.yaml", &bomb);
+    let (code, out, _) = common::run_to_end(&["validate", "-c", &file], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 338, column") && out.contains("YAML aliases"),
+        "{out}"
+    );
+}

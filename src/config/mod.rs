@@ -2,6 +2,7 @@
 //! with errors that name the field and its line. Cross-reference checks live in `snapshot`.
 
 mod admin;
+mod aliases;
 mod cluster;
 mod collect;
 mod duration;
@@ -20,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
+pub use aliases::check as check_aliases;
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
 pub(crate) use collect::deserialize_all;
 pub use duration::{HumanDuration, parse_duration};
@@ -216,6 +218,8 @@ pub fn parse(
         source: source.to_owned(),
         base_dir: base_dir.clone(),
     };
+    // Nothing is built from text whose aliases would repeat too much (see `aliases`).
+    aliases::check(text).map_err(|e| fail(vec![e]))?;
     // Text without variables is read directly, as a good file costs nothing more; serde's own
     // positions then locate its first error, which the collecting pass below finds again.
     let direct = if text.contains("${") {

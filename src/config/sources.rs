@@ -192,6 +192,14 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
     yaml: bool,
     lists: &[&str],
 ) -> Result<T, Vec<ConfigError>> {
+    if yaml {
+        super::check_aliases(text).map_err(|e| {
+            vec![ConfigError {
+                file: Some(file.to_owned()),
+                ..e
+            }]
+        })?;
+    }
     let (path, message, position) = if yaml {
         match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
             Ok(v) => return Ok(v),
@@ -286,6 +294,24 @@ mod tests {
         assert!(errs.iter().all(|e| e.file.as_deref() == Some("u")));
         // Trailing garbage is refused, not ignored.
         assert!(parse_rest_document("{\"version_info\": \"1\"} x", "u", false).is_err());
+    }
+
+    #[test]
+    fn aliases_that_repeat_too_much_are_refused_before_anything_is_built() {
+        let list = vec!["x"; 2_000].join(", ");
+        let uses = vec!["*e"; 600].join(", ");
+        let file = format!("clusters: []\nlisteners: []\nx-list: &e [{list}]\ny: [{uses}]\n");
+        let e = &parse_resource_file(&file, "/d/a.yaml").unwrap_err()[0];
+        assert_eq!(
+            (e.file.as_deref(), e.line),
+            (Some("/d/a.yaml"), Some(4)),
+            "{e}"
+        );
+        assert!(e.message.contains("YAML aliases"), "{e}");
+        let answer = format!("version_info: v1\nx-list: &e [{list}]\ny: [{uses}]\n");
+        let e = &parse_rest_document(&answer, "u", true).unwrap_err()[0];
+        assert_eq!((e.file.as_deref(), e.line), (Some("u"), Some(3)), "{e}");
+        assert!(e.message.contains("YAML aliases"), "{e}");
     }
 
     #[test]

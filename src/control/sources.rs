@@ -937,7 +937,10 @@ fn describe(e: &reqwest::Error) -> String {
 /// The `version_info` of an answer that does not parse as a whole, when it has one.
 fn lenient_version(text: &str, yaml: bool) -> String {
     let v: Option<serde_json::Value> = if yaml {
-        serde_yaml_ng::from_str(text).ok()
+        // Never build what the aliases of a refused answer would repeat.
+        crate::config::check_aliases(text)
+            .ok()
+            .and_then(|()| serde_yaml_ng::from_str(text).ok())
     } else {
         serde_json::from_str(text).ok()
     };
