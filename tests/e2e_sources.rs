@@ -620,3 +620,36 @@ async fn yaml_aliases_that_repeat_too_much_are_refused_and_the_version_in_force_
         "{out}"
     );
 }
+
+/// A file over 64 MiB (a wrong `-c`, an image or a log dropped into a source's directory) is
+/// refused by its size, naming the file, without being read into memory: here 1 GiB, sparse.
+#[test]
+fn a_file_over_64_mib_is_refused_without_being_read() {
+    let top = tempfile::tempdir().unwrap();
+    let conf_d = top.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    let huge = |path: &Path| {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len((1 << 30) + 1).unwrap();
+    };
+    huge(&conf_d.join("big.yaml"));
+    let cfg = path_config(&[("gitops", &conf_d)], "127.0.0.1:9".parse().unwrap());
+    let path = write(top.path(), "bindgate.yaml", &cfg);
+    let (code, out, _) = common::run_to_end(&["validate", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: cannot read the file: the file is larger than 64 MiB",
+            conf_d.join("big.yaml").display()
+        )),
+        "{out}"
+    );
+    let big = top.path().join("disk.img");
+    huge(&big);
+    let (code, out, _) = common::run_to_end(&["validate", "-c", big.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot read the file: the file is larger than 64 MiB"),
+        "{out}"
+    );
+}

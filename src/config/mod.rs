@@ -172,10 +172,45 @@ impl LoadedConfig {
     }
 }
 
+/// The largest config file, config source file or REST answer bindgate reads.
+pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
+
+/// Reads a file of at most [`MAX_DOCUMENT_BYTES`]: a larger one (a wrong `-c`, a log file
+/// dropped into a source's directory) is an `InvalidData` error naming the bound, and no more
+/// than the bound is ever read into memory.
+pub fn read_document(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is larger than {} MiB", MAX_DOCUMENT_BYTES >> 20),
+        )
+    };
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() > MAX_DOCUMENT_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// Reads and parses a config file, expanding variables from the process environment.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let text = read_document(path).and_then(|bytes| {
+        String::from_utf8(bytes).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        })
+    });
+    let text = text.map_err(|e| ConfigErrors {
         source: source.clone(),
         errors: vec![ConfigError {
             file: None,

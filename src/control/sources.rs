@@ -24,7 +24,7 @@ use crate::config::{
 use crate::telemetry;
 
 /// The largest REST answer read; a larger one is a failed fetch.
-pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
+pub use crate::config::MAX_DOCUMENT_BYTES;
 /// A `path` source is also re-read this often, in case a change event was missed.
 const PATH_RECHECK: Duration = Duration::from_secs(30);
 /// First retry after a failed REST fetch; doubles up to the poll interval.
@@ -235,7 +235,7 @@ pub fn read_dir(dir: &Path) -> Result<PathRead, String> {
             column: None,
             message,
         };
-        let bytes = match std::fs::read(&file) {
+        let bytes = match crate::config::read_document(&file) {
             Ok(b) => b,
             // Removed between listing and reading: the next event reads the new state.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
