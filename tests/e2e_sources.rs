@@ -570,15 +570,27 @@ fn alias_bomb(version: &str, n: usize, m: usize) -> String {
 
 /// A REST source answering YAML whose aliases would repeat 9 million addresses is NACKed before
 /// anything is built from it (the line of the alias that crossed the bound named), and the
-/// version in force keeps serving; `validate` refuses the same in a config file.
+/// version in force keeps serving; `validate` refuses the same in a config file. The source's
+/// URL carries a token in its query, which shows nowhere: not in `/config_dump` (config, status,
+/// error), `bindgate status` or the log.
 #[tokio::test]
 async fn yaml_aliases_that_repeat_too_much_are_refused_and_the_version_in_force_stays() {
     let sb = start_sandbox_api(SANDBOX_API, "").await;
     let echo = echo_server().await;
     put_doc(&sb, "fleet", document("1", 1, echo, |_| {})).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "bindgate.yaml", &rest_config(&sb));
-    let gw = Proc::start(&["run", "-c", &path], &[("CONFIG_TOKEN", "k-e2e")]).await;
+    let config = rest_config(&sb).replace(
+        "/sandbox/config_docs/fleet\n",
+        "/sandbox/config_docs/fleet?token=${URL_TOKEN}\n",
+    );
+    assert!(config.contains("?token="));
+    let path = write(dir.path(), "bindgate.yaml", &config);
+    const TOKEN: &str = "q-s3cret-e2e";
+    let gw = Proc::start(
+        &["run", "-c", &path],
+        &[("CONFIG_TOKEN", "k-e2e"), ("URL_TOKEN", TOKEN)],
+    )
+    .await;
     let admin = gw.admin();
     wait_source(admin, "central", "central ACKED v1", |s| {
         s["state"] == "ACKED" && s["version_info"] == "1"
@@ -607,6 +619,27 @@ async fn yaml_aliases_that_repeat_too_much_are_refused_and_the_version_in_force_
     );
     assert_eq!(s["version_info"], "1");
     assert_eq!(echo_once(l, b"still v1").await, b"still v1");
+    assert_eq!(
+        s["location"],
+        format!(
+            "{}/sandbox/config_docs/fleet?token=<redacted>",
+            sb.api_url()
+        )
+    );
+    let requests = doc_requests(&sb, "fleet").await;
+    assert!(
+        requests.iter().any(|r| r["query"]
+            .as_str()
+            .is_some_and(|q| q.starts_with(&format!("token={TOKEN}")))),
+        "the token is sent: {requests:?}"
+    );
+    assert!(!dump.to_string().contains(TOKEN), "{dump}");
+    let admin_arg = admin.to_string();
+    let (code, out, err) = common::run_to_end(&["status", "--admin", &admin_arg], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("central") && !out.contains(TOKEN), "{out}");
+    let (_, log) = gw.terminate().await;
+    assert!(log.contains("rejected") && !log.contains(TOKEN), "{log}");
 
     let bomb = alias_bomb("x", 3_000, 3_000).replace(
         "version_info: \"x\"\nresources:\n",

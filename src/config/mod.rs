@@ -36,7 +36,7 @@ pub use ngrok::*;
 pub use source_map::SourceMap;
 pub use sources::{
     ConfigSourceConfig, ResourceDoc, ResourceSet, RestDocument, RestSourceConfig, SourceResources,
-    parse_resource_file, parse_rest_document,
+    parse_resource_file, parse_rest_document, shown_url,
 };
 
 /// The whole configuration file.

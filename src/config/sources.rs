@@ -1,6 +1,7 @@
 //! `dynamic_resources.config_sources`: where listeners and clusters come from besides the config
 //! file, and the documents those sources serve.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -34,6 +35,8 @@ pub struct ConfigSourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct RestSourceConfig {
     /// `https://` (verified with the system roots plus `ca`), or `http://` to a loopback address.
+    /// Its query's values and any user info are secrets: `<redacted>` wherever it is shown.
+    #[serde(serialize_with = "serialize_shown_url")]
     pub url: String,
     /// How often the document is asked for (each wait is jittered by up to a tenth). A failed
     /// fetch is retried sooner, backing off from 1s up to this interval.
@@ -54,6 +57,56 @@ pub struct RestSourceConfig {
     /// answer, `error_detail` (why, first line, at most 512 bytes).
     #[serde(default)]
     pub report_status: bool,
+}
+
+/// `url` as logs, errors, `/config_dump` and `bindgate status` show it: any user info (a password)
+/// and every value of its query (a token) are `<redacted>`, a query item without `=` whole; the
+/// scheme, host, path and the query's names stay, so it can still be recognised.
+pub fn shown_url(url: &str) -> Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@');
+    if at.is_none() && !rest.contains('?') {
+        return Cow::Borrowed(url);
+    }
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..start]);
+    let after = match at {
+        Some(at) => {
+            out.push_str("<redacted>@");
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    let Some(q) = after.find('?') else {
+        out.push_str(after);
+        return Cow::Owned(out);
+    };
+    out.push_str(&after[..=q]);
+    let (query, fragment) = match after[q + 1..].find('#') {
+        Some(h) => after[q + 1..].split_at(h),
+        None => (&after[q + 1..], ""),
+    };
+    for (i, item) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match item.split_once('=') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push_str("=<redacted>");
+            }
+            None if item.is_empty() => {}
+            None => out.push_str("<redacted>"),
+        }
+    }
+    out.push_str(fragment);
+    Cow::Owned(out)
+}
+
+fn serialize_shown_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shown_url(url))
 }
 
 fn default_rest_poll_interval() -> HumanDuration {
@@ -312,6 +365,31 @@ mod tests {
         let e = &parse_rest_document(&answer, "u", true).unwrap_err()[0];
         assert_eq!((e.file.as_deref(), e.line), (Some("u"), Some(3)), "{e}");
         assert!(e.message.contains("YAML aliases"), "{e}");
+    }
+
+    #[test]
+    fn a_url_is_shown_without_its_secrets() {
+        for (url, shown) in [
+            ("https://config.internal/r", "https://config.internal/r"),
+            (
+                "https://config.internal/r?token=s3cret&env=prod",
+                "https://config.internal/r?token=<redacted>&env=<redacted>",
+            ),
+            (
+                "https://user:pw@config.internal:8443/r",
+                "https://<redacted>@config.internal:8443/r",
+            ),
+            (
+                "http://127.0.0.1:9/r?s3cret#frag",
+                "http://127.0.0.1:9/r?<redacted>#frag",
+            ),
+            ("https://h/r?a=1&&b", "https://h/r?a=<redacted>&&<redacted>"),
+            // Not a URL: still nothing after `?` or before `@` shows.
+            ("u:pw@h?t=1", "<redacted>@h?t=<redacted>"),
+            ("https://h/a@b", "https://h/a@b"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
     }
 
     #[test]

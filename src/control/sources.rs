@@ -19,7 +19,7 @@ use super::ControlEvent;
 use crate::admin::{ConfigSourceStatus, SourceCounts, SourceState};
 use crate::config::{
     ConfigError, ConfigErrors, ConfigSourceConfig, LoadedConfig, ResourceDoc, RestSourceConfig,
-    SourceResources, parse_resource_file, parse_rest_document,
+    SourceResources, parse_resource_file, parse_rest_document, shown_url,
 };
 use crate::telemetry;
 
@@ -334,7 +334,7 @@ impl Sources {
         let stop = self.shutdown.child_token();
         let (kind, location) = match (&cfg.path, &cfg.rest) {
             (Some(dir), _) => ("path", loaded.resolve(dir).display().to_string()),
-            (None, Some(rest)) => ("rest", rest.url.clone()),
+            (None, Some(rest)) => ("rest", shown_url(&rest.url).into_owned()),
             (None, None) => ("path", String::new()), // refused by the build
         };
         let mut report = None;
@@ -743,6 +743,8 @@ async fn poll_rest(task: RestTask, stop: CancellationToken) {
             return;
         }
     };
+    // Names the answer in its errors, which reach logs and `/config_dump`: without its secrets.
+    let shown = shown_url(&config.url).into_owned();
     let mut last_body: Option<u64> = None;
     let mut failures: u32 = 0;
     loop {
@@ -769,7 +771,7 @@ async fn poll_rest(task: RestTask, stop: CancellationToken) {
                 } else {
                     last_body = Some(hash);
                     telemetry::source_fetch(&name, "changed");
-                    let (version_info, docs) = match parse_rest_document(&text, &config.url, yaml) {
+                    let (version_info, docs) = match parse_rest_document(&text, &shown, yaml) {
                         Ok((v, doc)) => (v, Ok(vec![doc])),
                         Err(e) => (lenient_version(&text, yaml), Err(e)),
                     };

@@ -17,8 +17,9 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Checks a REST source URL: `https://`, or `http://` to a loopback address.
-pub(crate) fn check_url(url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+pub(crate) fn check_url(raw: &str) -> Result<reqwest::Url, String> {
+    let url = crate::config::shown_url(raw);
+    let parsed = reqwest::Url::parse(raw).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     let host = parsed.host_str().unwrap_or("");
     match parsed.scheme() {
         "https" if !host.is_empty() => Ok(parsed),
