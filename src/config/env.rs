@@ -224,12 +224,13 @@ impl Builder<'_> {
 }
 
 /// How YAML types a plain scalar: null, a boolean, a number, else a string. A value with
-/// whitespace or `#` is always a string: it is never parsed as YAML again.
+/// whitespace, `#`, or an anchor's or alias's `&` or `*` is always a string: it is never parsed
+/// as YAML again (so a variable's value cannot hold aliases that expand; see `aliases`).
 fn resolve_plain(s: &str) -> Value {
     if s.is_empty() || s == "~" {
         return Value::Null;
     }
-    if s.contains(|c: char| c.is_whitespace() || c == '#') {
+    if s.contains(|c: char| c.is_whitespace() || matches!(c, '#' | '&' | '*')) {
         return Value::String(s.to_owned());
     }
     match serde_yaml_ng::from_str::<Value>(s) {
@@ -280,6 +281,8 @@ mod tests {
             "HASH" => Some("a # b".into()),
             "LINES" => Some("x\nextra: 1".into()),
             "QUOTE" => Some("\" ' }".into()),
+            "ALIASES" => Some("[&a[x,x],*a,*a]".into()),
+            "ANCHOR" => Some("&a1".into()),
             _ => None,
         }
     }
@@ -322,6 +325,15 @@ mod tests {
         assert_eq!(got["d"][0], Value::from("a # b"));
         assert_eq!(got["d"][1], Value::from(8080));
         assert_eq!(got.as_mapping().unwrap().len(), 4);
+    }
+
+    /// A value is never read as YAML with anchors or aliases: it stays the text it was, and
+    /// nothing it could alias is expanded.
+    #[test]
+    fn a_value_with_an_anchor_or_alias_is_its_text() {
+        let got = yaml("a: ${ALIASES}\nb: ${ANCHOR}\n");
+        assert_eq!(got["a"], Value::from("[&a[x,x],*a,*a]"));
+        assert_eq!(got["b"], Value::from("&a1"));
     }
 
     #[test]
