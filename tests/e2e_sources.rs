@@ -569,8 +569,8 @@ fn alias_bomb(version: &str, n: usize, m: usize) -> String {
 }
 
 /// A REST source answering YAML whose aliases would repeat 9 million addresses is NACKed before
-/// anything is built from it (the line of the alias that crossed the bound named), and the
-/// version in force keeps serving; `validate` refuses the same in a config file. The source's
+/// anything is built from it (the line of the alias that crossed the bound on nodes named), and
+/// the version in force keeps serving; `validate` refuses the same in a config file. The source's
 /// URL carries a token in its query, which shows nowhere: not in `/config_dump` (config, status,
 /// error), `bindgate status` or the log.
 #[tokio::test]
@@ -612,9 +612,10 @@ async fn yaml_aliases_that_repeat_too_much_are_refused_and_the_version_in_force_
     .await;
     let s = &dump["config_sources"][0];
     let error = s["error"].as_str().unwrap();
-    // Each use repeats 3,001 nodes: the 334th crosses 1,000,000, on line 4 + 334.
+    // 7 nodes of header, 6 a cluster and its 3,001 addresses, written or repeated: cluster i's
+    // alias brings the count to 3,014 + 3,007 i, past 1,000,000 first for i = 332 (line 336).
     assert!(
-        error.contains("line 338, column") && error.contains("YAML aliases"),
+        error.contains("line 336, column") && error.contains("YAML aliases"),
         "{error}"
     );
     assert_eq!(s["version_info"], "1");
@@ -649,7 +650,7 @@ async fn yaml_aliases_that_repeat_too_much_are_refused_and_the_version_in_force_
     let (code, out, _) = common::run_to_end(&["validate", "-c", &file], &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("line 338, column") && out.contains("YAML aliases"),
+        out.contains("line 336, column") && out.contains("YAML aliases"),
         "{out}"
     );
 }
@@ -685,4 +686,52 @@ fn a_file_over_64_mib_is_refused_without_being_read() {
         out.contains("cannot read the file: the file is larger than 64 MiB"),
         "{out}"
     );
+}
+
+/// Documents whose reading would cost far more than their size are refused at once, naming
+/// where: 4 MiB of `[` (the YAML reader slows quadratically with nesting: minutes, gigabytes),
+/// and a list of 1.5 million numbers. The version in force keeps serving; `validate` refuses the
+/// first as a config file too.
+#[tokio::test]
+async fn documents_nested_too_deep_or_too_large_once_read_are_refused_at_once() {
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
+    let echo = echo_server().await;
+    put_doc(&sb, "fleet", document("1", 1, echo, |_| {})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bindgate.yaml", &rest_config(&sb));
+    let gw = Proc::start(&["run", "-c", &path], &[("CONFIG_TOKEN", "k-e2e")]).await;
+    let admin = gw.admin();
+    wait_source(admin, "central", "central ACKED v1", |s| {
+        s["state"] == "ACKED" && s["version_info"] == "1"
+    })
+    .await;
+    let l = bound(admin, 1).await["l0000"].parse().unwrap();
+
+    let deep = "[".repeat(4 << 20);
+    put_doc_as(&sb, "fleet", deep.clone(), "application/yaml").await;
+    let dump = wait_source(admin, "central", "central NACKED", |s| {
+        s["state"] == "NACKED"
+    })
+    .await;
+    let error = dump["config_sources"][0]["error"].as_str().unwrap();
+    assert!(error.contains(": line 1, column "), "{error}");
+    assert_eq!(dump["config_sources"][0]["version_info"], "1");
+
+    let numbers = vec!["1"; 1_500_000].join(",");
+    let wide = format!("version_info: '3'\nresources: {{ clusters: [] }}\nx: [{numbers}]\n");
+    put_doc_as(&sb, "fleet", wide, "application/yaml").await;
+    let dump = wait_source(admin, "central", "v3 NACKED", |s| {
+        s["rejected_version_info"] == "(unknown)"
+            && s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("line 3, column") && e.contains("1000000 nodes"))
+    })
+    .await;
+    assert_eq!(dump["config_sources"][0]["version_info"], "1");
+    assert_eq!(echo_once(l, b"still v1").await, b"still v1");
+
+    let file = write(dir.path(), "deep.yaml", &deep);
+    let (code, out, _) = common::run_to_end(&["validate", "-c", &file], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 1, column "), "{out}");
 }

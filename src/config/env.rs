@@ -169,6 +169,14 @@ pub fn expand_yaml(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Value, String), Option<Vec<EnvError>>> {
     let (marked, values) = mark_references(text, lookup).map_err(Some)?;
+    // Nothing is built from text too deep or too large once read (see `bounds`).
+    if let Err(e) = super::bounds::check(&marked) {
+        return Err(Some(vec![EnvError {
+            line: e.line.unwrap_or(1),
+            column: e.column.unwrap_or(1),
+            message: e.message,
+        }]));
+    }
     let mut builder = Builder {
         values: &values,
         stack: Vec::new(),
@@ -359,6 +367,10 @@ mod tests {
         for text in ["a: ${}\n", "a: ${1X}\n", "a: ${OPEN\n"] {
             assert!(matches!(expand_yaml(text, &env), Err(Some(_))), "{text}");
         }
-        assert!(matches!(expand_yaml("a: [\n", &env), Err(None)));
+        // Not YAML: the error at its position (`bounds` reads the text first).
+        match expand_yaml("a: [\n", &env) {
+            Err(Some(e)) => assert_eq!(e[0].line, 2, "{}", e[0].message),
+            other => panic!("{:?}", other.map(|v| v.0)),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! with errors that name the field and its line. Cross-reference checks live in `snapshot`.
 
 mod admin;
-mod aliases;
+mod bounds;
 mod cluster;
 mod collect;
 mod duration;
@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
-pub use aliases::check as check_aliases;
+pub use bounds::{MAX_DEPTH, MAX_NODES, check as check_bounds};
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
 pub(crate) use collect::deserialize_all;
 pub use duration::{HumanDuration, parse_duration};
@@ -253,13 +253,14 @@ pub fn parse(
         source: source.to_owned(),
         base_dir: base_dir.clone(),
     };
-    // Nothing is built from text whose aliases would repeat too much (see `aliases`).
-    aliases::check(text).map_err(|e| fail(vec![e]))?;
     // Text without variables is read directly, as a good file costs nothing more; serde's own
     // positions then locate its first error, which the collecting pass below finds again.
     let direct = if text.contains("${") {
-        None
+        None // `expand_yaml` checks the bounds
     } else {
+        // Nothing is built from text too deep or too large once read, or from text the walk
+        // cannot read: past a syntax error nothing is checked (see `bounds`).
+        bounds::check(text).map_err(|e| fail(vec![e]))?;
         match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
             Ok(config) => return Ok(loaded(config, SourceMap::build(text))),
             Err(e) => Some(e),

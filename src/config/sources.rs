@@ -245,8 +245,10 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
     yaml: bool,
     lists: &[&str],
 ) -> Result<T, Vec<ConfigError>> {
+    // YAML is checked before it is read (see `bounds`); JSON reads as it parses, and is checked
+    // below, before its errors are located.
     if yaml {
-        super::check_aliases(text).map_err(|e| {
+        super::check_bounds(text).map_err(|e| {
             vec![ConfigError {
                 file: Some(file.to_owned()),
                 ..e
@@ -283,6 +285,18 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
         }
     };
     let path = if path == "." { String::new() } else { path };
+    if !yaml && super::check_bounds(text).is_err() {
+        // Locating every error reads the text again as YAML, several times its size: beyond
+        // the bounds, serde's first error is the one.
+        let (line, column) = position.unzip();
+        return Err(vec![ConfigError {
+            file: Some(file.to_owned()),
+            message: super::strip_path_prefix(&message, &path),
+            path,
+            line,
+            column,
+        }]);
+    }
     let map = SourceMap::build(text);
     // Well-formed text: look for every error, not only the first.
     if let Ok(value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {

@@ -936,21 +936,21 @@ fn describe(e: &reqwest::Error) -> String {
     out
 }
 
-/// The `version_info` of an answer that does not parse as a whole, when it has one.
+/// The `version_info` of an answer that does not parse as a whole, when it has one. Read
+/// without building the rest of the answer (a YAML one within its bounds only).
 fn lenient_version(text: &str, yaml: bool) -> String {
-    let v: Option<serde_json::Value> = if yaml {
-        // Never build what the aliases of a refused answer would repeat.
-        crate::config::check_aliases(text)
+    #[derive(serde::Deserialize)]
+    struct Version {
+        version_info: String,
+    }
+    let v: Option<Version> = if yaml {
+        crate::config::check_bounds(text)
             .ok()
             .and_then(|()| serde_yaml_ng::from_str(text).ok())
     } else {
         serde_json::from_str(text).ok()
     };
-    v.as_ref()
-        .and_then(|v| v.get("version_info"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| "(unknown)".to_owned())
+    v.map_or_else(|| "(unknown)".to_owned(), |v| v.version_info)
 }
 
 #[cfg(test)]
