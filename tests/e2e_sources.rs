@@ -690,8 +690,8 @@ fn a_file_over_64_mib_is_refused_without_being_read() {
 
 /// Documents whose reading would cost far more than their size are refused at once, naming
 /// where: 4 MiB of `[` (the YAML reader slows quadratically with nesting: minutes, gigabytes),
-/// and a list of 1.5 million numbers. The version in force keeps serving; `validate` refuses the
-/// first as a config file too.
+/// a list of 1.5 million numbers, and a JSON answer with a cluster of 1.2 million addresses.
+/// The version in force keeps serving; `validate` refuses the first as a config file too.
 #[tokio::test]
 async fn documents_nested_too_deep_or_too_large_once_read_are_refused_at_once() {
     let sb = start_sandbox_api(SANDBOX_API, "").await;
@@ -727,6 +727,22 @@ async fn documents_nested_too_deep_or_too_large_once_read_are_refused_at_once() 
                 .is_some_and(|e| e.contains("line 3, column") && e.contains("1000000 nodes"))
     })
     .await;
+    assert_eq!(dump["config_sources"][0]["version_info"], "1");
+
+    // JSON, well formed: one cluster of 1.2 million addresses.
+    let big = document("4", 1, echo, |d| {
+        d["resources"]["clusters"][0]["endpoints"] = vec![echo.to_string(); 1_200_000].into();
+    });
+    let compact = serde_json::from_str::<serde_json::Value>(&big)
+        .unwrap()
+        .to_string();
+    put_doc(&sb, "fleet", compact).await;
+    let dump = wait_source(admin, "central", "v4 NACKED", |s| {
+        s["rejected_version_info"] == "4"
+    })
+    .await;
+    let error = dump["config_sources"][0]["error"].as_str().unwrap();
+    assert!(error.contains("1000000 nodes"), "{error}");
     assert_eq!(dump["config_sources"][0]["version_info"], "1");
     assert_eq!(echo_once(l, b"still v1").await, b"still v1");
 

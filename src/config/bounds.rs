@@ -104,6 +104,82 @@ pub fn check(text: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The same bounds for JSON, by one pass over the bytes (JSON has no aliases): nesting deeper
+/// than [`MAX_DEPTH`] or more than [`MAX_NODES`] values (each key counted, as the YAML walk
+/// counts it) is refused at the byte that crossed. Text that is not JSON is not judged here
+/// (its parser says what is wrong); only what is counted before the mistake can be refused.
+pub fn check_json(text: &str) -> Result<(), ConfigError> {
+    let (mut depth, mut nodes, mut line, mut line_start) = (0usize, 0u64, 1usize, 0usize);
+    let (mut in_string, mut escaped, mut in_scalar) = (false, false, false);
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                b'\n' => (line, line_start) = (line + 1, i + 1),
+                _ => {}
+            }
+            continue;
+        }
+        let starts = match b {
+            b'"' => {
+                in_string = true;
+                in_scalar = false;
+                true
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                in_scalar = false;
+                if depth > MAX_DEPTH {
+                    return Err(at(
+                        line,
+                        i - line_start,
+                        format!("the document nests deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+                true
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                in_scalar = false;
+                false
+            }
+            b',' | b':' | b' ' | b'\t' | b'\r' => {
+                in_scalar = false;
+                false
+            }
+            b'\n' => {
+                (line, line_start, in_scalar) = (line + 1, i + 1, false);
+                false
+            }
+            _ => !std::mem::replace(&mut in_scalar, true),
+        };
+        if starts {
+            nodes += 1;
+            if nodes > MAX_NODES {
+                return Err(at(
+                    line,
+                    i - line_start,
+                    format!("the document holds more than {MAX_NODES} nodes"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An error at `line` and the 0-based byte `column` of it.
+fn at(line: usize, column: usize, message: String) -> ConfigError {
+    ConfigError {
+        file: None,
+        path: String::new(),
+        line: Some(line),
+        column: Some(column + 1),
+        message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +261,40 @@ mod tests {
         assert_eq!(e.line, Some(1), "{e}");
         // JSON is YAML to the walk.
         check(r#"{"version_info": "1", "resources": {"listeners": [], "clusters": []}}"#).unwrap();
+    }
+
+    #[test]
+    fn json_is_bounded_alike() {
+        let doc = r#"{"version_info": "1", "resources": {"listeners": [{"name": "a\"]}[{", "address": "127.0.0.1:0"}], "clusters": [1, -2.5e3, true, null]}}"#;
+        check_json(doc).unwrap();
+        // As the YAML walk counts: the map, the two keys and values, the inner map, its keys,
+        // the lists, the listener's map with its 2 pairs, the four scalars.
+        let wide = format!(
+            "{{\"a\": [{}]}}",
+            vec!["1"; MAX_NODES as usize - 3].join(",")
+        );
+        check_json(&wide).unwrap();
+        check(&wide).unwrap();
+        let wider = format!(
+            "{{\"a\": [{}]}}",
+            vec!["1"; MAX_NODES as usize - 2].join(", ")
+        );
+        let e = check_json(&wider).unwrap_err();
+        assert!(e.message.contains("more than 1000000 nodes"), "{e}");
+        assert!(check(&wider).is_err());
+        // Nesting, with the position of the bracket that crossed.
+        let deep = format!("{{\"a\":\n{}", "[".repeat(100));
+        let e = check_json(&deep).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(MAX_DEPTH)), "{e}");
+        assert!(e.message.contains("deeper than 64"), "{e}");
+        check_json(&format!(
+            "{}{}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        ))
+        .unwrap();
+        // Brackets and quotes inside strings are text.
+        check_json(&format!("[\"{}\"]", "[\\\"".repeat(1_000))).unwrap();
     }
 
     #[test]

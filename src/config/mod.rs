@@ -2,7 +2,7 @@
 //! with errors that name the field and its line. Cross-reference checks live in `snapshot`.
 
 mod admin;
-mod bounds;
+pub(crate) mod bounds;
 mod cluster;
 mod collect;
 mod duration;

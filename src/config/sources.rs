@@ -245,16 +245,20 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
     yaml: bool,
     lists: &[&str],
 ) -> Result<T, Vec<ConfigError>> {
-    // YAML is checked before it is read (see `bounds`); JSON reads as it parses, and is checked
-    // below, before its errors are located.
-    if yaml {
-        super::check_bounds(text).map_err(|e| {
-            vec![ConfigError {
-                file: Some(file.to_owned()),
-                ..e
-            }]
-        })?;
-    }
+    // Nothing is read past the bounds (see `bounds`): YAML by a walk of its events, JSON by a
+    // pass over its bytes (and, should it not parse, by the walk too before its errors are
+    // located, which reads it as YAML).
+    let bounded = if yaml {
+        super::check_bounds(text)
+    } else {
+        super::bounds::check_json(text)
+    };
+    bounded.map_err(|e| {
+        vec![ConfigError {
+            file: Some(file.to_owned()),
+            ..e
+        }]
+    })?;
     let (path, message, position) = if yaml {
         match serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
             Ok(v) => return Ok(v),
