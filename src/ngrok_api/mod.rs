@@ -45,6 +45,9 @@ pub const NGROK_VERSION: &str = "2";
 pub const PAGE_LIMIT: u32 = 100;
 /// A list longer than this many pages is treated as a server fault, not followed forever.
 pub const MAX_PAGES: usize = 1000;
+/// The largest answer read (a page of 100 endpoints is about 50 KB); a larger one is a server
+/// fault, read no further, and counted as a failed attempt.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Where the API is and how to authenticate to it.
 #[derive(Clone, Debug)]
@@ -289,8 +292,19 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
+        let bytes = match read_capped(resp).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                let err = ApiError::Decode(format!(
+                    "the answer is larger than {} MiB",
+                    MAX_ANSWER_BYTES >> 20
+                ));
+                return if idempotent {
+                    Attempt::Retry(err, None)
+                } else {
+                    Attempt::Fatal(err)
+                };
+            }
             Err(e) => return self.transport_failure(&e, idempotent),
         };
         if status.is_success() {
@@ -333,6 +347,25 @@ impl ApiClient {
     fn scrub(&self, text: &str) -> String {
         scrub(text, self.key.expose())
     }
+}
+
+/// The body of `resp`, or `None` once it is over [`MAX_ANSWER_BYTES`] (by its length, else as it
+/// arrives: no more than the bound is ever held).
+async fn read_capped(mut resp: reqwest::Response) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// Resolves a `next_page_uri` against `base`. Only URLs on the API origin are followed: the

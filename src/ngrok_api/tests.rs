@@ -361,6 +361,71 @@ async fn silent_server_times_out() {
     assert_eq!(accepts.await.unwrap().len(), 2);
 }
 
+/// A server that answers `200` with a body that never ends, or with a `content-length` of
+/// 1 GiB: the client reads no more than `MAX_ANSWER_BYTES` of it, and the attempt fails (and
+/// is retried, the call being idempotent) instead of filling memory until the timeout.
+#[tokio::test]
+async fn an_endless_or_oversized_answer_is_read_no_further_than_the_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for endless in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await.unwrap();
+                let mut n: usize = 0;
+                if endless {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let chunk = [b'['; 64 * 1024];
+                    let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                    framed.extend_from_slice(&chunk);
+                    framed.extend_from_slice(b"\r\n");
+                    // Until the client hangs up.
+                    while s.write_all(&framed).await.is_ok() {
+                        n += chunk.len();
+                    }
+                } else {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n";
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    let _ = s.read(&mut [0u8; 16]).await; // until the client hangs up
+                }
+                sent.push(n);
+            }
+            sent
+        });
+        let api = ApiClient::new(ApiSettings {
+            api_url: format!("http://{addr}"),
+            api_key: Secret::new("k"),
+            api_ca: None,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+        .with_retry(RetryPolicy {
+            attempts: 2,
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            jitter: false,
+        });
+        let err = api.get_operator("k8sop_1").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected answer from the API: the answer is larger than 16 MiB"
+        );
+        let sent = server.await.unwrap();
+        // Two attempts, each cut off near the bound (the socket buffers hold some more).
+        assert_eq!(sent.len(), 2);
+        assert!(
+            sent.iter().all(|&n| n < MAX_ANSWER_BYTES + (32 << 20)),
+            "{sent:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn https_with_api_ca() {
     let (mock, ca_pem) = MockApi::start_tls().await;
