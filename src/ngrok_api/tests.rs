@@ -330,6 +330,23 @@ async fn refused_connection_is_a_transport_error_after_retries() {
     assert!(matches!(err, ApiError::Transport(_)), "{err}");
 }
 
+/// A client of the API at `http://addr` that tries twice, 1 ms apart.
+fn two_tries(addr: std::net::SocketAddr, timeout: Duration) -> ApiClient {
+    ApiClient::new(ApiSettings {
+        api_url: format!("http://{addr}"),
+        api_key: Secret::new("k"),
+        api_ca: None,
+        timeout,
+    })
+    .unwrap()
+    .with_retry(RetryPolicy {
+        attempts: 2,
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(1),
+        jitter: false,
+    })
+}
+
 #[tokio::test]
 async fn silent_server_times_out() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -342,19 +359,7 @@ async fn silent_server_times_out() {
         }
         held
     });
-    let api = ApiClient::new(ApiSettings {
-        api_url: format!("http://{addr}"),
-        api_key: Secret::new("k"),
-        api_ca: None,
-        timeout: Duration::from_millis(100),
-    })
-    .unwrap()
-    .with_retry(RetryPolicy {
-        attempts: 2,
-        base_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(1),
-        jitter: false,
-    });
+    let api = two_tries(addr, Duration::from_millis(100));
     let err = api.get_operator("k8sop_1").await.unwrap_err();
     assert_eq!(err, ApiError::Timeout(Duration::from_millis(100)));
     // Both attempts connected: the timeout was retried once.
@@ -398,19 +403,7 @@ async fn an_endless_or_oversized_answer_is_read_no_further_than_the_bound() {
             }
             sent
         });
-        let api = ApiClient::new(ApiSettings {
-            api_url: format!("http://{addr}"),
-            api_key: Secret::new("k"),
-            api_ca: None,
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap()
-        .with_retry(RetryPolicy {
-            attempts: 2,
-            base_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(1),
-            jitter: false,
-        });
+        let api = two_tries(addr, Duration::from_secs(5));
         let err = api.get_operator("k8sop_1").await.unwrap_err();
         assert_eq!(
             err.to_string(),
