@@ -209,3 +209,36 @@ async fn a_swap_of_a_symlinked_checkout_applies() {
     assert!(b.is_some(), "the new revision was not applied");
     assert_eq!(common::wait_listener(admin, "a", "active").await, Some(a));
 }
+
+/// The config file replaced by something huge (here a 1 GiB sparse file renamed over it) is
+/// refused by its size without being read, and the running config stays; so is a start from it.
+#[tokio::test]
+async fn a_config_replaced_by_a_huge_file_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = common::echo_server().await;
+    let cfg = format!(
+        "version: 1\nadmin: {{ address: 127.0.0.1:0 }}\nstatic_resources:\n  listeners:\n    - {{ name: l, address: 127.0.0.1:0, routes: [ {{ cluster: c }} ] }}\n  clusters:\n    - {{ name: c, type: static, endpoints: [\"{echo}\"] }}\n"
+    );
+    let path = write(dir.path(), "bindgate.yaml", &cfg);
+    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let l = gw.listener("l");
+    let big = dir.path().join(".big.tmp");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    std::fs::rename(&big, &path).unwrap();
+    let why = common::wait_admin(admin, "/config_dump", "the huge file refused", |v| {
+        v["control"]["last_rejection"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(
+        why.contains("cannot read the file: the file is larger than 64 MiB"),
+        "{why}"
+    );
+    assert_eq!(common::echo_once(l, b"still").await, b"still");
+    let (code, _, err) = common::run_to_end(&["run", "-c", &path], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the file is larger than 64 MiB"), "{err}");
+}

@@ -36,7 +36,7 @@ pub async fn run(
     let fds = crate::listener::raise_fd_limit();
     tracing::debug!(open_files = fds, "open-file limit");
     // Validate fully (same path as `validate`) before registering or binding anything.
-    let text = std::fs::read_to_string(&args.config)
+    let text = config::read_text(&args.config)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;
     // The file with its `path` sources' resources (a source whose files do not build with it is
     // refused and left out; the file itself must build).

@@ -199,18 +199,23 @@ pub fn read_document(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// [`read_document`] of UTF-8 text.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_document(path)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not valid UTF-8 (at byte {}); a config file is UTF-8 text",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// Reads and parses a config file, expanding variables from the process environment.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let source = path.display().to_string();
-    let text = read_document(path).and_then(|bytes| {
-        String::from_utf8(bytes).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "stream did not contain valid UTF-8",
-            )
-        })
-    });
-    let text = text.map_err(|e| ConfigErrors {
+    let text = read_text(path).map_err(|e| ConfigErrors {
         source: source.clone(),
         errors: vec![ConfigError {
             file: None,

@@ -308,7 +308,8 @@ impl ControlPlane {
             tracing::info!("the configuration is embedded; nothing to reload");
             return;
         };
-        let text = match std::fs::read(&path) {
+        // Never more than the bound (a file replaced by something huge is refused, not read).
+        let text = match config::read_document(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(e) => {
