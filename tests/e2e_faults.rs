@@ -653,3 +653,50 @@ async fn a_slow_ingress_is_waited_for_not_failed() {
         );
     }
 }
+
+/// A second `run` on the state_dir of a running one (a unit started twice, a copy-pasted config)
+/// is refused at once, naming the holder's pid, before it registers or binds anything; the first
+/// keeps serving. Once the first has ended, however it ended, the directory is free again.
+#[tokio::test]
+async fn a_second_process_on_the_same_state_dir_is_refused() {
+    let sb = common::start_sandbox_api(common::SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dynamic_config(&sb, dir.path(), &common::port_range(10), false);
+    let path = common::write(dir.path(), "bindgate.yaml", &cfg);
+    let mut first = Proc::start(&["run", "-c", &path], &[]).await;
+    let echo = common::wait_endpoint(first.admin(), ECHO).await;
+    let pid = first.child.id().unwrap();
+    let registrations = sb.registrations().await;
+
+    let second = tokio::process::Command::new(common::BIN)
+        .args(["run", "-c", &path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        second.wait_with_output(),
+    )
+    .await
+    .expect("the second process was not refused")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "state_dir {} is in use by another bindgate process (pid {pid})",
+            dir.path().join("state").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(sb.registrations().await, registrations, "no registration");
+    assert_eq!(common::echo_once(echo, b"first").await, b"first");
+
+    // Killed outright: the kernel releases the lock, and the next start takes it.
+    first.child.kill().await.unwrap();
+    let next = Proc::start(&["run", "-c", &path], &[]).await;
+    let echo = common::wait_endpoint(next.admin(), ECHO).await;
+    assert_eq!(common::echo_once(echo, b"next").await, b"next");
+}

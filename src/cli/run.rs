@@ -49,6 +49,19 @@ pub async fn run(
             return Ok(ExitCode::FAILURE);
         }
     };
+    // One process per state_dir: held until this process ends.
+    let _state_lock = if registration::needed(&loaded.config) {
+        let dir = registration::state_dir(&loaded);
+        match crate::identity::StateStore::open(&dir).and_then(|s| s.lock()) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                tracing::error!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
     let registration = if registration::needed(&loaded.config) {
         match registration::obtain(&loaded).await {
             Ok(r) => Some(r),

@@ -43,6 +43,19 @@ pub enum StoreError {
     },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "state_dir {} is in use by another bindgate process ({holder}); give each process a state_dir of its own",
+        dir.display()
+    )]
+    InUse { dir: PathBuf, holder: String },
+}
+
+/// The exclusive lock of a state directory (its file `lock`, holding the owner's pid), taken by
+/// `run` so that two processes never register, allocate ports or save endpoint sets in one
+/// directory. Held until the process ends, however it ends: the kernel releases it.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -97,6 +110,42 @@ impl StateStore {
             dir,
             layout: Layout::StateDir,
         })
+    }
+
+    /// Takes the directory's lock, or says which process holds it.
+    pub fn lock(&self) -> Result<StateLock, StoreError> {
+        use std::io::{Read, Seek};
+        let path = self.dir.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(io(&path))?;
+        // flock(2): released with the file, and by the kernel when the process ends.
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let holder = match pid.trim() {
+                    "" => "its pid not written yet".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(StoreError::InUse {
+                    dir: self.dir.clone(),
+                    holder,
+                });
+            }
+            Err(e) => return Err(io(&path)(e.into())),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(io(&path))?;
+        Ok(StateLock { _file: file })
     }
 
     /// Opens a shared identity directory for writing (`identity issue --out DIR`): created 0700
@@ -460,5 +509,31 @@ mod tests {
         );
         fs::write(store.node_id_path(), "a b\n").unwrap();
         assert!(store.node_id().is_err());
+    }
+
+    #[test]
+    fn a_state_dir_is_locked_by_one_holder_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let store = StateStore::open(root.path()).unwrap();
+        let held = store.lock().unwrap();
+        let pid = fs::read_to_string(root.path().join("lock")).unwrap();
+        assert_eq!(pid, format!("{}\n", std::process::id()));
+        let mode = fs::metadata(root.path().join("lock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, FILE_MODE);
+        // Another open file description (as another process would have) is refused.
+        let e = StateStore::open(root.path()).unwrap().lock().unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "is in use by another bindgate process (pid {})",
+                std::process::id()
+            )),
+            "{e}"
+        );
+        drop(held);
+        let again = store.lock().unwrap();
+        drop(again);
     }
 }
