@@ -313,19 +313,7 @@ async fn refused_connection_is_a_transport_error_after_retries() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let api = ApiClient::new(ApiSettings {
-        api_url: format!("http://127.0.0.1:{port}"),
-        api_key: Secret::new("k"),
-        api_ca: None,
-        timeout: Duration::from_secs(5),
-    })
-    .unwrap()
-    .with_retry(RetryPolicy {
-        attempts: 2,
-        base_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(1),
-        jitter: false,
-    });
+    let api = two_tries(([127, 0, 0, 1], port).into(), Duration::from_secs(5));
     let err = api.create_operator(&create_body()).await.unwrap_err();
     assert!(matches!(err, ApiError::Transport(_)), "{err}");
 }
