@@ -28,8 +28,10 @@ pub enum PemError {
     BadCertificate { path: PathBuf, reason: String },
 }
 
+/// At most `config::MAX_DOCUMENT_BYTES`: a `ca:` or key naming the wrong file (a device, an
+/// image) is refused, not read without end.
 fn read(path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
+    crate::config::read_document(path).map_err(|source| PemError::Read {
         path: path.to_owned(),
         source,
     })
@@ -186,6 +188,22 @@ mod tests {
         let (_, info) = x509_parser::der_parser::der::parse_der(&pkcs8).unwrap();
         let seq = info.as_sequence().unwrap();
         seq[2].as_slice().unwrap().to_vec()
+    }
+
+    /// A `ca:`, certificate or key naming a device that never ends is refused after the bound,
+    /// not read until memory runs out.
+    #[test]
+    fn a_file_without_end_is_refused_at_the_bound() {
+        let zero = Path::new("/dev/zero");
+        for e in [
+            load_trust_roots(Some(zero), false).unwrap_err(),
+            load_private_key(zero).unwrap_err(),
+        ] {
+            assert!(
+                e.to_string() == "/dev/zero: the file is larger than 64 MiB",
+                "{e}"
+            );
+        }
     }
 
     #[test]

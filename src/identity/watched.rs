@@ -120,7 +120,7 @@ struct Contents {
 impl Contents {
     fn read(files: &IdentityFiles) -> Result<Contents, FilesError> {
         let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| FilesError::Read {
+            crate::config::read_document(path).map_err(|source| FilesError::Read {
                 path: path.to_owned(),
                 source,
             })
