@@ -233,7 +233,7 @@ impl Builder<'_> {
 
 /// How YAML types a plain scalar: null, a boolean, a number, else a string. A value with
 /// whitespace, `#`, or an anchor's or alias's `&` or `*` is always a string: it is never parsed
-/// as YAML again (so a variable's value cannot hold aliases that expand; see `aliases`).
+/// as YAML again (so a variable's value cannot hold aliases that expand; see `bounds`).
 fn resolve_plain(s: &str) -> Value {
     if s.is_empty() || s == "~" {
         return Value::Null;

@@ -249,7 +249,7 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
     // pass over its bytes (and, should it not parse, by the walk too before its errors are
     // located, which reads it as YAML).
     let bounded = if yaml {
-        super::check_bounds(text)
+        super::bounds::check(text)
     } else {
         super::bounds::check_json(text)
     };
@@ -289,7 +289,7 @@ fn deserialize_located<T: serde::de::DeserializeOwned>(
         }
     };
     let path = if path == "." { String::new() } else { path };
-    if !yaml && super::check_bounds(text).is_err() {
+    if !yaml && super::bounds::check(text).is_err() {
         // Locating every error reads the text again as YAML, several times its size: beyond
         // the bounds, serde's first error is the one.
         let (line, column) = position.unzip();

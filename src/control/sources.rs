@@ -944,7 +944,7 @@ fn lenient_version(text: &str, yaml: bool) -> String {
         version_info: String,
     }
     let v: Option<Version> = if yaml {
-        crate::config::check_bounds(text)
+        crate::config::bounds::check(text)
             .ok()
             .and_then(|()| serde_yaml_ng::from_str(text).ok())
     } else {
