@@ -40,7 +40,8 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", args.config.display()))?;
     // The file with its `path` sources' resources (a source whose files do not build with it is
     // refused and left out; the file itself must build).
-    let checked = config::load_file(&args.config)
+    // From the text just read: the control plane compares later reads with it.
+    let checked = config::parse_file(&args.config, &text)
         .and_then(|loaded| sources::initial(&loaded).map(|initial| (loaded, initial)));
     let (loaded, initial) = match checked {
         Ok(l) => l,

@@ -21,7 +21,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
-pub use bounds::{MAX_DEPTH, MAX_NODES, check as check_bounds};
 pub use cluster::{ClusterConfig, ClusterKind, RetryConfig};
 pub(crate) use collect::deserialize_all;
 pub use duration::{HumanDuration, parse_duration};
@@ -214,9 +213,8 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
 
 /// Reads and parses a config file, expanding variables from the process environment.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
-    let source = path.display().to_string();
     let text = read_text(path).map_err(|e| ConfigErrors {
-        source: source.clone(),
+        source: path.display().to_string(),
         errors: vec![ConfigError {
             file: None,
             path: String::new(),
@@ -225,12 +223,19 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             message: format!("cannot read the file: {e}"),
         }],
     })?;
+    parse_file(path, &text)
+}
+
+/// Parses `text`, the content of the config file at `path` (whose directory relative paths in
+/// it are resolved against), expanding variables from the process environment.
+pub fn parse_file(path: &Path, text: &str) -> Result<LoadedConfig, ConfigErrors> {
+    let source = path.display().to_string();
     let base_dir = path
         .parent()
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("."));
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
-    parse(&text, &source, base_dir, |k| std::env::var(k).ok())
+    parse(text, &source, base_dir, |k| std::env::var(k).ok())
 }
 
 /// The lists of a config file whose items are checked one by one once the file has errors.
