@@ -11,10 +11,11 @@
 //! and two minutes, since each level's position is named by the path to it.
 //!
 //! So every document bindgate reads as YAML (the config file, a `path` source's files, a REST
-//! source's YAML answer), and a JSON answer before its errors are located, is first walked here
-//! as a stream of events, copying nothing, and refused when it nests deeper than [`MAX_DEPTH`]
-//! or holds more than [`MAX_NODES`] nodes with its aliases expanded. The walk stops at the
-//! node that crosses a bound and names its line.
+//! source's YAML answer) is first walked here as a stream of events, copying nothing, and
+//! refused when it nests deeper than [`MAX_DEPTH`] or holds more than [`MAX_NODES`] nodes with
+//! its aliases expanded; a REST source's JSON answer gets the same bounds from one pass over
+//! its bytes ([`check_json`]), and the walk too before its errors are located (read as YAML).
+//! The check stops at the node that crosses a bound and names its line.
 
 use std::collections::HashMap;
 
@@ -35,13 +36,6 @@ pub const MAX_NODES: u64 = 1_000_000;
 /// position: past it nothing could be checked). The error's path is empty: a bound is the
 /// document's, not a field's.
 pub fn check(text: &str) -> Result<(), ConfigError> {
-    let error = |line: usize, column: usize, message: String| ConfigError {
-        file: None,
-        path: String::new(),
-        line: Some(line),
-        column: Some(column),
-        message,
-    };
     let mut parser = Parser::new_from_str(text);
     // Nodes per anchor id (a redefined name gets a new id), and the open collections: each
     // with its anchor and the nodes it holds so far, itself included.
@@ -53,7 +47,7 @@ pub fn check(text: &str) -> Result<(), ConfigError> {
             Ok(next) => next,
             Err(e) => {
                 let m = e.marker();
-                return Err(error(m.line(), m.col() + 1, e.info().to_owned()));
+                return Err(at(m.line(), m.col(), e.info().to_owned()));
             }
         };
         let (nodes, alias) = match &event {
@@ -73,15 +67,15 @@ pub fn check(text: &str) -> Result<(), ConfigError> {
             } else {
                 format!("the document holds more than {MAX_NODES} nodes")
             };
-            return Err(error(mark.line(), mark.col() + 1, message));
+            return Err(at(mark.line(), mark.col(), message));
         }
         let done = match event {
             Event::Scalar(_, _, anchor, _) => Some((anchor, 1)),
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if open.len() == MAX_DEPTH {
-                    return Err(error(
+                    return Err(at(
                         mark.line(),
-                        mark.col() + 1,
+                        mark.col(),
                         format!("the document nests deeper than {MAX_DEPTH} levels"),
                     ));
                 }
