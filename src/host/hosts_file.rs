@@ -4,7 +4,9 @@
 //! Everything outside the block stays byte for byte. The file is rewritten only when the block's
 //! content changes, atomically (a temporary file in the same directory, renamed over it) and with
 //! its mode kept; where the rename cannot work (a bind-mounted `/etc/hosts` in a container:
-//! `EBUSY`, `EXDEV`) the file is rewritten in place. Failures are reported, never fatal.
+//! `EBUSY`, `EXDEV`) the file is rewritten in place, in an order that never leaves it short of
+//! its old text when a write fails (see [`rewrite_in_place`]). Failures are reported, never
+//! fatal.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -132,7 +134,7 @@ pub fn update(path: &Path, entries: &Entries) -> Result<bool, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
         Err(e) => return Err(e.to_string()),
     };
-    let (existing, mode) = match std::fs::read(&path) {
+    let (existing, mode) = match crate::config::read_document(&path) {
         Ok(bytes) => {
             let mode = std::fs::metadata(&path)
                 .map_err(|e| e.to_string())?
@@ -146,11 +148,11 @@ pub fn update(path: &Path, entries: &Entries) -> Result<bool, String> {
     let Some(new) = render(&existing, entries)? else {
         return Ok(false);
     };
-    write(&path, &new, mode)?;
+    write(&path, &existing, &new, mode)?;
     Ok(true)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+fn write(path: &Path, old: &[u8], bytes: &[u8], mode: u32) -> Result<(), String> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -179,14 +181,10 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EXDEV)) => {
             let _ = std::fs::remove_file(&tmp);
             // The file is a mount point (or on another device): rewrite it where it is.
-            let rewrite = (|| {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(path)?;
-                f.write_all(bytes)?;
-                f.sync_all()
-            })();
+            let rewrite = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| rewrite_in_place(&mut f, old, bytes));
             rewrite.map_err(|e| format!("rewriting it in place: {e}"))
         }
         Err(e) => {
@@ -194,6 +192,63 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
             Err(format!("replacing it: {e}"))
         }
     }
+}
+
+/// A file rewritten where it is: positioned writes, a length, a flush to the disk.
+trait InPlace {
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> std::io::Result<()>;
+    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl InPlace for std::fs::File {
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, bytes, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        std::fs::File::set_len(self, len)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+}
+
+/// Turns `file`, which holds `old`, into `new` where it is, such that a failed write (a full
+/// disk, a quota, a file-size limit) leaves `old` whole:
+/// - a longer text first grows the file by its tail, past `old`'s end, and flushes it; when
+///   that fails the file is cut back to `old`'s length, untouched;
+/// - only then are the bytes that differ overwritten, inside blocks `old` already holds, so no
+///   new space is needed; should that still fail (an I/O error), `old`'s bytes are put back;
+/// - a shorter text is cut to its length last.
+///
+/// Readers in between may see a mix of the two (as with any in-place rewrite); never a file
+/// emptied or cut short, which a truncate-then-write leaves behind on a full disk.
+fn rewrite_in_place(file: &mut impl InPlace, old: &[u8], new: &[u8]) -> std::io::Result<()> {
+    let old_len = old.len() as u64;
+    if new.len() > old.len() {
+        let grown = file
+            .write_at(&new[old.len()..], old_len)
+            .and_then(|()| file.sync());
+        if let Err(e) = grown {
+            let _ = file.set_len(old_len);
+            return Err(e);
+        }
+    }
+    let overlap = new.len().min(old.len());
+    let same = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    if same < overlap {
+        if let Err(e) = file.write_at(&new[same..overlap], same as u64) {
+            let _ = file.write_at(&old[same..], same as u64);
+            let _ = file.set_len(old_len);
+            return Err(e);
+        }
+    }
+    if new.len() < old.len() {
+        file.set_len(new.len() as u64)?;
+    }
+    file.sync()
 }
 
 #[cfg(test)]
@@ -279,6 +334,127 @@ mod tests {
 
         let missing_dir = dir.path().join("nope/hosts");
         assert!(update(&missing_dir, &two).is_err());
+    }
+
+    /// A file on a disk with room for `room` bytes: a write past it stores what fits and fails
+    /// as a full disk does; `broken_at` makes the write that reaches that offset fail there with
+    /// an I/O error, wherever the room is.
+    struct Disk {
+        bytes: Vec<u8>,
+        room: usize,
+        broken_at: Option<usize>,
+    }
+
+    impl InPlace for Disk {
+        fn write_at(&mut self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+            let offset = offset as usize;
+            let end = offset + bytes.len();
+            let (stop, error) = match self.broken_at.filter(|b| (offset..end).contains(b)) {
+                Some(b) => (b, std::io::Error::other("I/O error")),
+                None if end > self.room => (
+                    self.room.max(offset),
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                ),
+                None => (end, std::io::Error::other("unused")),
+            };
+            if self.bytes.len() < stop {
+                self.bytes.resize(stop, 0);
+            }
+            self.bytes[offset..stop].copy_from_slice(&bytes[..stop - offset]);
+            if stop < end {
+                self.broken_at = None; // a failing sector is remapped: the rewrite of old succeeds
+                return Err(error);
+            }
+            Ok(())
+        }
+
+        fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+            self.bytes.resize(len as usize, 0);
+            Ok(())
+        }
+
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Pairs of texts the rewrite goes between: a block appended, grown in the middle, shrunk,
+    /// removed, changed at the same length.
+    fn rewrites() -> Vec<(String, String)> {
+        let user = "127.0.0.1 localhost\n::1 ip6-localhost\n";
+        let one = e(&[("a.ns", "127.77.0.9")]);
+        let two = e(&[("b.ns", "127.77.0.1"), ("a.ns", "127.77.0.2")]);
+        let twin = e(&[("b.ns", "127.77.0.3"), ("a.ns", "127.77.0.4")]);
+        let with = |entries: &Entries, text: &str| render_str(text, entries).unwrap();
+        let middle = format!("{}# after\n", with(&one, user));
+        vec![
+            (user.to_owned(), with(&two, user)),
+            (middle.clone(), with(&two, &middle)),
+            (with(&two, user), with(&one, user)),
+            (with(&two, user), user.to_owned()),
+            (with(&two, user), with(&twin, user)),
+        ]
+    }
+
+    #[test]
+    fn a_rewrite_in_place_that_runs_out_of_disk_leaves_the_old_text_whole() {
+        for (old, new) in rewrites() {
+            let (old, new) = (old.as_bytes(), new.as_bytes());
+            // Every amount of room from none past the old text's to just short of the new one's.
+            for room in old.len()..new.len() {
+                let mut disk = Disk {
+                    bytes: old.to_vec(),
+                    room,
+                    broken_at: None,
+                };
+                let err = rewrite_in_place(&mut disk, old, new).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+                assert_eq!(
+                    String::from_utf8_lossy(&disk.bytes),
+                    String::from_utf8_lossy(old),
+                    "room for {room} bytes"
+                );
+            }
+            let mut disk = Disk {
+                bytes: old.to_vec(),
+                room: new.len().max(old.len()),
+                broken_at: None,
+            };
+            rewrite_in_place(&mut disk, old, new).unwrap();
+            assert_eq!(disk.bytes, new);
+        }
+    }
+
+    #[test]
+    fn a_rewrite_in_place_that_fails_midway_puts_the_old_text_back() {
+        for (old, new) in rewrites() {
+            let (old, new) = (old.as_bytes(), new.as_bytes());
+            let same = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+            for broken_at in same..new.len().min(old.len()) {
+                let mut disk = Disk {
+                    bytes: old.to_vec(),
+                    room: usize::MAX,
+                    broken_at: Some(broken_at),
+                };
+                assert!(rewrite_in_place(&mut disk, old, new).is_err());
+                assert_eq!(disk.bytes, old, "broken at byte {broken_at}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rewrite_in_place_on_a_real_file_keeps_its_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        for (old, new) in rewrites() {
+            std::fs::write(&path, &old).unwrap();
+            let inode = std::fs::metadata(&path).unwrap().ino();
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            rewrite_in_place(&mut f, old.as_bytes(), new.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+            assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        }
     }
 
     #[test]
