@@ -224,16 +224,39 @@ pub fn parse_rest_document(
 ) -> Result<(String, ResourceDoc), Vec<ConfigError>> {
     let lists = ["resources.listeners", "resources.clusters"];
     let doc: RestDocument = deserialize_located(text, url, yaml, &lists)?;
-    Ok((
-        doc.version_info,
-        ResourceDoc {
-            file: url.to_owned(),
-            prefix: "resources.",
-            resources: doc.resources,
-            text: text.into(),
-            map: OnceLock::new(),
-        },
-    ))
+    let resources = ResourceDoc {
+        file: url.to_owned(),
+        prefix: "resources.",
+        resources: doc.resources,
+        text: text.into(),
+        map: OnceLock::new(),
+    };
+    if let Err(why) = check_version_info(&doc.version_info) {
+        return Err(vec![resources.error_at("version_info", why)]);
+    }
+    Ok((doc.version_info, resources))
+}
+
+/// The longest `version_info` taken, in bytes: room for a commit id, a timestamp, a Kubernetes
+/// `resourceVersion` or a semantic version with build metadata.
+pub const MAX_VERSION_INFO_BYTES: usize = 256;
+
+/// A server's `version_info` is written into log lines, `/config_dump` and `bindgate status`:
+/// it must be short, and hold no control characters (a newline in it would forge log lines).
+fn check_version_info(version: &str) -> Result<(), String> {
+    if version.len() > MAX_VERSION_INFO_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_VERSION_INFO_BYTES} are taken",
+            version.len()
+        ));
+    }
+    if let Some(c) = version.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "holds the control character {:?}; a version is printable text",
+            c
+        ));
+    }
+    Ok(())
 }
 
 /// Strict deserialization. A document that reads first try costs one pass; otherwise every
@@ -365,6 +388,29 @@ mod tests {
         assert!(errs.iter().all(|e| e.file.as_deref() == Some("u")));
         // Trailing garbage is refused, not ignored.
         assert!(parse_rest_document("{\"version_info\": \"1\"} x", "u", false).is_err());
+    }
+
+    #[test]
+    fn a_version_info_too_long_or_with_control_characters_is_refused_at_its_line() {
+        let answer = |v: &str| format!("{{\"resources\": {{}},\n \"version_info\": {v}}}");
+        let longest = format!("\"{}\"", "v".repeat(MAX_VERSION_INFO_BYTES));
+        assert!(parse_rest_document(&answer(&longest), "u", false).is_ok());
+        let longer = format!("\"{}\"", "v".repeat(MAX_VERSION_INFO_BYTES + 1));
+        for (version, says) in [
+            (longer.as_str(), "is 257 bytes long; at most 256"),
+            ("\"v1\\nINFO forged line\"", "control character '\\n'"),
+            ("\"v1\\u001b[31m\"", "control character '\\u{1b}'"),
+        ] {
+            let errs = parse_rest_document(&answer(version), "u", false).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            let e = &errs[0];
+            assert_eq!(
+                (e.file.as_deref(), e.path.as_str(), e.line),
+                (Some("u"), "version_info", Some(2)),
+                "{e}"
+            );
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 
     #[test]
