@@ -165,6 +165,50 @@ fn bad_configs_fail_naming_field_value_and_line() {
     }
 }
 
+/// A name or value holding a newline or an escape sequence is refused, and the error that quotes
+/// it shows it escaped: a config (or a source serving one) cannot forge a line of the output or
+/// of the log, nor colour a terminal.
+#[test]
+fn control_characters_in_names_and_values_are_refused_and_shown_escaped() {
+    let forged = r"\nINFO bindgate: forged\u001b[31m";
+    let cases = [
+        (
+            GOOD.replace("    - name: a\n", &format!("    - name: \"a{forged}\"\n")),
+            [
+                "line 4",
+                "`static_resources.listeners[0].name`",
+                "a listener name is printable text",
+            ],
+        ),
+        (
+            GOOD.replace("    - name: c\n", &format!("    - name: \"c{forged}\"\n")),
+            [
+                "line 9",
+                "`static_resources.clusters[0].name`",
+                "a cluster name is printable text",
+            ],
+        ),
+        (
+            GOOD.replace("- cluster: c", &format!("- cluster: \"c{forged}\"")),
+            [
+                "line 7",
+                "`static_resources.listeners[0].routes[0].cluster`",
+                r"no cluster named `c\nINFO bindgate: forged\u{1b}[31m`",
+            ],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (text, wants) in cases {
+        let path = write(dir.path(), "bad.yaml", &text);
+        let (code, out, _) = run_to_end(&["validate", "-c", &path], &[]);
+        assert_eq!(code, 1, "{out}");
+        for want in wants {
+            assert!(out.contains(want), "output lacks {want:?}:\n{out}");
+        }
+        assert!(!out.contains("\nINFO") && !out.contains('\u{1b}'), "{out}");
+    }
+}
+
 #[test]
 fn all_errors_are_reported_not_only_the_first() {
     let text = GOOD

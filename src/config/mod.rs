@@ -113,10 +113,26 @@ impl fmt::Display for ConfigError {
             _ => {}
         }
         if !self.path.is_empty() {
-            write!(f, "`{}`: ", self.path)?;
+            f.write_str("`")?;
+            write_printable(f, &self.path)?;
+            f.write_str("`: ")?;
         }
-        f.write_str(&self.message)
+        write_printable(f, &self.message)
     }
+}
+
+/// Writes `text` with its control characters escaped (`\n`, `\u{1b}`): a message quotes what a
+/// document said, and a document (a REST answer, a file someone else wrote) must not be able to
+/// start a new log line or colour a terminal through it.
+pub fn write_printable(f: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(char::is_control) {
+        f.write_str(&rest[..at])?;
+        let c = rest[at..].chars().next().unwrap_or_default();
+        write!(f, "{}", c.escape_default())?;
+        rest = &rest[at + c.len_utf8()..];
+    }
+    f.write_str(rest)
 }
 
 /// Every problem found in one config, in file order.

@@ -212,6 +212,9 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     let mut ingress_names = HashSet::new();
     for (i, ing) in cfg.ingresses.iter().enumerate() {
         let path = format!("ingresses[{i}]");
+        if refuse_unprintable(&mut c, &path, "an ingress", &ing.name) {
+            continue;
+        }
         if !ingress_names.insert(ing.name.as_str()) {
             c.err(
                 format!("{path}.name"),
@@ -237,6 +240,9 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     for (origin, cl) in all_clusters {
         c.doc = origin.doc.map(|(_, d)| d);
         let path = &origin.path;
+        if refuse_unprintable(&mut c, path, "a cluster", &cl.name) {
+            continue;
+        }
         if let Some(first) = cluster_origins.get(cl.name.as_str()) {
             let first = c.origin(first);
             c.err(
@@ -276,6 +282,8 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         }
         if l.name.is_empty() {
             c.err(format!("{path}.name"), "a listener needs a non-empty name");
+        } else if refuse_unprintable(&mut c, &path, "a listener", &l.name) {
+            // Reported; not a name anything can refer to.
         } else if let Some(first) = listener_origins.get(l.name.as_str()) {
             let first = c.origin(first);
             c.err(
@@ -520,6 +528,23 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         max_connections,
         config: Arc::new(cfg.clone()),
     })
+}
+
+/// Names go into log lines, metric labels and `/listeners`: a control character in one (a
+/// newline, an escape sequence) could forge a log line or colour a terminal. Reports such a
+/// name at `{path}.name` and says whether it did.
+fn refuse_unprintable(c: &mut Checker<'_>, path: &str, what: &str, name: &str) -> bool {
+    let Some(bad) = name.chars().find(|ch| ch.is_control()) else {
+        return false;
+    };
+    c.err(
+        format!("{path}.name"),
+        format!(
+            "{what} name is printable text; this one holds the control character {:?}",
+            bad
+        ),
+    );
+    true
 }
 
 /// A REST source must not make this host write files: an `access_log` it serves logs to
