@@ -391,7 +391,9 @@ pub(crate) fn status_error(status: StatusCode, body: &[u8], key: &str) -> ApiErr
         Some(b) => (b.error_code, b.msg, b.details.operation_id),
         None => (String::new(), snippet(body), String::new()),
     };
-    let msg = scrub(&msg, key);
+    let msg = one_line(&scrub(&msg, key));
+    let error_code = one_line(&error_code);
+    let operation_id = one_line(&operation_id);
     match status.as_u16() {
         s @ (401 | 403) => ApiError::Unauthorized {
             status: s,
@@ -406,6 +408,20 @@ pub(crate) fn status_error(status: StatusCode, body: &[u8], key: &str) -> ApiErr
             operation_id,
         },
     }
+}
+
+/// Server text as one printable line, for a log line: line breaks and tabs become one space
+/// (ngrok's messages end in `\r\n\r\nERR_NGROK_…`), other control characters are escaped.
+fn one_line(text: &str) -> String {
+    let spaced = text
+        .split(['\r', '\n', '\t'])
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut out = String::with_capacity(spaced.len());
+    // Writing into a String cannot fail.
+    let _ = crate::config::write_printable(&mut out, &spaced);
+    out
 }
 
 /// Removes the API key from text that came from the network or a library.

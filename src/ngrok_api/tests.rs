@@ -284,6 +284,21 @@ async fn server_text_echoing_the_key_is_scrubbed() {
 }
 
 #[tokio::test]
+async fn server_text_is_one_printable_line() {
+    let mock = MockApi::start().await;
+    let api = mock.client();
+    mock.state().script.push_back((
+        400,
+        r#"{"error_code":"ERR_NGROK_1\n","msg":"bad request.\r\n\r\nERR_NGROK_1\n2026-12-07T23:00:00Z  INFO forged \u001b[31m"}"#.into(),
+    ));
+    let err = api.get_operator("k8sop_1").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r"the API answered HTTP 400, ERR_NGROK_1: bad request. ERR_NGROK_1 2026-12-07T23:00:00Z  INFO forged \u{1b}[31m"
+    );
+}
+
+#[tokio::test]
 async fn update_and_delete() {
     let mock = MockApi::start().await;
     let api = mock.client();
