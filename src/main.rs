@@ -166,6 +166,7 @@ fn main() -> ExitCode {
     // First of all: a SIGHUP during start-up must not kill the process.
     let hangup = cli::early_hangup();
     cli::file_size_limit_is_an_error();
+    cli::reopen_access_logs_on_usr1();
     bindgate::admin::set_memory_trim(|| {
         // SAFETY: `mi_collect` has no preconditions; it returns the free memory of the calling
         // thread's heap (and, forced, of abandoned ones) to the system.

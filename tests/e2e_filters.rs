@@ -604,6 +604,97 @@ async fn access_logs_count_exact_bytes_and_name_rejections() {
     assert!(l["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{l}");
 }
 
+/// logrotate's default (`create`: the file renamed away, nothing told) and an Envoy- or
+/// nginx-style `postrotate` (`kill -USR1`): after each, lines go to a new file at the path, the
+/// process lives on, and every connection's line is in one of the files.
+#[tokio::test]
+async fn a_rotated_access_log_is_reopened_and_sigusr1_reopens_it_without_killing() {
+    let echo = EchoBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let log = logs.join("net.log");
+    let cfg = config(
+        &tcp_listener(
+            "echo",
+            "echo",
+            &format!("[ {{ access_log: {{ path: {} }} }} ]", log.display()),
+            "",
+        ),
+        &static_cluster("echo", echo.addr),
+    );
+    let mut p = start_proxy(&cfg, dir.path()).await;
+    let addr = bound(p.admin(), "echo").await;
+    let mut connections = 0;
+    let one_connection = async || {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        round_trip(&mut s, b"ping").await;
+        s.shutdown().await.unwrap();
+        assert_closed_empty(&mut s).await;
+    };
+    one_connection().await;
+    connections += 1;
+    log_lines(&log, 1).await;
+
+    for (rotated, signal) in [("net.log.1", false), ("net.log.2", true)] {
+        std::fs::rename(&log, logs.join(rotated)).unwrap();
+        if signal {
+            let pid = p.child.id().unwrap().to_string();
+            let killed = std::process::Command::new("kill")
+                .args(["-USR1", &pid])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        }
+        // Connections until a line lands at the path again.
+        let deadline = Instant::now() + GUARD;
+        while std::fs::read_to_string(&log).map_or(true, |t| t.is_empty()) {
+            assert!(
+                p.child.try_wait().unwrap().is_none(),
+                "bindgate exited (signal: {signal})"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no line at the path after {rotated}"
+            );
+            one_connection().await;
+            connections += 1;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    assert!(p.child.try_wait().unwrap().is_none(), "still running");
+    // No line lost: one per connection, across the three files.
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let lines: usize = ["net.log", "net.log.1", "net.log.2"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(logs.join(f))
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
+            .sum();
+        if lines == connections {
+            break;
+        }
+        assert!(
+            lines < connections,
+            "{lines} lines for {connections} connections"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{lines} lines for {connections} connections"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(
+        bound(p.admin(), "echo").await,
+        addr,
+        "the admin server answers"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cluster connect stack
 

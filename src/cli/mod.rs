@@ -32,6 +32,16 @@ pub fn file_size_limit_is_an_error() {
     }
 }
 
+/// SIGUSR1 reopens the access log files (as it does for Envoy and nginx: a logrotate
+/// `postrotate` written for them works), from the first instant: its default action would kill
+/// the process.
+pub fn reopen_access_logs_on_usr1() {
+    let flag = crate::filters::access_log::reopen_request_flag();
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, flag) {
+        eprintln!("bindgate: cannot handle SIGUSR1: {e}");
+    }
+}
+
 pub struct ShutdownSignal {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,

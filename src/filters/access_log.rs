@@ -2,12 +2,21 @@
 //! created 0640) or to stdout (`-`), from a thread of their own. Filters writing the same path
 //! share one writer, so lines never interleave. A failed write is counted and reported once at warn, then at debug, and
 //! never fails the connection or request it describes.
+//!
+//! Rotation: a file renamed or removed under the writer (logrotate's default `create`, an
+//! operator's `mv`) is noticed within [`ROTATION_CHECK`] and the path opened afresh, so lines
+//! never go on filling a rotated or deleted file; SIGUSR1 ([`reopen_files`]) makes every writer
+//! reopen before its next line, as Envoy and nginx do.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -15,6 +24,34 @@ use time::format_description::well_known::Rfc3339;
 /// Lines queued for the writer thread; past this, lines are dropped (and counted) rather than
 /// holding up traffic behind a slow or full disk.
 const QUEUE: usize = 8192;
+
+/// How often a writer looks whether its path still names the file it has open.
+pub const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Set by SIGUSR1 (the flag is the signal handler's) and by [`reopen_files`]: the first writer
+/// to see it clears it and bumps [`REOPEN`].
+static REQUESTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+
+/// A writer that sees it change reopens its file.
+static REOPEN: AtomicU64 = AtomicU64::new(0);
+
+/// The flag a SIGUSR1 handler sets to have every access log reopened.
+pub fn reopen_request_flag() -> Arc<AtomicBool> {
+    REQUESTED.clone()
+}
+
+/// Makes every access log writer open its path afresh before its next line.
+pub fn reopen_files() {
+    REQUESTED.store(true, Ordering::Relaxed);
+}
+
+fn reopen_generation() -> u64 {
+    if REQUESTED.swap(false, Ordering::Relaxed) {
+        REOPEN.fetch_add(1, Ordering::Relaxed) + 1
+    } else {
+        REOPEN.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -30,6 +67,7 @@ pub struct AccessLogWriter {
     /// Started on the first line (a `validate` build never starts it).
     queue: OnceLock<SyncSender<String>>,
     failures: Arc<AtomicU64>,
+    rotation_check: Duration,
 }
 
 impl AccessLogWriter {
@@ -39,6 +77,7 @@ impl AccessLogWriter {
             target,
             queue: OnceLock::new(),
             failures: Arc::default(),
+            rotation_check: ROTATION_CHECK,
         }
     }
 
@@ -62,14 +101,17 @@ impl AccessLogWriter {
         let (tx, rx) = sync_channel::<String>(QUEUE);
         let target = self.target.clone();
         let failures = self.failures.clone();
+        let rotation_check = self.rotation_check;
         let spawned = std::thread::Builder::new()
             .name("bindgate-access-log".into())
             .spawn(move || {
-                let mut file: Option<std::fs::File> = None;
+                let mut file: Option<Opened> = None;
                 while let Ok(line) = rx.recv() {
                     let r = match &target {
                         Target::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-                        Target::File(path) => append(&mut file, path, line.as_bytes()),
+                        Target::File(path) => {
+                            append(&mut file, path, line.as_bytes(), rotation_check)
+                        }
                     };
                     if let Err(e) = r {
                         report(&failures, &target, &e.to_string());
@@ -120,20 +162,63 @@ fn report(failures: &AtomicU64, target: &Target, why: &str) {
     }
 }
 
-/// Appends one line, opening the file (0640, created if missing) when needed.
-fn append(file: &mut Option<std::fs::File>, path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
-    if file.is_none() {
+/// The file a writer has open, and what it knows of it.
+struct Opened {
+    file: std::fs::File,
+    /// Device and inode: the path names this file while `stat` says the same.
+    id: (u64, u64),
+    /// [`REOPEN`] when it was opened.
+    generation: u64,
+    checked: Instant,
+}
+
+impl Opened {
+    fn open(path: &Path) -> std::io::Result<Opened> {
+        let generation = reopen_generation();
         let mut options = std::fs::OpenOptions::new();
         options.create(true).append(true);
-        #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
-        *file = Some(options.open(path)?);
+        let file = options.open(path)?;
+        let meta = file.metadata()?;
+        Ok(Opened {
+            file,
+            id: (meta.dev(), meta.ino()),
+            generation,
+            checked: Instant::now(),
+        })
     }
-    let Some(f) = file.as_mut() else {
-        return Ok(());
+
+    /// Whether the path should be opened again: a reopen was asked for, or (looked at once per
+    /// `every`) the path is gone or names another file.
+    fn stale(&mut self, path: &Path, every: Duration) -> bool {
+        if reopen_generation() != self.generation {
+            return true;
+        }
+        if self.checked.elapsed() < every {
+            return false;
+        }
+        self.checked = Instant::now();
+        std::fs::metadata(path).map_or(true, |m| (m.dev(), m.ino()) != self.id)
+    }
+}
+
+/// Appends one line, opening the file (0640, created if missing) when needed.
+fn append(
+    file: &mut Option<Opened>,
+    path: &Path,
+    bytes: &[u8],
+    rotation_check: Duration,
+) -> std::io::Result<()> {
+    if file.as_mut().is_some_and(|f| f.stale(path, rotation_check)) {
+        tracing::info!(path = %path.display(), "access log reopened (rotated, removed, or SIGUSR1)");
+        *file = None;
+    }
+    let opened = match file {
+        Some(f) => f,
+        None => file.insert(Opened::open(path)?),
     };
     // One write per line: with O_APPEND, lines from several writers stay whole.
-    let r = f.write_all(bytes);
+    let r = opened.file.write_all(bytes);
     if r.is_err() {
         *file = None; // reopen next time (the file may have been rotated away)
     }
@@ -226,6 +311,56 @@ mod tests {
             ]
         );
         assert_eq!(w.failures(), 0);
+    }
+
+    /// Polls `path` until it holds `n` lines.
+    fn wait_lines(path: &Path, n: usize) -> String {
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= n {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} never held {n} lines", path.display());
+    }
+
+    #[test]
+    fn a_rotated_or_removed_file_is_followed_by_a_new_one_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut w = AccessLogWriter::new(Target::File(path.clone()));
+        w.rotation_check = Duration::ZERO; // look at every line
+        w.write(&serde_json::json!({"n": 1}));
+        wait_lines(&path, 1);
+        // logrotate's `create`: renamed away; the next line goes to a new file at the path.
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        w.write(&serde_json::json!({"n": 2}));
+        assert_eq!(wait_lines(&path, 1), "{\"n\":2}\n");
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"n\":1}\n");
+        // Removed: a new file again, rather than lines into a deleted one.
+        std::fs::remove_file(&path).unwrap();
+        w.write(&serde_json::json!({"n": 3}));
+        assert_eq!(wait_lines(&path, 1), "{\"n\":3}\n");
+        assert_eq!(w.failures(), 0);
+    }
+
+    #[test]
+    fn a_reopen_request_opens_the_path_afresh_before_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut w = AccessLogWriter::new(Target::File(path.clone()));
+        assert_eq!(w.rotation_check, ROTATION_CHECK);
+        w.rotation_check = Duration::from_secs(3600); // only the request makes it reopen
+        w.write(&serde_json::json!({"n": 1}));
+        wait_lines(&path, 1);
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        reopen_files();
+        w.write(&serde_json::json!({"n": 2}));
+        assert_eq!(wait_lines(&path, 1), "{\"n\":2}\n");
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"n\":1}\n");
     }
 
     #[test]
