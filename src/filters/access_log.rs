@@ -46,7 +46,7 @@ pub fn reopen_files() {
 }
 
 fn reopen_generation() -> u64 {
-    if REQUESTED.swap(false, Ordering::Relaxed) {
+    if REQUESTED.load(Ordering::Relaxed) && REQUESTED.swap(false, Ordering::Relaxed) {
         REOPEN.fetch_add(1, Ordering::Relaxed) + 1
     } else {
         REOPEN.load(Ordering::Relaxed)
