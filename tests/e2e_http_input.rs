@@ -306,3 +306,101 @@ async fn recording_upstream() -> (std::net::SocketAddr, Seen) {
     });
     (addr, seen)
 }
+
+/// A body in a transfer coding other than `chunked` (`gzip, chunked`) would reach the upstream
+/// re-chunked with its coding gone: `501`, as nginx and Envoy answer. `chunked` twice is `400`.
+/// Neither reaches the upstream; a plain chunked body does.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_501_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, mut seen) = recording_upstream().await;
+    let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
+    let web = proxy.listener("web");
+    for (i, (framing, status)) in [
+        ("transfer-encoding: gzip, chunked", "501 Not Implemented"),
+        (
+            "transfer-encoding: gzip\r\ntransfer-encoding: chunked",
+            "501 Not Implemented",
+        ),
+        (
+            "transfer-encoding: chunked\r\ntransfer-encoding: chunked",
+            "400 Bad Request",
+        ),
+        ("transfer-encoding: Chunked", "200 OK"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = format!(
+            "POST /public/{i} HTTP/1.1\r\nhost: public.test\r\n{framing}\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        let answer = send(web, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{framing}: {answer}"
+        );
+    }
+    // Both a length and chunks: the chunks frame the body, and the connection is closed after
+    // the response, so what follows the body is never taken for a second request.
+    let answer = send(
+        web,
+        b"POST /public/both HTTP/1.1\r\nhost: public.test\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /public/smuggled HTTP/1.1\r\nhost: public.test\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(
+        seen.drain(),
+        vec![
+            ("/public/3".to_owned(), "public.test".to_owned()),
+            ("/public/both".to_owned(), "public.test".to_owned())
+        ]
+    );
+}
+
+/// h2c smuggling: an `Upgrade: h2c` passed through to an upstream that takes it would leave the
+/// client speaking HTTP/2 to the upstream on a spliced connection, past the listener's routes
+/// and filters. bindgate drops the offer (as Envoy does) and serves the request as HTTP/1.1.
+#[tokio::test]
+async fn an_h2c_upgrade_offer_is_dropped_and_the_request_served_as_http_1_1() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    // An upstream that switches to h2c whenever asked, and records each request head.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let (log, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut head = String::new();
+                while s.read_line(&mut head).await.is_ok_and(|n| n > 0)
+                    && !head.ends_with("\r\n\r\n")
+                {}
+                let upgrade = head.to_ascii_lowercase().contains("upgrade: h2c");
+                let _ = log.send(head);
+                let answer: &[u8] = if upgrade {
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                let _ = s.get_mut().write_all(answer).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
+    let answer = send(
+        proxy.listener("web"),
+        b"GET /public/x HTTP/1.1\r\nhost: public.test\r\nconnection: Upgrade, HTTP2-Settings, close\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    let head = heads.recv().await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("get /public/x http/1.1\r\n"), "{head}");
+    assert!(
+        !head.contains("upgrade") && !head.contains("http2-settings"),
+        "{head}"
+    );
+}

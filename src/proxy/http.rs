@@ -189,6 +189,9 @@ pub fn select_route<'t, B>(
     if second {
         return Err(Refusal::SeveralHosts);
     }
+    check_transfer_coding(&req)?;
+    let mut req = req;
+    drop_h2c_upgrade(req.headers_mut());
     let req = normalize_target(req).map_err(|why| {
         tracing::debug!(%listener, %peer, "refused request target: {why}");
         Refusal::Target(why)
@@ -201,6 +204,56 @@ pub fn select_route<'t, B>(
     Ok((route, req))
 }
 
+/// A request body framed by anything but one `chunked` (RFC 9112 §6.1): hyper reads the
+/// chunks, and the upstream gets the body re-chunked, so another coding (`gzip, chunked`)
+/// would reach it undone and unnamed. Answered `501` as nginx and Envoy do; `chunked` applied
+/// twice is malformed (`400`). (With `Content-Length` beside it, hyper has already let
+/// `Transfer-Encoding` win, dropped the length and marked the connection to close after the
+/// response, RFC 9112 §6.3.)
+fn check_transfer_coding<B>(req: &Request<B>) -> Result<(), Refusal> {
+    let mut chunked = 0;
+    for value in req.headers().get_all(TRANSFER_ENCODING) {
+        for coding in connection_options(value.as_bytes()) {
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(Refusal::TransferCoding);
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(Refusal::Target("`chunked` applied more than once"));
+    }
+    Ok(())
+}
+
+/// Removes `h2c` from `Upgrade` (and `Upgrade` when nothing else is asked), as Envoy does: a
+/// cleartext HTTP/2 upgrade passed through would leave the client talking HTTP/2 straight to
+/// the upstream on a spliced connection, past this listener's routes and http filters ("h2c
+/// smuggling"). The request is then served as the HTTP/1.1 request it also is.
+fn drop_h2c_upgrade(headers: &mut HeaderMap) {
+    let h2c = |t: &[u8]| t.eq_ignore_ascii_case(b"h2c");
+    if !headers
+        .get_all(UPGRADE)
+        .iter()
+        .any(|v| connection_options(v.as_bytes()).any(h2c))
+    {
+        return;
+    }
+    let others: Vec<Vec<u8>> = headers
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|v| connection_options(v.as_bytes()))
+        .filter(|t| !h2c(t))
+        .map(<[u8]>::to_vec)
+        .collect();
+    headers.remove(UPGRADE);
+    if !others.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&others.join(&b", "[..])) {
+            headers.insert(UPGRADE, v);
+        }
+    }
+}
+
 /// Why a request gets no route: bindgate answers it itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -210,8 +263,11 @@ pub enum Refusal {
     NoHost,
     /// `400`: more than one `Host`.
     SeveralHosts,
-    /// `400`: a request target that cannot be normalised (see [`super::http_path`]).
+    /// `400`: a request target that cannot be normalised (see [`super::http_path`]), or a
+    /// malformed framing.
     Target(&'static str),
+    /// `501`: a transfer coding other than `chunked`.
+    TransferCoding,
     /// `404`: no route matches the host and path.
     NoRoute,
 }
@@ -239,6 +295,11 @@ impl Refusal {
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("bindgate: {why}\n"),
+            ),
+            Refusal::TransferCoding => answer(
+                StatusCode::NOT_IMPLEMENTED,
+                "bad_request",
+                "bindgate: only the `chunked` transfer coding is supported\n",
             ),
             Refusal::NoRoute => answer(
                 StatusCode::NOT_FOUND,
