@@ -209,6 +209,31 @@ fn control_characters_in_names_and_values_are_refused_and_shown_escaped() {
     }
 }
 
+/// Editors on Windows save UTF-8 with a byte order mark: the file reads as without it, and its
+/// errors keep their lines.
+#[test]
+fn a_config_saved_with_a_byte_order_mark_reads_as_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "bom.yaml",
+        &format!("\u{feff}# a comment first\n{GOOD}"),
+    );
+    let (code, out, _) = run_to_end(&["validate", "-c", &good], &[]);
+    assert_eq!(code, 0, "{out}");
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &format!("\u{feff}{}", GOOD.replace("version: 1", "version: 2")),
+    );
+    let (code, out, _) = run_to_end(&["validate", "-c", &bad], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 1, column 1: `version`: unsupported version 2"),
+        "{out}"
+    );
+}
+
 #[test]
 fn all_errors_are_reported_not_only_the_first() {
     let text = GOOD

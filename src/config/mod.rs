@@ -35,7 +35,7 @@ pub use ngrok::*;
 pub use source_map::SourceMap;
 pub use sources::{
     ConfigSourceConfig, ResourceDoc, ResourceSet, RestDocument, RestSourceConfig, SourceResources,
-    parse_resource_file, parse_rest_document, shown_url,
+    check_version_info, parse_resource_file, parse_rest_document, shown_url,
 };
 
 /// The whole configuration file.
@@ -214,6 +214,13 @@ pub fn read_document(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// `text` without a leading byte order mark, which editors on Windows write at the start of
+/// UTF-8 files (and YAML and JSON allow there): the parser would read it as part of the first
+/// key. Lines are unchanged, and columns are counted as an editor shows them.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// [`read_document`] of UTF-8 text.
 pub fn read_text(path: &Path) -> std::io::Result<String> {
     String::from_utf8(read_document(path)?).map_err(|e| {
@@ -269,6 +276,7 @@ pub fn parse(
     base_dir: PathBuf,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigErrors> {
+    let text = without_bom(text);
     let fail = |errors| ConfigErrors {
         source: source.to_owned(),
         errors,

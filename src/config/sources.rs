@@ -201,6 +201,7 @@ impl SourceResources {
 /// Parses one file of a `path` source (YAML, which includes JSON). `${VAR}` is not expanded in
 /// source documents: what a source serves must not be able to pull this host's secrets out.
 pub fn parse_resource_file(text: &str, file: &str) -> Result<ResourceDoc, Vec<ConfigError>> {
+    let text = super::without_bom(text);
     let resources: ResourceSet = if text.trim().is_empty() {
         ResourceSet::default()
     } else {
@@ -222,6 +223,7 @@ pub fn parse_rest_document(
     url: &str,
     yaml: bool,
 ) -> Result<(String, ResourceDoc), Vec<ConfigError>> {
+    let text = super::without_bom(text);
     let lists = ["resources.listeners", "resources.clusters"];
     let doc: RestDocument = deserialize_located(text, url, yaml, &lists)?;
     let resources = ResourceDoc {
@@ -243,7 +245,7 @@ pub const MAX_VERSION_INFO_BYTES: usize = 256;
 
 /// A server's `version_info` is written into log lines, `/config_dump` and `bindgate status`:
 /// it must be short, and hold no control characters (a newline in it would forge log lines).
-fn check_version_info(version: &str) -> Result<(), String> {
+pub fn check_version_info(version: &str) -> Result<(), String> {
     if version.len() > MAX_VERSION_INFO_BYTES {
         return Err(format!(
             "is {} bytes long; at most {MAX_VERSION_INFO_BYTES} are taken",
@@ -388,6 +390,23 @@ mod tests {
         assert!(errs.iter().all(|e| e.file.as_deref() == Some("u")));
         // Trailing garbage is refused, not ignored.
         assert!(parse_rest_document("{\"version_info\": \"1\"} x", "u", false).is_err());
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_not_part_of_the_document() {
+        let json = "\u{feff}{\"version_info\": \"v7\", \"resources\": {}}";
+        assert_eq!(parse_rest_document(json, "u", false).unwrap().0, "v7");
+        assert_eq!(parse_rest_document(json, "u", true).unwrap().0, "v7");
+        let doc = parse_resource_file("\u{feff}", "/d/a.yaml").unwrap();
+        assert_eq!(doc.resources, ResourceSet::default());
+        let errs =
+            parse_resource_file("\u{feff}listeners: []\ntypo: 1\n", "/d/a.yaml").unwrap_err();
+        assert_eq!(
+            (errs[0].line, errs[0].column),
+            (Some(2), Some(1)),
+            "{:?}",
+            errs[0]
+        );
     }
 
     #[test]

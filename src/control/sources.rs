@@ -943,6 +943,7 @@ fn lenient_version(text: &str, yaml: bool) -> String {
     struct Version {
         version_info: String,
     }
+    let text = crate::config::without_bom(text);
     let v: Option<Version> = if yaml {
         crate::config::bounds::check(text)
             .ok()
@@ -950,12 +951,36 @@ fn lenient_version(text: &str, yaml: bool) -> String {
     } else {
         serde_json::from_str(text).ok()
     };
-    v.map_or_else(|| "(unknown)".to_owned(), |v| v.version_info)
+    // One that could not be taken either (too long, a newline in it) is not repeated.
+    v.map(|v| v.version_info)
+        .filter(|v| crate::config::check_version_info(v).is_ok())
+        .unwrap_or_else(|| "(unknown)".to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_of_a_refused_answer_is_repeated_only_when_it_could_be_taken() {
+        let bad = |v: &str| format!("{{\"version_info\": {v}, \"resources\": {{\"typo\": 1}}}}");
+        assert_eq!(lenient_version(&bad("\"v2\""), false), "v2");
+        assert_eq!(
+            lenient_version(&format!("\u{feff}{}", bad("\"v3\"")), false),
+            "v3"
+        );
+        assert_eq!(
+            lenient_version("\u{feff}version_info: v4\nx: [", true),
+            "(unknown)"
+        );
+        assert_eq!(
+            lenient_version("\u{feff}version_info: v4\ntypo: 1\n", true),
+            "v4"
+        );
+        for forged in ["\"v1\\nINFO forged\"", &format!("\"{}\"", "v".repeat(300))] {
+            assert_eq!(lenient_version(&bad(forged), false), "(unknown)");
+        }
+    }
 
     fn rest(url: &str, report: bool) -> RestSourceConfig {
         RestSourceConfig {
