@@ -357,10 +357,12 @@ async fn accept_loop(
         };
         connections.spawn(async move {
             let Some(_permit) = admitted else {
-                conn.reject("limits", "global max_connections reached", None)
-                    .await;
+                // Counted before the client hears of it: whoever reads the refusal and then
+                // the counter sees it counted.
                 spec.metrics
                     .refused("limits", "global max_connections reached");
+                conn.reject("limits", "global max_connections reached", None)
+                    .await;
                 return;
             };
             let _held = snap;
