@@ -404,3 +404,54 @@ async fn an_h2c_upgrade_offer_is_dropped_and_the_request_served_as_http_1_1() {
         "{head}"
     );
 }
+
+/// The other way: an upstream response framed by `gzip, chunked` would reach the client
+/// re-chunked, its bytes still gzipped and nothing saying so. bindgate answers `502` instead.
+#[tokio::test]
+async fn an_upstream_response_in_a_transfer_coding_other_than_chunked_is_502() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut head = String::new();
+                while s.read_line(&mut head).await.is_ok_and(|n| n > 0)
+                    && !head.ends_with("\r\n\r\n")
+                {}
+                let framing = if head.contains("/public/gzip") {
+                    "gzip, chunked"
+                } else {
+                    "chunked"
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: {framing}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                );
+                let _ = s.get_mut().write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
+    let web = proxy.listener("web");
+    let answer = send(
+        web,
+        b"GET /public/gzip HTTP/1.1\r\nhost: public.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+        "{answer}"
+    );
+    let answer = send(
+        web,
+        b"GET /public/plain HTTP/1.1\r\nhost: public.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        "{answer}"
+    );
+}

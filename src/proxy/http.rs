@@ -211,19 +211,51 @@ pub fn select_route<'t, B>(
 /// `Transfer-Encoding` win, dropped the length and marked the connection to close after the
 /// response, RFC 9112 §6.3.)
 fn check_transfer_coding<B>(req: &Request<B>) -> Result<(), Refusal> {
+    match framing(req.headers()) {
+        Framing::Plain | Framing::Chunked => Ok(()),
+        Framing::ChunkedTwice => Err(Refusal::Target("`chunked` applied more than once")),
+        Framing::OtherCoding => Err(Refusal::TransferCoding),
+    }
+}
+
+/// What a message's `Transfer-Encoding` says, to a proxy that knows `chunked` alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No transfer coding.
+    Plain,
+    Chunked,
+    ChunkedTwice,
+    /// A coding other than `chunked` (`gzip, chunked`).
+    OtherCoding,
+}
+
+fn framing(headers: &HeaderMap) -> Framing {
     let mut chunked = 0;
-    for value in req.headers().get_all(TRANSFER_ENCODING) {
+    for value in headers.get_all(TRANSFER_ENCODING) {
         for coding in connection_options(value.as_bytes()) {
             if !coding.eq_ignore_ascii_case(b"chunked") {
-                return Err(Refusal::TransferCoding);
+                return Framing::OtherCoding;
             }
             chunked += 1;
         }
     }
-    if chunked > 1 {
-        return Err(Refusal::Target("`chunked` applied more than once"));
+    match chunked {
+        0 => Framing::Plain,
+        1 => Framing::Chunked,
+        _ => Framing::ChunkedTwice,
     }
-    Ok(())
+}
+
+/// An upstream response framed by more than `chunked` would reach the client re-chunked with
+/// its coding gone (its bytes still gzipped, say, and nothing saying so): a `502` instead, and
+/// the upstream connection is not reused.
+fn check_response_framing(resp: &Response<Incoming>) -> Result<(), std::io::Error> {
+    match framing(resp.headers()) {
+        Framing::Plain | Framing::Chunked => Ok(()),
+        Framing::ChunkedTwice | Framing::OtherCoding => Err(std::io::Error::other(
+            "the response's transfer coding is not `chunked` alone",
+        )),
+    }
 }
 
 /// Removes `h2c` from `Upgrade` (and `Upgrade` when nothing else is asked), as Envoy does: a
@@ -537,6 +569,9 @@ async fn forward(
         let sending = req.body().state();
         match sender.try_send_request(req).await {
             Ok(resp) => {
+                if let Err(e) = check_response_framing(&resp) {
+                    return ctx.bad_gateway(&cluster.name, &e);
+                }
                 let pool = upstream.pool.clone();
                 let give_back: crate::http_body::GiveBack = Box::new(move || {
                     pool.give_back(sender, empty || sending.complete.load(Ordering::Relaxed))
@@ -631,6 +666,9 @@ async fn forward_upgrade(
         Err(e) => return ctx.bad_gateway(&cluster.name, &e),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if let Err(e) = check_response_framing(&resp) {
+            return ctx.bad_gateway(&cluster.name, &e);
+        }
         return upstream_response(resp, None, idle_timeout);
     }
     let upgrade = Upgrade {
