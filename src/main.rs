@@ -223,7 +223,7 @@ fn block_on(
     match runtime.block_on(fut) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", bindgate::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -700,3 +700,34 @@ async fn a_second_process_on_the_same_state_dir_is_refused() {
     let echo = common::wait_endpoint(next.admin(), ECHO).await;
     assert_eq!(common::echo_once(echo, b"next").await, b"next");
 }
+
+/// The admin port is taken (a second unit, another program): one line says so, naming the
+/// address and the OS error once, and the process exits 1 before binding anything else.
+#[test]
+fn a_taken_admin_port_is_one_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write(
+        dir.path(),
+        "bindgate.yaml",
+        &format!(
+            "version: 1
+admin: {{ address: {admin} }}
+static_resources:
+  listeners:
+    - {{ name: a, address: 127.0.0.1:0, routes: [ {{ cluster: c }} ] }}
+  clusters:
+    - {{ name: c, type: static, endpoints: [ 127.0.0.1:9 ] }}
+"
+        ),
+    );
+    let (code, out, err) = common::run_to_end(&["run", "-c", &path], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = format!("error: admin server: bind {admin}: ");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].starts_with(&line), "{err}");
+    assert_eq!(errors[0].matches("(os error").count(), 1, "{err}");
+    assert!(!out.contains("\"started\""), "{out}");
+}

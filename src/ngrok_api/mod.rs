@@ -330,7 +330,7 @@ impl ApiClient {
                 Attempt::Fatal(err)
             };
         }
-        let err = ApiError::Transport(self.scrub(&error_chain(e)));
+        let err = ApiError::Transport(self.scrub(&crate::telemetry::error_chain(e)));
         // A refused or failed connection never delivered the request: always safe to retry.
         if e.is_connect() || idempotent {
             Attempt::Retry(err, None)
@@ -488,18 +488,4 @@ fn snippet(body: &[u8]) -> String {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

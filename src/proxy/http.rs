@@ -31,6 +31,7 @@ use crate::filters::http::{HttpService, LocalAnswer, RequestInfo, answer};
 use crate::filters::network::{Conn, ConnOutcome, Outcome};
 use crate::http_body::{ProxyBody, RequestBody};
 use crate::snapshot::{HttpRoute, HttpRoutes, HttpUpstream, RouteTable, normalize_host};
+use crate::telemetry::error_chain;
 use crate::upstream::UpstreamError;
 use crate::upstream::http_pool::{self, HttpConnectError};
 
@@ -82,7 +83,7 @@ pub async fn serve(p: Arc<Pipeline>, conn: Conn) -> ConnOutcome {
         }
         Some(Ok(())) => tracing::debug!(listener = %name, %peer, "connection done"),
         Some(Err(e)) => {
-            tracing::debug!(listener = %name, %peer, "connection ended: {}", chain(&e))
+            tracing::debug!(listener = %name, %peer, "connection ended: {}", error_chain(&e))
         }
     }
     // The connection was handed over to an upgraded protocol: splice it to the upstream's.
@@ -587,7 +588,7 @@ async fn forward(
                     fresh = stale == STALE_RETRIES;
                 }
                 (None, Some(head)) => {
-                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, "idempotent request failed before its answer, sending it once more: {}", chain(&e.into_error()));
+                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, "idempotent request failed before its answer, sending it once more: {}", error_chain(&e.into_error()));
                     cluster.metrics.retry();
                     req = Request::from_parts(head, RequestBody::empty());
                     fresh = true;
@@ -601,7 +602,7 @@ async fn forward(
                     );
                 }
                 _ if body.client_error.load(Ordering::Relaxed) => {
-                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, peer = %ctx.peer, "the client's request body could not be read, answering 400: {}", chain(&e.into_error()));
+                    tracing::debug!(listener = %ctx.pipeline.listener, cluster = %cluster.name, peer = %ctx.peer, "the client's request body could not be read, answering 400: {}", error_chain(&e.into_error()));
                     return answer(
                         StatusCode::BAD_REQUEST,
                         "bad_request",
@@ -698,7 +699,7 @@ impl Upgrade {
         let (down, up) = match (down, up) {
             (Ok(d), Ok(u)) => (d, u),
             (Err(e), _) | (_, Err(e)) => {
-                tracing::debug!(listener = %p.listener, cluster = %self.cluster, %peer, "upgrade abandoned: {}", chain(&e));
+                tracing::debug!(listener = %p.listener, cluster = %self.cluster, %peer, "upgrade abandoned: {}", error_chain(&e));
                 return;
             }
         };
@@ -730,7 +731,7 @@ impl Ctx {
                 (*reason).to_owned()
             }
             HttpConnectError::Upstream(UpstreamError::Timeout { after, .. }) => {
-                tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream connect timed out, answering 504: {}", chain(e));
+                tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream connect timed out, answering 504: {}", error_chain(e));
                 return answer(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
@@ -741,7 +742,7 @@ impl Ctx {
             }
             _ => return self.bad_gateway(cluster, e),
         };
-        tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream unavailable, answering 503: {}", chain(e));
+        tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream unavailable, answering 503: {}", error_chain(e));
         answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream_unavailable",
@@ -750,28 +751,13 @@ impl Ctx {
     }
 
     fn bad_gateway(&self, cluster: &str, e: &dyn std::error::Error) -> Response<ProxyBody> {
-        tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream failed, answering 502: {}", chain(e));
+        tracing::warn!(listener = %self.pipeline.listener, %cluster, peer = %self.peer, "upstream failed, answering 502: {}", error_chain(e));
         answer(
             StatusCode::BAD_GATEWAY,
             "upstream_error",
             format!("bindgate: cluster `{cluster}` is unreachable or failed\n"),
         )
     }
-}
-
-/// An error and its causes on one line (hyper's `Display` omits the cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn upstream_response(

@@ -13,6 +13,24 @@
 mod cluster;
 mod listener;
 mod process;
+/// An error and its causes on one line, each cause left out when the text so far already says
+/// it (many of this crate's errors quote their source in their own message, and hyper's
+/// `Display` omits it): "admin server: bind 127.0.0.1:9901: Address already in use (os error
+/// 98)", once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;
 
