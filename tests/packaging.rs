@@ -1255,6 +1255,8 @@ fn the_systemd_unit_is_hardened_and_runs_the_cli() {
         ("StateDirectory", "bindgate"),
         ("StateDirectoryMode", "0700"),
         ("ConfigurationDirectory", "bindgate"),
+        // The README's access_log example writes under /var/log/bindgate, read-only otherwise.
+        ("LogsDirectory", "bindgate"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
