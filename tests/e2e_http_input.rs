@@ -363,31 +363,16 @@ async fn a_transfer_coding_other_than_chunked_is_501_and_never_forwarded() {
 /// and filters. bindgate drops the offer (as Envoy does) and serves the request as HTTP/1.1.
 #[tokio::test]
 async fn an_h2c_upgrade_offer_is_dropped_and_the_request_served_as_http_1_1() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    // An upstream that switches to h2c whenever asked, and records each request head.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let (log, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut s = BufReader::new(s);
-                let mut head = String::new();
-                while s.read_line(&mut head).await.is_ok_and(|n| n > 0)
-                    && !head.ends_with("\r\n\r\n")
-                {}
-                let upgrade = head.to_ascii_lowercase().contains("upgrade: h2c");
-                let _ = log.send(head);
-                let answer: &[u8] = if upgrade {
-                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                };
-                let _ = s.get_mut().write_all(answer).await;
-            });
+    // An upstream that switches to h2c whenever asked.
+    let (up, mut heads) = raw_upstream(|head| {
+        if head.to_ascii_lowercase().contains("upgrade: h2c") {
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+                .to_owned()
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned()
         }
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
     let answer = send(
@@ -409,29 +394,15 @@ async fn an_h2c_upgrade_offer_is_dropped_and_the_request_served_as_http_1_1() {
 /// re-chunked, its bytes still gzipped and nothing saying so. bindgate answers `502` instead.
 #[tokio::test]
 async fn an_upstream_response_in_a_transfer_coding_other_than_chunked_is_502() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut s = BufReader::new(s);
-                let mut head = String::new();
-                while s.read_line(&mut head).await.is_ok_and(|n| n > 0)
-                    && !head.ends_with("\r\n\r\n")
-                {}
-                let framing = if head.contains("/public/gzip") {
-                    "gzip, chunked"
-                } else {
-                    "chunked"
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ntransfer-encoding: {framing}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-                );
-                let _ = s.get_mut().write_all(answer.as_bytes()).await;
-            });
-        }
-    });
+    let (up, _heads) = raw_upstream(|head| {
+        let framing = if head.contains("/public/gzip") {
+            "gzip, chunked"
+        } else {
+            "chunked"
+        };
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {framing}\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
     let web = proxy.listener("web");
@@ -454,4 +425,34 @@ async fn an_upstream_response_in_a_transfer_coding_other_than_chunked_is_502() {
         answer.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
         "{answer}"
     );
+}
+
+/// An upstream written by hand: it reads one request head per connection, records it, and
+/// writes whatever `answer` makes of it (framings hyper would not write).
+async fn raw_upstream(
+    answer: fn(&str) -> String,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (log, heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut head = String::new();
+                while s.read_line(&mut head).await.is_ok_and(|n| n > 0)
+                    && !head.ends_with("\r\n\r\n")
+                {}
+                let reply = answer(&head);
+                let _ = log.send(head);
+                let _ = s.get_mut().write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, heads)
 }
