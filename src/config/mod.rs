@@ -105,7 +105,8 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = &self.file {
-            write!(f, "{file}: ")?;
+            write_printable(f, file)?;
+            f.write_str(": ")?;
         }
         match (self.line, self.column) {
             (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
@@ -122,8 +123,9 @@ impl fmt::Display for ConfigError {
 }
 
 /// Writes `text` with its control characters escaped (`\n`, `\u{1b}`): a message quotes what a
-/// document said, and a document (a REST answer, a file someone else wrote) must not be able to
-/// start a new log line or colour a terminal through it.
+/// document said, and a document (a REST answer, a file someone else wrote, or dropped with a
+/// name of its choosing into a `path` source's directory) must not be able to start a new log
+/// line or colour a terminal through it. Every part of a config error goes through it.
 pub fn write_printable(f: &mut impl fmt::Write, text: &str) -> fmt::Result {
     let mut rest = text;
     while let Some(at) = rest.find(char::is_control) {
@@ -145,12 +147,8 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        writeln!(
-            f,
-            "{}: {n} error{}",
-            self.source,
-            if n == 1 { "" } else { "s" }
-        )?;
+        write_printable(f, &self.source)?;
+        writeln!(f, ": {n} error{}", if n == 1 { "" } else { "s" })?;
         for e in &self.errors {
             writeln!(f, "  {e}")?;
         }
@@ -418,6 +416,24 @@ pub fn json_schema() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_part_of_a_config_error_is_shown_printable() {
+        let errors = ConfigErrors {
+            source: "/d/a\nb.yaml".into(),
+            errors: vec![ConfigError {
+                file: Some("/d/x\n2026-12-08T00:00:00Z  INFO forged\u{1b}[31m.yaml".into()),
+                path: "listeners[0].name".into(),
+                line: Some(2),
+                column: None,
+                message: "bad\tvalue".into(),
+            }],
+        };
+        assert_eq!(
+            errors.to_string(),
+            "/d/a\\nb.yaml: 1 error\n  /d/x\\n2026-12-08T00:00:00Z  INFO forged\\u{1b}[31m.yaml: line 2: `listeners[0].name`: bad\\tvalue\n"
+        );
+    }
 
     fn parse_str(text: &str) -> Result<LoadedConfig, ConfigErrors> {
         parse(text, "test.yaml", PathBuf::from("/tmp"), |k| {
