@@ -242,3 +242,95 @@ async fn a_config_replaced_by_a_huge_file_is_refused_unread() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("the file is larger than 64 MiB"), "{err}");
 }
+
+/// Settings read once at start-up (here `admin.address`) are not silently taken as applied: a
+/// reload applies the rest of the file, keeps the admin server where it is, shows the address in
+/// force in `/config_dump`, and names the setting in `control.restart_pending`, in
+/// `bindgate_config_restart_pending` and in `bindgate status`. The file's own value is still
+/// checked, so a file that would not start is refused; going back clears the mark.
+#[tokio::test]
+async fn a_start_up_setting_changed_by_a_reload_is_kept_and_named_as_pending() {
+    let echo = common::echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |admin: &str, listeners: &[&str]| {
+        let mut text = format!(
+            "version: 1\nadmin: {{ address: \"{admin}\" }}\nstatic_resources:\n  listeners:\n"
+        );
+        for name in listeners {
+            text.push_str(&format!(
+                "    - {{ name: {name}, address: 127.0.0.1:0, routes: [ {{ cluster: echo }} ] }}\n"
+            ));
+        }
+        text + &format!(
+            "  clusters:\n    - {{ name: echo, type: static, endpoints: [ \"{echo}\" ] }}\n"
+        )
+    };
+    let path = write(dir.path(), "bindgate.yaml", &config("127.0.0.1:0", &["a"]));
+    let gw = Proc::start(&["run", "-c", &path], &[]).await;
+    let admin = gw.admin();
+    let pending = |want: &'static [&'static str]| {
+        common::wait_admin(admin, "/config_dump", "restart_pending", move |v| {
+            (v["control"]["restart_pending"] == serde_json::json!(want)).then(|| v.clone())
+        })
+    };
+    let dump = pending(&[]).await;
+    assert_eq!(dump["config"]["admin"]["address"], "127.0.0.1:0");
+    let scrape = common::scrape(admin).await;
+    assert_eq!(
+        common::metric(&scrape, "bindgate_config_restart_pending", &[]),
+        0.0
+    );
+
+    // A new admin address and a new listener: the listener applies, the address waits.
+    save(dir.path(), &path, &config("127.0.0.1:1", &["a", "b"]));
+    let dump = pending(&["admin.address"]).await;
+    common::wait_listener(admin, "b", "active").await;
+    assert_eq!(
+        dump["config"]["admin"]["address"], "127.0.0.1:0",
+        "the dump shows the address in force, not the file's: {dump}"
+    );
+    assert_eq!(dump["control"]["rejected_updates"], 0);
+    let scrape = common::scrape(admin).await;
+    assert_eq!(
+        common::metric(&scrape, "bindgate_config_restart_pending", &[]),
+        1.0
+    );
+    let (code, out, err) = common::run_to_end(&["status", "--admin", &admin.to_string()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("restart pending: the config file changes `admin.address`"),
+        "{out}"
+    );
+
+    // The file's own value must be one the next start accepts.
+    save(dir.path(), &path, &config("0.0.0.0:9901", &["a", "b", "c"]));
+    let dump = common::wait_control(admin, "rejected_updates", 1).await;
+    let why = dump["control"]["last_rejection"].as_str().unwrap();
+    assert!(
+        why.contains("admin.address") && why.contains("loopback"),
+        "{why}"
+    );
+    assert_eq!(
+        dump["control"]["restart_pending"],
+        serde_json::json!(["admin.address"])
+    );
+    assert!(
+        !admin_json(admin, "/listeners")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "c"),
+        "nothing of a refused file applies"
+    );
+
+    // Back to the address in force: nothing waits any more, and the listeners stay.
+    save(dir.path(), &path, &config("127.0.0.1:0", &["a", "b"]));
+    pending(&[]).await;
+    let scrape = common::scrape(admin).await;
+    assert_eq!(
+        common::metric(&scrape, "bindgate_config_restart_pending", &[]),
+        0.0
+    );
+    common::wait_listener(admin, "b", "active").await;
+}

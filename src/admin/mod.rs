@@ -32,6 +32,9 @@ pub struct ControlStatus {
     /// Why the most recent rejected update was refused (every error, one per line).
     pub last_rejection: Option<String>,
     pub discovered_endpoints: usize,
+    /// Settings the config file changed that are read at start-up only (`admin.address`,
+    /// `ngrok.api_key`, ...): the values started with stay in force until a restart.
+    pub restart_pending: Vec<&'static str>,
     /// Bound-endpoint discovery, when the config has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,

@@ -42,6 +42,8 @@ struct Status {
     discovery: Value,
     /// `/config_dump`'s `config_sources`.
     sources: Value,
+    /// `/config_dump`'s `control.restart_pending`: settings waiting for a restart.
+    restart_pending: Value,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -61,6 +63,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "endpoints": status.endpoints,
             "discovery": status.discovery,
             "config_sources": status.sources,
+            "restart_pending": status.restart_pending,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&dump)?)?;
     } else {
@@ -124,6 +127,7 @@ async fn fetch(admin: SocketAddr) -> anyhow::Result<Status> {
         endpoints: json("/endpoints").await?,
         discovery: dump["control"]["discovery"].clone(),
         sources: dump["config_sources"].clone(),
+        restart_pending: dump["control"]["restart_pending"].clone(),
     })
 }
 
@@ -159,6 +163,19 @@ fn summary(admin: SocketAddr, s: &Status) -> String {
         "bindgate at {admin}: {ready} (config version {})\n",
         s.version
     ));
+    let pending: Vec<String> = s
+        .restart_pending
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("`{}`", text(p)))
+        .collect();
+    if !pending.is_empty() {
+        out.push_str(&format!(
+            "restart pending: the config file changes {}, read at start-up only; the values started with are in force\n",
+            pending.join(", ")
+        ));
+    }
     if let Some(line) = discovery(&s.discovery) {
         out.push_str(&line);
     }

@@ -7,6 +7,7 @@ mod gateway;
 pub mod plane;
 pub mod registration;
 pub mod sources;
+mod start_only;
 
 pub use plane::{ControlError, ControlPlane, ControlStatus, StatusView};
 

@@ -22,6 +22,7 @@ use crate::telemetry;
 
 use super::endpoint_cache::EndpointCache;
 use super::sources::{InitialSource, SourceAnswer, Sources};
+use super::start_only::StartOnly;
 pub use crate::admin::{ControlStatus, DiscoveryState, DiscoveryStatus, StatusView};
 use crate::config::SourceResources;
 
@@ -34,6 +35,8 @@ pub struct ControlPlane {
     applied_notify: Arc<Notify>,
     last_text: String,
     loaded: LoadedConfig,
+    /// The settings read at start-up, as started (a reload keeps them; see `start_only`).
+    start_only: StartOnly,
     discovered: BTreeSet<BoundUrl>,
     allocations: Allocations,
     /// Placement errors already logged (logged again only when they change).
@@ -139,6 +142,7 @@ impl ControlPlane {
             applied_notify: Arc::new(Notify::new()),
             last_text: text,
             applied: (Arc::new(loaded.config.clone()), Vec::new(), in_force),
+            start_only: StartOnly::of(&loaded.config),
             sources,
             loaded,
             discovered: BTreeSet::new(),
@@ -341,9 +345,16 @@ impl ControlPlane {
         match config::parse(&text, &source, self.loaded.base_dir.clone(), |k| {
             std::env::var(k).ok()
         }) {
-            Ok(loaded) => {
-                if loaded.config.ngrok != self.loaded.config.ngrok {
-                    tracing::warn!("changes to `ngrok:` take effect at the next restart");
+            Ok(mut loaded) => {
+                let pending = self.start_only.changes(&loaded.config);
+                if !pending.is_empty() {
+                    // The file's own values are what the next start reads: they must build.
+                    let sources = self.sources.in_force(&loaded);
+                    if let Err(errors) = super::sources::build_check(&loaded, &sources) {
+                        self.reject(errors.to_string());
+                        return;
+                    }
+                    self.start_only.restore(&mut loaded.config);
                 }
                 if let Some(d) = discovery_interval(&loaded.config) {
                     self.poll_interval.send_replace(d);
@@ -353,6 +364,7 @@ impl ControlPlane {
                     // Sources the file no longer declares stop; new ones start.
                     self.sources.reconcile(&self.loaded);
                     self.publish_sources();
+                    self.set_restart_pending(pending);
                 } else {
                     self.loaded = previous;
                 }
@@ -475,6 +487,27 @@ impl ControlPlane {
     fn publish_sources(&self) {
         let mut s = (**self.status.load()).clone();
         s.config_sources = self.sources.statuses();
+        self.status.store(Arc::new(s));
+    }
+
+    /// Publishes which start-up settings the file in force changed, and warns once per change.
+    fn set_restart_pending(&self, pending: Vec<&'static str>) {
+        let mut s = (**self.status.load()).clone();
+        if s.restart_pending == pending {
+            return;
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                "the config file changes {}: read at start-up only, the values started with stay in force until a restart; the rest of the file is applied",
+                pending
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        telemetry::set_restart_pending(pending.len());
+        s.restart_pending = pending;
         self.status.store(Arc::new(s));
     }
 

@@ -61,6 +61,9 @@ pub const CONFIG_APPLIED: &str = "bindgate_config_applied_total";
 pub const CONFIG_REJECTED: &str = "bindgate_config_rejected_total";
 /// Gauge: version of the snapshot in force.
 pub const SNAPSHOT_VERSION: &str = "bindgate_snapshot_version";
+/// Gauge: settings the config file changed that are read at start-up only (in force again
+/// after a restart).
+pub const CONFIG_RESTART_PENDING: &str = "bindgate_config_restart_pending";
 /// Counter: bound-endpoint polls of the ngrok API.
 pub const DISCOVERY_POLLS: &str = "bindgate_discovery_polls_total";
 /// Counter: failed bound-endpoint polls.
@@ -142,7 +145,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 37] = [
+pub const FAMILIES: [(&str, Kind, &str); 38] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -320,6 +323,11 @@ pub const FAMILIES: [(&str, Kind, &str); 37] = [
         Kind::Gauge,
         "Listeners and clusters in force from the config source, by kind.",
     ),
+    (
+        CONFIG_RESTART_PENDING,
+        Kind::Gauge,
+        "Settings the config file changed that are read at start-up only (they take effect at the next restart).",
+    ),
 ];
 
 /// The recorder, its handle, and the unlabelled series, registered once per process.
@@ -347,6 +355,7 @@ struct Totals {
     cert_renewals: Counter,
     cert_renewal_failures: Counter,
     cert_expiry: Gauge,
+    restart_pending: Gauge,
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -391,6 +400,7 @@ fn install() -> Telemetry {
             cert_renewals: metrics::counter!(CERT_RENEWALS),
             cert_renewal_failures: metrics::counter!(CERT_RENEWAL_FAILURES),
             cert_expiry: metrics::gauge!(CERT_EXPIRY),
+            restart_pending: metrics::gauge!(CONFIG_RESTART_PENDING),
         }
     });
     if metrics::set_global_recorder(recorder).is_err() {
@@ -484,6 +494,11 @@ pub fn config_applied() {
 /// A configuration update was rejected (the last good one stays in force).
 pub fn config_rejected() {
     totals().config_rejected.increment(1);
+}
+
+/// How many settings read at start-up the config file in force changed.
+pub fn set_restart_pending(n: usize) {
+    totals().restart_pending.set(n as f64);
 }
 
 /// The version of the snapshot in force.
