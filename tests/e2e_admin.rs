@@ -445,29 +445,46 @@ static_resources:
 }
 
 #[tokio::test]
-async fn idle_admin_connections_are_capped_and_timed_out() {
+async fn idle_admin_connections_are_capped_make_room_for_a_probe_and_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_one_listener(dir.path()).await;
     let admin = proxy.admin();
-    // 64 clients that connect and send nothing hold every admin slot...
-    let mut idle = Vec::new();
-    for _ in 0..64 {
-        idle.push(TcpStream::connect(admin).await.unwrap());
+    // 64 clients that connect and send nothing, or half a request head, hold every admin slot...
+    let mut held = Vec::new();
+    for i in 0..64 {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        if i % 2 == 1 {
+            c.write_all(b"GET /ready HTTP/1.1\r\nHo").await.unwrap();
+        }
+        held.push(c);
     }
-    // ...so a 65th is closed at once, without an answer.
-    let mut extra = TcpStream::connect(admin).await.unwrap();
-    let mut buf = Vec::new();
-    let n = tokio::time::timeout(common::GUARD, extra.read_to_end(&mut buf))
-        .await
-        .expect("the 65th connection was not closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "closed without an answer");
-    // The idle ones are closed after the header timeout, and the admin answers again.
-    for mut c in idle {
+    // ...yet a probe is answered: it takes the place of the one idle longest.
+    assert_eq!(get(admin, "/ready").await, (200, "ready\n".to_owned()));
+    let held: Vec<std::net::TcpStream> = held.into_iter().map(|c| c.into_std().unwrap()).collect();
+    let closed = held
+        .iter()
+        .filter(|c| {
+            let mut buf = [0u8; 64];
+            match std::io::Read::read(&mut &**c, &mut buf) {
+                Ok(0) => true,
+                Ok(n) => panic!("a held connection was answered: {:?}", &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                Err(_) => true, // reset
+            }
+        })
+        .count();
+    assert_eq!(closed, 1, "exactly one held connection made room");
+    // The rest are closed after the header timeout, and the admin answers again.
+    for c in held {
+        let mut c = TcpStream::from_std(c).unwrap();
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(common::GUARD, c.read_to_end(&mut buf))
             .await
             .expect("an idle admin connection stayed open");
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+            "{buf:?}"
+        );
     }
     assert_eq!(get(admin, "/ready").await, (200, "ready\n".to_owned()));
 }

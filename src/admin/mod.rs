@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -327,14 +327,26 @@ pub fn start(address: SocketAddr, state: AdminState) -> std::io::Result<AdminSer
     Ok(AdminServer { address: bound })
 }
 
-/// Admin connections open at once; more are closed at accept (the admin is for a few local
-/// tools and probes, and must not be a way to exhaust file descriptors).
+/// Admin connections open at once (the admin is for a few local tools and probes, and must not
+/// be a way to exhaust file descriptors). A connection over it closes the one that started a
+/// request longest ago, or never did, as nginx reuses its idle keep-alive connections: held-open
+/// or trickling connections cannot keep a probe out.
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long an admin client may take to send a request head (or sit idle between requests).
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// One open admin connection.
+struct Open {
+    /// When it was accepted or last started a request, in ms since the server started.
+    active: Arc<AtomicU64>,
+    close: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
 async fn serve(listener: TcpListener, state: AdminState) {
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let epoch = tokio::time::Instant::now();
+    let now = move || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut open: Vec<Open> = Vec::with_capacity(MAX_CONNECTIONS);
     let mut backoff = std::time::Duration::from_millis(10);
     loop {
         let stream = match listener.accept().await {
@@ -350,14 +362,25 @@ async fn serve(listener: TcpListener, state: AdminState) {
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::debug!("admin server: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
-        };
+        open.retain(|c| !c.task.is_finished());
+        if open.len() >= MAX_CONNECTIONS {
+            let idlest = (0..open.len()).min_by_key(|&i| open[i].active.load(Ordering::Relaxed));
+            if let Some(i) = idlest {
+                let c = open.swap_remove(i);
+                c.close.cancel();
+                let _ = c.task.await; // its socket is closed before the new one is served
+                tracing::debug!(
+                    "admin server: {MAX_CONNECTIONS} connections open; closed the idlest for a new one"
+                );
+            }
+        }
+        let active = Arc::new(AtomicU64::new(now()));
+        let close = tokio_util::sync::CancellationToken::new();
         let state = state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let (seen, closed) = (active.clone(), close.clone());
+        let task = tokio::spawn(async move {
             let svc = service_fn(move |req| {
+                seen.store(now(), Ordering::Relaxed);
                 let state = state.clone();
                 async move {
                     let response = route(&state, &req);
@@ -365,11 +388,19 @@ async fn serve(listener: TcpListener, state: AdminState) {
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                () = closed.cancelled() => {}
+            }
+        });
+        open.push(Open {
+            active,
+            close,
+            task,
         });
     }
 }
