@@ -152,6 +152,40 @@ async fn with_the_api_down_a_restart_serves_the_saved_identity_and_endpoints() {
     assert_eq!(code, 200, "{body}");
 }
 
+/// An API that accepts and never answers (packets dropped by a firewall, a hung load
+/// balancer), with `api_timeout: 1h`: a restart with a usable saved identity gives the API one
+/// try of at most `SAVED_IDENTITY_WAIT` and then serves the saved endpoints, instead of waiting
+/// out four tries of `api_timeout` (before the fix it never started within this test).
+#[tokio::test]
+async fn a_restart_with_a_silent_api_serves_the_saved_identity_without_waiting_out_api_timeout() {
+    let sb = start_sandbox_api(common::SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = common::port_range(10);
+    let cfg = config(&sb, dir.path(), &ports, "k-e2e", None, "");
+    let path = write(dir.path(), "bindgate.yaml", &cfg);
+    let first = Proc::start(&["run", "-c", &path], &[]).await;
+    let echo = common::wait_endpoint(first.admin(), ECHO).await;
+    common::wait_admin(first.admin(), "/config_dump", "a poll succeeded", |v| {
+        (v["control"]["discovery"]["state"] == "current").then_some(())
+    })
+    .await;
+    assert!(first.terminate().await.0.success());
+
+    api_faults(&sb, serde_json::json!({ "hang_next": 1_000_000 })).await;
+    let patient = write(
+        dir.path(),
+        "patient.yaml",
+        &cfg.replace("api_timeout: 1s", "api_timeout: 1h"),
+    );
+    let second = tokio::time::timeout(common::GUARD, Proc::start(&["run", "-c", &patient], &[]))
+        .await
+        .expect("start-up waited on the silent API");
+    let admin = second.admin();
+    assert_eq!(common::wait_endpoint(admin, ECHO).await, echo);
+    assert_eq!(common::echo_once(echo, b"saved").await, b"saved");
+    assert_eq!(discovery(admin).await["state"], "cached");
+}
+
 /// A key revoked while running: discovery stops (logged, in `/ready`'s body, in
 /// `/config_dump` and as a metric); the static listener and the discovered endpoints keep
 /// serving, and the process stays up and ready.

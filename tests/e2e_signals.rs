@@ -73,6 +73,70 @@ static_resources:
     assert!(child.try_wait().unwrap().is_none(), "still running");
 }
 
+/// SIGTERM while registration waits on an API that accepts and never answers (a firewall, a
+/// hung load balancer; `api_timeout` here is an hour): bindgate stops at once with exit 0
+/// instead of holding the stop until systemd's or Kubernetes' timeout kills it. Before the
+/// fix the signal was caught and ignored until start-up ended.
+#[tokio::test]
+async fn sigterm_while_registration_waits_on_the_api_stops_at_once() {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write(
+        dir.path(),
+        "bindgate.yaml",
+        &format!(
+            "version: 1
+admin: {{ address: 127.0.0.1:0 }}
+state_dir: {state}
+ngrok: {{ api_url: \"http://{api_addr}\", api_key: k, api_timeout: 1h }}
+ingresses: [ {{ name: ngrok }} ]
+dynamic_resources:
+  bound_endpoints:
+    ingress: ngrok
+    expose: {{ mode: port_range, ports: 21000-21100 }}
+",
+            state = dir.path().join("state").display()
+        ),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["run", "-c", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The registration's first request is in flight once the API has its connection.
+    let (mut held, _) = tokio::time::timeout(common::GUARD, api.accept())
+        .await
+        .expect("bindgate never called the API")
+        .unwrap();
+    let mut head = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut held, &mut head)
+        .await
+        .unwrap();
+    assert!(
+        [&b"GET "[..], b"POST"].contains(&&head[..]),
+        "an API request: {head:?}"
+    );
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(common::GUARD, child.wait())
+        .await
+        .expect("SIGTERM during registration did not stop bindgate")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    assert_eq!(stdout, "", "nothing was announced as started");
+}
+
 /// The signals a process catches (`SigCgt` in `/proc/PID/status`, bit N-1 for signal N); 0 when
 /// it is not readable yet.
 fn caught(pid: &str) -> u64 {

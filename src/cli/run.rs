@@ -50,41 +50,54 @@ pub async fn run(
             return Ok(ExitCode::FAILURE);
         }
     };
-    // One process per state_dir: held until this process ends.
-    let _state_lock = if registration::needed(&loaded.config) {
-        let dir = registration::state_dir(&loaded);
-        match crate::identity::StateStore::open(&dir).and_then(|s| s.lock()) {
-            Ok(lock) => Some(lock),
+    // Registration can wait minutes on an API that does not answer (`api_timeout`, 4 tries):
+    // SIGINT/SIGTERM stop start-up at once rather than waiting for it (systemd and Kubernetes
+    // would otherwise kill the process when their stop timeout runs out).
+    let starting = async {
+        // One process per state_dir: held until this process ends.
+        let state_lock = if registration::needed(&loaded.config) {
+            let dir = registration::state_dir(&loaded);
+            match crate::identity::StateStore::open(&dir).and_then(|s| s.lock()) {
+                Ok(lock) => Some(lock),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let registration = if registration::needed(&loaded.config) {
+            match registration::obtain(&loaded).await {
+                Ok(r) => Some(r),
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let deregistration = registration
+            .as_ref()
+            .and_then(registration::Registration::deregistration);
+        let plane = ControlPlane::start(
+            Some(args.config.clone()),
+            text,
+            loaded,
+            initial,
+            registration,
+        )
+        .await?;
+        anyhow::Ok(Ok((state_lock, deregistration, plane)))
+    };
+    let (_state_lock, deregistration, mut plane) = tokio::select! {
+        started = starting => match started? {
+            Ok(started) => started,
             Err(e) => {
                 tracing::error!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
+        },
+        () = signals.recv() => {
+            tracing::info!("stop requested during start-up: exiting before serving");
+            return Ok(ExitCode::SUCCESS);
         }
-    } else {
-        None
     };
-    let registration = if registration::needed(&loaded.config) {
-        match registration::obtain(&loaded).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::error!("{e}");
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    } else {
-        None
-    };
-    let deregistration = registration
-        .as_ref()
-        .and_then(registration::Registration::deregistration);
-    let mut plane = ControlPlane::start(
-        Some(args.config.clone()),
-        text,
-        loaded,
-        initial,
-        registration,
-    )
-    .await?;
     announce(plane.gateway());
     let mut clean_stop = false;
     let outcome = tokio::select! {

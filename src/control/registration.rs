@@ -123,6 +123,7 @@ pub async fn register(loaded: &LoadedConfig) -> Result<Registration, Registratio
     };
     let api = ApiClient::new(ApiSettings::from_config(ngrok, loaded)).map_err(|e| other(&e))?;
     let store = StateStore::open(state_dir(loaded)).map_err(|e| other(&e))?;
+    tracing::info!(api = %ngrok.api_url, "registering with the ngrok API");
     let credentials = Registrar::ensure(&api, &store, &settings)
         .await
         .map_err(|e| classify("registration with the ngrok API failed", e))?;

@@ -15,7 +15,7 @@ use super::store::{SavedOperator, StateStore, StoreError};
 use crate::config::{KeyType, RegistrationConfig};
 use crate::ngrok_api::{
     ApiClient, ApiError, BindingCreate, BindingUpdate, DeploymentCreate, DeploymentUpdate,
-    Operator, OperatorCreate, OperatorUpdate,
+    Operator, OperatorCreate, OperatorUpdate, RetryPolicy,
 };
 use crate::secret::Secret;
 
@@ -23,6 +23,12 @@ use crate::secret::Secret;
 pub const DEFAULT_INGRESS_ENDPOINT: &str = "kubernetes-binding-ingress.ngrok.io:443";
 /// `deployment.version` sent to the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// With a usable saved identity, how long start-up waits for the API to confirm the saved
+/// operator (one try) before serving with it. An API that drops packets would otherwise hold
+/// the start, and every saved endpoint, for `api_timeout` times 4 tries; discovery and renewal
+/// keep asking in the background.
+pub const SAVED_IDENTITY_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -180,7 +186,19 @@ impl Registrar {
         let node_id = store.node_id()?;
         if let Some(saved) = store.load_operator()? {
             let id = saved.operator_id.clone();
-            match api.get_operator(&id).await {
+            let fallback = Self::offline(store, settings, &saved);
+            let lookup = if fallback.is_some() {
+                let once = api.clone().with_retry(RetryPolicy {
+                    attempts: 1,
+                    ..RetryPolicy::default()
+                });
+                tokio::time::timeout(SAVED_IDENTITY_WAIT, once.get_operator(&id))
+                    .await
+                    .unwrap_or(Err(ApiError::Timeout(SAVED_IDENTITY_WAIT)))
+            } else {
+                api.get_operator(&id).await
+            };
+            match lookup {
                 Ok(op) => return Self::resume(api, store, settings, &node_id, op).await,
                 Err(e) if e.is_not_found() => {
                     tracing::warn!(
@@ -191,7 +209,7 @@ impl Registrar {
                 Err(e) => {
                     // Down, slow, or refusing the key: a saved identity still dials the
                     // ingress, so start with it; discovery and renewal retry in the background.
-                    if let Some(creds) = Self::offline(store, settings, &saved) {
+                    if let Some(creds) = fallback {
                         tracing::warn!(
                             operator_id = %id,
                             valid_until = %rfc3339(creds.not_after),

@@ -214,14 +214,18 @@ async fn other_errors_on_the_saved_operator_start_with_the_saved_identity_or_fai
     let first = Registrar::ensure(&api, &s.store, &settings())
         .await
         .unwrap();
-    // A 500 (after the client's retries) or a rejected key: the saved, usable certificate is
-    // used as it is, without registering.
-    for _ in 0..4 {
-        s.mock.state().script.push_back((500, "{}".into()));
-    }
+    // A 500 or a rejected key: the saved, usable certificate is used as it is, without
+    // registering. With it, the API gets one try (a start does not wait out the retries).
+    s.mock.state().script.push_back((500, "{}".into()));
+    s.mock.state().script.push_back((200, "not reached".into()));
     let offline = Registrar::ensure(&api, &s.store, &settings())
         .await
         .unwrap();
+    assert_eq!(
+        s.mock.state().script.pop_front(),
+        Some((200, "not reached".into())),
+        "one try"
+    );
     assert_eq!(offline.operator_id, first.operator_id);
     assert_eq!(offline.cert_pem, first.cert_pem);
     assert_eq!(offline.ingress_endpoint, first.ingress_endpoint);
