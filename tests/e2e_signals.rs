@@ -137,6 +137,60 @@ dynamic_resources:
     assert_eq!(stdout, "", "nothing was announced as started");
 }
 
+/// A second SIGTERM while bindgate drains (here a connection that would hold the drain for
+/// its hour-long `drain_timeout`) stops it at once, exit 1, and cuts that connection: the
+/// operator's way out of a drain, as a second Ctrl-C is elsewhere. Before the fix the second
+/// signal was ignored until the drain ended.
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_stops_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = common::echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write(
+        dir.path(),
+        "bindgate.yaml",
+        &format!(
+            "version: 1
+admin: {{ address: 127.0.0.1:0 }}
+static_resources:
+  listeners:
+    - {{ name: a, address: 127.0.0.1:0, drain_timeout: 1h, routes: [ {{ cluster: c }} ] }}
+  clusters:
+    - {{ name: c, type: static, endpoints: [ \"{echo}\" ] }}
+"
+        ),
+    );
+    let mut gw = common::Proc::start(&["run", "-c", &path], &[]).await;
+    let listener = gw.listener("a");
+    let mut held = tokio::net::TcpStream::connect(listener).await.unwrap();
+    held.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    held.read_exact(&mut one).await.unwrap();
+    let pid = gw.child.id().unwrap().to_string();
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+    };
+    term();
+    // Draining: the listener no longer accepts, the held connection keeps the process up.
+    common::wait_not_accepting(listener).await;
+    assert!(gw.child.try_wait().unwrap().is_none(), "draining");
+    held.write_all(b"y").await.unwrap();
+    held.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"y", "the open connection still flows while draining");
+    term();
+    let status = tokio::time::timeout(common::GUARD, gw.child.wait())
+        .await
+        .expect("a second SIGTERM did not stop the drain")
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{status}");
+    let mut rest = Vec::new();
+    let _ = held.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 /// The signals a process catches (`SigCgt` in `/proc/PID/status`, bit N-1 for signal N); 0 when
 /// it is not readable yet.
 fn caught(pid: &str) -> u64 {

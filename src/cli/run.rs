@@ -111,16 +111,27 @@ pub async fn run(
     if let Err(e) = &outcome {
         tracing::error!("stopping: {e}");
     }
-    tracing::info!("shutting down: no new connections; draining open ones for up to {drain:?}");
-    plane.shutdown().await;
-    // After the drain (renewal and heartbeats are stopped): the certificate dies with it.
-    let mut deregistered = true;
-    if let (true, Some(d)) = (clean_stop, deregistration) {
-        if let Err(e) = d.run().await {
-            tracing::error!("{e}");
-            deregistered = false;
+    tracing::info!(
+        "shutting down: no new connections; draining open ones for up to {drain:?} (a second SIGINT or SIGTERM stops at once)"
+    );
+    let stopping = async {
+        plane.shutdown().await;
+        // After the drain (renewal and heartbeats are stopped): the certificate dies with it.
+        if let (true, Some(d)) = (clean_stop, deregistration) {
+            if let Err(e) = d.run().await {
+                tracing::error!("{e}");
+                return false;
+            }
         }
-    }
+        true
+    };
+    let deregistered = tokio::select! {
+        deregistered = stopping => deregistered,
+        () = signals.recv() => {
+            tracing::warn!("a second stop signal: exiting now; connections still open are cut");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     tracing::info!("stopped");
     Ok(if outcome.is_ok() && deregistered {
         ExitCode::SUCCESS
