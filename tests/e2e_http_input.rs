@@ -263,6 +263,40 @@ async fn an_absolute_form_target_and_host_agree() {
     );
 }
 
+/// A Host the routes and the upstream could read differently (`a b`, `evil@public.test`), or
+/// userinfo in an absolute-form target (which would have gone upstream as the Host, the
+/// credentials with it), is `400` (RFC 9112 §3.2, RFC 9110 §4.2.4) and never forwarded. Before
+/// the fix the userinfo reached the upstream in its Host, and the others were answered by route
+/// lookup on a host they do not name (`404` here; a `*.test` route would have forwarded them).
+#[tokio::test]
+async fn a_host_that_is_not_host_and_port_is_400_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, mut seen) = recording_upstream().await;
+    let proxy = start_proxy(&config_with(up, "", ""), dir.path()).await;
+    let web = proxy.listener("web");
+    for (target, host) in [
+        ("/public/a", "public.test evil"),
+        ("/public/b", "evil@public.test"),
+        ("/public/c", "public.test/x"),
+        ("http://user:secret@public.test/public/d", "public.test"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let answer = send(web, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{host}: {answer}");
+        assert!(!answer.contains("secret"), "{answer}");
+    }
+    let answer = send(
+        web,
+        b"GET /public/ok HTTP/1.1\r\nhost: PUBLIC.test.:8080\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(
+        seen.drain(),
+        vec![("/public/ok".to_owned(), "PUBLIC.test.:8080".to_owned())]
+    );
+}
+
 /// What the recording upstream saw: (target, Host) per request, in order.
 struct Seen(tokio::sync::mpsc::UnboundedReceiver<(String, String)>);
 

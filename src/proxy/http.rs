@@ -197,6 +197,17 @@ pub fn select_route<'t, B>(
         tracing::debug!(%listener, %peer, "refused request target: {why}");
         Refusal::Target(why)
     })?;
+    if req
+        .headers()
+        .get(HOST)
+        .is_some_and(|h| !is_valid_authority(h.as_bytes()))
+    {
+        // RFC 9112 §3.2: 400 for a Host with an invalid value. Routes and the upstream would
+        // read `a b` or `evil@shop.default` each their own way.
+        return Err(Refusal::Target(
+            "the Host header is not a host name or address with an optional port",
+        ));
+    }
     let host = request_host(&req);
     let route = table.find(host.as_deref(), req.uri().path()).ok_or_else(|| {
         tracing::debug!(%listener, %peer, host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
@@ -384,6 +395,10 @@ fn normalize_target<B>(mut req: Request<B>) -> Result<Request<B>, &'static str> 
     }
     let authority = match (uri.scheme_str(), uri.authority()) {
         (None, None) => None,
+        // RFC 9110 §4.2.4: userinfo in an `http` URI is an error (it would become the Host).
+        (Some("http"), Some(a)) if a.as_str().contains('@') => {
+            return Err("userinfo (`user@`) in the request target");
+        }
         (Some("http"), Some(a)) => Some(a.clone()),
         _ => return Err("an absolute-form target must be an `http://` URL"),
     };
@@ -422,6 +437,54 @@ fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
                 Cow::Owned(normalize_host(raw))
             }
         })
+}
+
+/// Whether a Host value (or a target's authority) is `host [":" port]` as RFC 3986 writes it:
+/// a reg-name or IPv4 address (unreserved characters, sub-delims, `%XX`), or an IP literal in
+/// brackets, then an optional port of digits. Empty is valid (a target without authority).
+fn is_valid_authority(v: &[u8]) -> bool {
+    let (host, port) = if let Some(literal) = v.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &literal[..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| is_unreserved_or_sub_delim(b) || b == b':')
+        {
+            return false;
+        }
+        match &literal[end + 1..] {
+            [] => (&[][..], None),
+            [b':', port @ ..] => (&[][..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if is_unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+}
+
+fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 /// Already what [`normalize_host`] makes of it (the common case, no allocation): no upper case,
@@ -973,6 +1036,35 @@ static_resources:
             chosen(Version::HTTP_10, &["shop.default"]),
             Ok("shop".into())
         );
+        for bad in [
+            "a b",
+            "evil@shop.default",
+            "shop.default/x",
+            "shop.default:8o",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "shop%zz",
+            "shop\\x",
+            "shop?x",
+        ] {
+            assert!(
+                matches!(chosen(Version::HTTP_11, &[bad]), Err(Refusal::Target(_))),
+                "{bad}"
+            );
+        }
+        for good in [
+            "shop.default:8080",
+            "SHOP.default.",
+            "127.0.0.1:80",
+            "[::1]:80",
+            "[::1]",
+            "sh%6Fp.default",
+            "",
+            "a:",
+        ] {
+            assert!(chosen(Version::HTTP_11, &[good]).is_ok(), "{good}");
+        }
         for version in [Version::HTTP_10, Version::HTTP_11] {
             assert_eq!(
                 chosen(version, &["shop.default", "shop.default"]),
