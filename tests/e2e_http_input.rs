@@ -297,6 +297,28 @@ async fn a_host_that_is_not_host_and_port_is_400_and_never_forwarded() {
     );
 }
 
+/// An HTTP/1.0 request needs no Host, but it goes upstream as HTTP/1.1, which does: it gets the
+/// cluster's endpoint as its Host (nginx's `$proxy_host`). One that names a Host keeps it.
+/// Before the fix the upstream got an HTTP/1.1 request without Host, which nginx answers `400`.
+#[tokio::test]
+async fn an_http_1_0_request_without_host_goes_upstream_with_the_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, mut seen) = recording_upstream().await;
+    let proxy = start_proxy(&config(up, "1h"), dir.path()).await;
+    let web = proxy.listener("web");
+    let answer = send(web, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    let answer = send(web, b"GET /named HTTP/1.0\r\nHost: named.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert_eq!(
+        seen.drain(),
+        vec![
+            ("/old".to_owned(), up.to_string()),
+            ("/named".to_owned(), "named.test".to_owned())
+        ]
+    );
+}
+
 /// What the recording upstream saw: (target, Host) per request, in order.
 struct Seen(tokio::sync::mpsc::UnboundedReceiver<(String, String)>);
 

@@ -617,6 +617,12 @@ async fn forward(
     let cluster = &upstream.cluster;
     let body = req.body().state();
     prepare_request(&mut req);
+    // Sent on as HTTP/1.1, an HTTP/1.0 request without Host needs one (RFC 9112 §3.2).
+    if !req.headers().contains_key(HOST) {
+        if let Some(host) = cluster.target.host_header() {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
     // An idempotent request without a body can be sent again even after it reached the
     // upstream (a connection that broke before its answer).
     let mut resend = replayable_head(&req);

@@ -149,6 +149,14 @@ pub struct BindingTarget {
 }
 
 impl BindingTarget {
+    /// The endpoint's `host:port` (`web.default:80`).
+    pub fn authority(&self) -> &str {
+        self.request
+            .authority
+            .authority()
+            .map_or("", http::uri::Authority::as_str)
+    }
+
     /// See [`UpgradeRequest::new`] for how this fails.
     pub fn new(url: BoundUrl, ingress: Arc<Ingress>) -> Result<BindingTarget, String> {
         Ok(BindingTarget {

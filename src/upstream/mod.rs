@@ -156,6 +156,19 @@ pub enum ClusterTarget {
     Binding(BindingTarget),
 }
 
+impl ClusterTarget {
+    /// The `Host` an HTTP/1.1 request to this cluster carries when the client's request had
+    /// none (HTTP/1.0): the bound endpoint's `host:port`, or a static cluster's first endpoint,
+    /// as nginx sends its `$proxy_host`.
+    pub fn host_header(&self) -> Option<http::HeaderValue> {
+        let authority = match self {
+            ClusterTarget::Binding(b) => b.authority(),
+            ClusterTarget::Static(s) => s.addresses.first()?.as_str(),
+        };
+        http::HeaderValue::from_str(authority).ok()
+    }
+}
+
 /// What a cluster's connect stack is asked for: one upstream connection.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectRequest;
