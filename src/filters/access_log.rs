@@ -1,7 +1,10 @@
 //! Where `access_log` filters write: JSON lines, to a file (opened for append on the first line,
 //! created 0640) or to stdout (`-`), from a thread of their own. Filters writing the same path
-//! share one writer, so lines never interleave. A failed write is counted and reported once at warn, then at debug, and
-//! never fails the connection or request it describes.
+//! share one writer, so lines never interleave. A line that cannot be written (a full disk, a
+//! removed directory, a queue full behind a slow disk) is counted in
+//! `bindgate_access_log_lines_lost_total` and said at warn at most every 10 s, with the count;
+//! the first line written after failed writes says so at info. It never fails the connection or
+//! request it describes.
 //!
 //! Rotation: a file renamed or removed under the writer (logrotate's default `create`, an
 //! operator's `mv`) is noticed within [`ROTATION_CHECK`] and the path opened afresh, so lines
@@ -27,6 +30,9 @@ const QUEUE: usize = 8192;
 
 /// How often a writer looks whether its path still names the file it has open.
 pub const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
+/// At most one warning about lost lines per writer in this long.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Set by SIGUSR1 (the flag is the signal handler's) and by [`reopen_files`]: the first writer
 /// to see it clears it and bumps [`REOPEN`].
@@ -66,8 +72,30 @@ pub struct AccessLogWriter {
     target: Target,
     /// Started on the first line (a `validate` build never starts it).
     queue: OnceLock<SyncSender<String>>,
-    failures: Arc<AtomicU64>,
+    failures: Arc<Failures>,
     rotation_check: Duration,
+}
+
+/// Lines a writer lost, and when it last said so.
+#[derive(Debug)]
+struct Failures {
+    lost: AtomicU64,
+    /// Lost lines already named in a warning.
+    warned: AtomicU64,
+    /// Milliseconds after `since` of the last warning (`u64::MAX`: none yet).
+    last_warning: AtomicU64,
+    since: Instant,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Failures {
+            lost: AtomicU64::new(0),
+            warned: AtomicU64::new(0),
+            last_warning: AtomicU64::new(u64::MAX),
+            since: Instant::now(),
+        }
+    }
 }
 
 impl AccessLogWriter {
@@ -106,6 +134,7 @@ impl AccessLogWriter {
             .name("bindgate-access-log".into())
             .spawn(move || {
                 let mut file: Option<Opened> = None;
+                let mut failing = false;
                 while let Ok(line) = rx.recv() {
                     let r = match &target {
                         Target::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
@@ -113,8 +142,20 @@ impl AccessLogWriter {
                             append(&mut file, path, line.as_bytes(), rotation_check)
                         }
                     };
-                    if let Err(e) = r {
-                        report(&failures, &target, &e.to_string());
+                    match r {
+                        Err(e) => {
+                            failing = true;
+                            report(&failures, &target, &e.to_string());
+                        }
+                        Ok(()) if failing => {
+                            failing = false;
+                            tracing::info!(
+                                log = %target,
+                                lost = failures.lost.load(Ordering::Relaxed),
+                                "access log: writing again"
+                            );
+                        }
+                        Ok(()) => {}
                     }
                 }
             });
@@ -130,7 +171,7 @@ impl AccessLogWriter {
 
     /// Lines that could not be written (failed or dropped).
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.failures.lost.load(Ordering::Relaxed)
     }
 
     /// Waits until every queued line has been handed to the OS (tests).
@@ -150,15 +191,35 @@ impl AccessLogWriter {
     }
 }
 
-fn report(failures: &AtomicU64, target: &Target, why: &str) {
-    let n = failures.fetch_add(1, Ordering::Relaxed);
-    if n == 0 {
+fn report(failures: &Failures, target: &Target, why: &str) {
+    let lost = failures.lost.fetch_add(1, Ordering::Relaxed) + 1;
+    crate::telemetry::access_log_line_lost(&target.to_string());
+    let now = u64::try_from(failures.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+    let last = failures.last_warning.load(Ordering::Relaxed);
+    let due = last == u64::MAX || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+    if due
+        && failures
+            .last_warning
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let since = lost - failures.warned.swap(lost, Ordering::Relaxed);
         tracing::warn!(
-            ?target,
-            "access log: {why} (further failures are logged at debug)"
+            log = %target,
+            lost,
+            "access log: {why}; {since} line(s) lost since the last warning (said at most every 10 s)"
         );
     } else {
-        tracing::debug!(?target, "access log: {why}");
+        tracing::debug!(log = %target, "access log: {why}");
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stdout => f.write_str("-"),
+            Target::File(path) => write!(f, "{}", path.display()),
+        }
     }
 }
 
@@ -363,17 +424,42 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"n\":1}\n");
     }
 
-    #[test]
-    fn an_unwritable_path_is_counted_not_fatal() {
-        let w = AccessLogWriter::new(Target::File("/nonexistent-dir/x/access.log".into()));
-        w.write(&serde_json::json!({}));
-        w.write(&serde_json::json!({}));
+    /// The value of `bindgate_access_log_lines_lost_total` for `path`, if the series exists.
+    fn lost_metric(path: &Path) -> Option<String> {
+        let series = format!(
+            "{}{{log=\"{}\"}} ",
+            crate::telemetry::ACCESS_LOG_LOST,
+            path.display()
+        );
+        crate::telemetry::render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+    }
+
+    fn wait_failures(w: &AccessLogWriter, n: u64) {
         for _ in 0..500 {
-            if w.failures() == 2 {
+            if w.failures() == n {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        assert_eq!(w.failures(), n);
+    }
+
+    #[test]
+    fn an_unwritable_path_is_counted_not_fatal_and_writing_resumes_when_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-yet").join("access.log");
+        let w = AccessLogWriter::new(Target::File(path.clone()));
+        w.write(&serde_json::json!({"n": 1}));
+        w.write(&serde_json::json!({"n": 2}));
+        wait_failures(&w, 2);
+        assert_eq!(lost_metric(&path).as_deref(), Some("2"));
+        // The directory appears (the disk was freed, a mount came back): the next line lands.
+        std::fs::create_dir(dir.path().join("not-yet")).unwrap();
+        w.write(&serde_json::json!({"n": 3}));
+        assert_eq!(wait_lines(&path, 1), "{\"n\":3}\n");
         assert_eq!(w.failures(), 2);
+        assert_eq!(lost_metric(&path).as_deref(), Some("2"));
     }
 }

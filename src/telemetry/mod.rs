@@ -64,6 +64,8 @@ pub const SNAPSHOT_VERSION: &str = "bindgate_snapshot_version";
 /// Gauge: settings the config file changed that are read at start-up only (in force again
 /// after a restart).
 pub const CONFIG_RESTART_PENDING: &str = "bindgate_config_restart_pending";
+/// Counter: access log lines that could not be written, by log (its path, `-` for stdout).
+pub const ACCESS_LOG_LOST: &str = "bindgate_access_log_lines_lost_total";
 /// Counter: bound-endpoint polls of the ngrok API.
 pub const DISCOVERY_POLLS: &str = "bindgate_discovery_polls_total";
 /// Counter: failed bound-endpoint polls.
@@ -145,7 +147,7 @@ pub enum Kind {
 
 /// Every family the recorder holds: name, type, help. Described at install; the README's
 /// metrics reference lists each of them (a test checks).
-pub const FAMILIES: [(&str, Kind, &str); 38] = [
+pub const FAMILIES: [(&str, Kind, &str); 39] = [
     (
         LISTENERS_FAILED,
         Kind::Gauge,
@@ -328,6 +330,11 @@ pub const FAMILIES: [(&str, Kind, &str); 38] = [
         Kind::Gauge,
         "Settings the config file changed that are read at start-up only (they take effect at the next restart).",
     ),
+    (
+        ACCESS_LOG_LOST,
+        Kind::Counter,
+        "Access log lines that could not be written (a full disk, a missing directory, a queue full behind a slow disk), by log.",
+    ),
 ];
 
 /// The recorder, its handle, and the unlabelled series, registered once per process.
@@ -499,6 +506,11 @@ pub fn config_rejected() {
 /// How many settings read at start-up the config file in force changed.
 pub fn set_restart_pending(n: usize) {
     totals().restart_pending.set(n as f64);
+}
+
+/// An access log line was lost (`log`: the file's path, `-` for stdout).
+pub fn access_log_line_lost(log: &str) {
+    register(|| metrics::counter!(ACCESS_LOG_LOST, "log" => label(log))).increment(1);
 }
 
 /// The version of the snapshot in force.
