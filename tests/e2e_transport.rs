@@ -561,3 +561,56 @@ async fn early_data_refusal_closes_the_client_and_names_the_ngrok_error() {
         }
     }
 }
+
+/// Clients that stop reading while their echo keeps coming (eight of them, each filling its
+/// stream's 4 MiB window in bindgate and in the ingress) do not hold up the other streams of
+/// their HTTP/2 connection: the connections' windows (1 GiB on both sides, as Go's HTTP/2
+/// client grants) outlast the streams'. With 16 MiB, four stalled streams stopped every stream
+/// of the connection, and the fresh echo below never came.
+#[tokio::test]
+async fn stalled_streams_do_not_hold_up_the_others_on_their_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut sb = start_sandbox_with("", "").await;
+    let _sandbox_logs = sb.proc.logs();
+    let transport = "    transport: multiplex\n    multiplex: { connections: 1 }\n";
+    let cfg = binding_config(&ingress_with(&sb, transport), &[ECHO], "");
+    let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
+    let _logs = proxy.logs();
+    let addr = proxy.listener("echo");
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let written = written.clone();
+        stalled.push(tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            while c.write_all(&chunk).await.is_ok() {
+                written.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }));
+    }
+    // No event says every buffer on the way is full: wait until the writers stop moving (two
+    // looks 200 ms apart see the same count). Stopping early only makes the check weaker.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = written.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writers never stalled"
+        );
+        last = now;
+    }
+    assert!(last >= 1 << 20, "the stalled clients sent {last} bytes");
+    let fresh = tokio::time::timeout(GUARD, common::echo_once(addr, b"fresh"))
+        .await
+        .expect("a fresh stream was held up by the stalled ones");
+    assert_eq!(fresh, b"fresh");
+    for w in stalled {
+        w.abort();
+    }
+}

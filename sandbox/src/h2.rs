@@ -42,9 +42,11 @@ use super::ingress::{
     TARGET_UNREACHABLE_CODE, copy_client_to_backend,
 };
 
-/// Flow-control windows granted to the client: per stream and per connection.
+/// Flow-control windows granted to the client: per stream and per connection. The connection's
+/// is far larger than the streams' together, so streams whose backend stops reading never hold
+/// up the others on their connection.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024 * 1024;
 /// Concurrent streams one client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
 const MAX_STREAMS: u32 = 10_000;
 

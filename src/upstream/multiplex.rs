@@ -40,9 +40,13 @@ use super::{UpstreamError, UpstreamStream};
 use crate::config::MultiplexFallback;
 use crate::wire;
 
-/// Flow-control windows we grant the ingress: per stream, and per connection.
+/// Flow-control windows we grant the ingress: per stream, and per connection. A stream whose
+/// client stops reading holds at most its window here; the connection's window is far larger
+/// than the streams' together (1 GiB, as Go's HTTP/2 client grants), so streams that stall
+/// never hold up the others on their connection. (16 MiB did: four stalled clients stopped
+/// every stream of the connection.)
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries to open one stream, across connections, when a connection refuses it unprocessed.
