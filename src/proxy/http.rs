@@ -197,18 +197,11 @@ pub fn select_route<'t, B>(
         tracing::debug!(%listener, %peer, "refused request target: {why}");
         Refusal::Target(why)
     })?;
-    if req
-        .headers()
-        .get(HOST)
-        .is_some_and(|h| !is_valid_authority(h.as_bytes()))
-    {
-        // RFC 9112 §3.2: 400 for a Host with an invalid value. Routes and the upstream would
-        // read `a b` or `evil@shop.default` each their own way.
-        return Err(Refusal::Target(
-            "the Host header is not a host name or address with an optional port",
-        ));
-    }
-    let host = request_host(&req);
+    // RFC 9112 §3.2: 400 for a Host with an invalid value. Routes and the upstream would read
+    // `a b` or `evil@shop.default` each their own way.
+    let host = request_host(&req).map_err(|()| {
+        Refusal::Target("the Host header is not a host name or address with an optional port")
+    })?;
     let route = table.find(host.as_deref(), req.uri().path()).ok_or_else(|| {
         tracing::debug!(%listener, %peer, host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
         Refusal::NoRoute
@@ -422,21 +415,25 @@ fn normalize_target<B>(mut req: Request<B>) -> Result<Request<B>, &'static str> 
     Ok(req)
 }
 
-/// The host the request is for: the target's authority (absolute form), else the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+/// The host the request is for: the target's authority (absolute form), else the Host header;
+/// `Err` when the Host header is not `host[:port]` ([`is_valid_authority`]).
+fn request_host<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ()> {
     if let Some(authority) = req.uri().authority() {
-        return Some(Cow::Owned(normalize_host(authority.host())));
+        return Ok(Some(Cow::Owned(normalize_host(authority.host()))));
     }
-    req.headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(|raw| {
-            if is_normal_host(raw) {
-                Cow::Borrowed(raw)
-            } else {
-                Cow::Owned(normalize_host(raw))
-            }
-        })
+    let Some(value) = req.headers().get(HOST) else {
+        return Ok(None);
+    };
+    if !is_valid_authority(value.as_bytes()) {
+        return Err(());
+    }
+    // Valid bytes are ASCII.
+    let raw = value.to_str().map_err(|_| ())?;
+    Ok(Some(if is_normal_host(raw) {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(normalize_host(raw))
+    }))
 }
 
 /// Whether a Host value (or a target's authority) is `host [":" port]` as RFC 3986 writes it:
@@ -483,8 +480,37 @@ fn is_valid_authority(v: &[u8]) -> bool {
     port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
 }
 
+/// RFC 3986's unreserved characters and sub-delims, one table lookup per byte.
+const HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_unreserved_or_sub_delim(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+    HOST_BYTE[usize::from(b)]
 }
 
 /// Already what [`normalize_host`] makes of it (the common case, no allocation): no upper case,
@@ -616,13 +642,14 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let cluster = &upstream.cluster;
     let body = req.body().state();
-    prepare_request(&mut req);
-    // Sent on as HTTP/1.1, an HTTP/1.0 request without Host needs one (RFC 9112 §3.2).
-    if !req.headers().contains_key(HOST) {
+    // Sent on as HTTP/1.1, an HTTP/1.0 request without Host needs one (RFC 9112 §3.2; an
+    // HTTP/1.1 one without it never gets this far).
+    if req.version() == Version::HTTP_10 && !req.headers().contains_key(HOST) {
         if let Some(host) = cluster.target.host_header() {
             req.headers_mut().insert(HOST, host);
         }
     }
+    prepare_request(&mut req);
     // An idempotent request without a body can be sent again even after it reached the
     // upstream (a connection that broke before its answer).
     let mut resend = replayable_head(&req);
@@ -896,17 +923,20 @@ mod tests {
             "[::1]:80",
             "[::1]",
             "",
-            "a:b",
         ] {
             let mut req = Request::new(());
             req.headers_mut()
                 .insert(HOST, HeaderValue::from_str(raw).unwrap());
             assert_eq!(
-                request_host(&req).as_deref(),
+                request_host(&req).unwrap().as_deref(),
                 Some(normalize_host(raw).as_str()),
                 "{raw}"
             );
         }
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(HOST, HeaderValue::from_static("a:b"));
+        assert_eq!(request_host(&req), Err(()), "a port that is not digits");
     }
 
     #[test]
