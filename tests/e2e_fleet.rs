@@ -198,6 +198,80 @@ async fn a_killed_member_is_reaped_by_a_peer_and_nothing_else_is_touched() {
     );
 }
 
+/// A member whose clock is wrong (its heartbeats say 2001) is not reaped while it beats: the
+/// reaper measures silence in the API's clock (`updated_at`), not in the heartbeat each member
+/// writes with its own clock. Once it stops, it is reaped. Before the fix it was deleted at the
+/// reaper's first round, certificate and all, though it was alive.
+#[tokio::test]
+async fn a_member_whose_clock_is_wrong_is_reaped_only_once_it_stops() {
+    const SKEWED: &str =
+        r#"{"bindgate":{"node_id":"s","fleet":"gw","heartbeat":"2001-01-01T00:00:00Z"}}"#;
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let skewed = outsider(&sb, SKEWED).await;
+    let skewed_path = format!("kubernetes_operators/{skewed}");
+    let beat = |path: String| {
+        let sb = &sb;
+        async move {
+            api(
+                sb,
+                reqwest::Method::PATCH,
+                &path,
+                Some(serde_json::json!({ "metadata": SKEWED })),
+            )
+            .await
+            .0
+        }
+    };
+    let b = member(
+        &sb,
+        dir.path(),
+        "b",
+        "    fleet: gw\n    heartbeat_interval: 500ms\n    reap_after: 2s\n",
+    );
+    let peer = Proc::start(&["run", "-c", &b], &[]).await;
+    let peer_path = format!(
+        "kubernetes_operators/{}",
+        saved_operator(&dir.path().join("b"))
+    );
+    let peer_beat = || async {
+        let (_, op) = api(&sb, reqwest::Method::GET, &peer_path, None).await;
+        op["updated_at"].as_str().unwrap_or_default().to_owned()
+    };
+    // The skewed member beats every 200 ms while the peer goes through rounds of heartbeat and
+    // reaping that span more than twice `reap_after`.
+    let mut rounds = 0;
+    let mut last = peer_beat().await;
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    while rounds < 5 {
+        assert_eq!(beat(skewed_path.clone()).await, 200, "reaped while beating");
+        let now = peer_beat().await;
+        if now != last {
+            rounds += 1;
+            last = now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the peer stopped beating"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // It stops: the peer reaps it.
+    loop {
+        let (code, _) = api(&sb, reqwest::Method::GET, &skewed_path, None).await;
+        if code == 404 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + common::GUARD,
+            "never reaped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, log) = peer.terminate().await;
+    assert!(status.success(), "{log}");
+}
+
 #[test]
 fn fleet_settings_contradicting_an_identity_dir_are_refused_with_their_line() {
     let dir = tempfile::tempdir().unwrap();

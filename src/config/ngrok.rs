@@ -77,8 +77,8 @@ pub struct RegistrationConfig {
     /// Delete this host's operator on a clean stop (SIGTERM/SIGINT): for ephemeral hosts.
     #[serde(default)]
     pub deregister_on_shutdown: bool,
-    /// With `fleet`: delete fleet members whose heartbeat is older than this, on start and
-    /// at every heartbeat after (default 1h).
+    /// With `fleet`: delete fleet members not written (heartbeat) for this long, measured in the
+    /// API's clock (`updated_at`), on start and at every heartbeat after (default 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reap_after: Option<HumanDuration>,
     /// With `fleet`: how often the heartbeat in the operator's metadata is written (default 5m).

@@ -21,21 +21,26 @@ pub fn heartbeat(metadata: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
-/// The members of `fleet` other than `ours` silent for longer than `reap_after` at `now`, with
-/// when they were last heard of. A member without a heartbeat counts from its `updated_at`.
+/// The members of `fleet` other than `ours` silent for longer than `reap_after`, with when they
+/// were last heard of. Both ends are the API's clock: a member's last write is its `updated_at`
+/// (each heartbeat bumps it), and "now" is our own operator's `updated_at`, just bumped by our
+/// heartbeat. No member's clock counts, so a host whose clock is an hour off neither reaps live
+/// peers nor gets reaped while it beats. Without our own operator in the list, nobody is reaped.
 pub fn silent_members<'a>(
     operators: &'a [Operator],
     fleet: &str,
     ours: &str,
     reap_after: Duration,
-    now: OffsetDateTime,
 ) -> Vec<(&'a Operator, OffsetDateTime)> {
+    let updated = |op: &Operator| OffsetDateTime::parse(&op.updated_at, &Rfc3339).ok();
+    let Some(now) = operators.iter().find(|op| op.id == ours).and_then(updated) else {
+        return Vec::new();
+    };
     operators
         .iter()
         .filter(|op| op.id != ours && metadata_fleet(&op.metadata).as_deref() == Some(fleet))
         .filter_map(|op| {
-            let last = heartbeat(&op.metadata)
-                .or_else(|| OffsetDateTime::parse(&op.updated_at, &Rfc3339).ok())?;
+            let last = updated(op)?;
             (now - last > reap_after).then_some((op, last))
         })
         .collect()
@@ -61,10 +66,11 @@ pub async fn run_fleet(
                     metadata: Some(metadata_for(&settings, &node_id)),
                     ..Default::default()
                 };
-                if let Err(e) = api.update_operator(&ours, &update).await {
-                    tracing::warn!(operator_id = %ours, "fleet heartbeat failed: {e}");
+                match api.update_operator(&ours, &update).await {
+                    // Our `updated_at` is "now" for the reaping: only fresh from a heartbeat.
+                    Ok(_) => reap(&api, &fleet, &ours, settings.reap_after).await,
+                    Err(e) => tracing::warn!(operator_id = %ours, "fleet heartbeat failed: {e}"),
                 }
-                reap(&api, &fleet, &ours, settings.reap_after).await;
             }
             (Ok(None), _) => {}
             (Err(e), _) | (_, Err(e)) => tracing::warn!("fleet heartbeat: {e}"),
@@ -84,13 +90,12 @@ async fn reap(api: &ApiClient, fleet: &str, ours: &str, reap_after: Duration) {
             return;
         }
     };
-    let now = OffsetDateTime::now_utc();
-    for (op, last) in silent_members(&operators, fleet, ours, reap_after, now) {
+    for (op, last) in silent_members(&operators, fleet, ours, reap_after) {
         match api.delete_operator(&op.id).await {
             Ok(()) => tracing::info!(
                 operator_id = %op.id,
                 fleet,
-                "reaped a silent fleet member (last heartbeat {})",
+                "reaped a silent fleet member (last heard of {}, in the API's clock)",
                 rfc3339(last)
             ),
             Err(e) if e.is_not_found() => {}
@@ -114,28 +119,32 @@ mod tests {
 
     #[test]
     fn only_silent_members_of_the_same_fleet_other_than_us_are_reaped() {
-        let now = OffsetDateTime::parse("2026-12-06T12:00:00Z", &Rfc3339).unwrap();
-        let old = r#"{"bindgate":{"node_id":"a","fleet":"gw","heartbeat":"2026-12-06T10:00:00Z"}}"#;
-        let fresh =
-            r#"{"bindgate":{"node_id":"b","fleet":"gw","heartbeat":"2026-12-06T11:59:00Z"}}"#;
+        // The heartbeats in the metadata are each member's own clock, off by hours here; only
+        // the API's `updated_at` counts, measured from ours.
+        let skewed =
+            r#"{"bindgate":{"node_id":"a","fleet":"gw","heartbeat":"2020-01-01T00:00:00Z"}}"#;
+        let ahead =
+            r#"{"bindgate":{"node_id":"b","fleet":"gw","heartbeat":"2030-01-01T00:00:00Z"}}"#;
         let other =
             r#"{"bindgate":{"node_id":"c","fleet":"other","heartbeat":"2020-01-01T00:00:00Z"}}"#;
         let ops = [
-            op("old", old, "2026-12-06T10:00:00Z"),
-            op("fresh", fresh, "2026-12-06T11:59:00Z"),
+            op("old", ahead, "2026-12-06T10:00:00Z"),
+            op("fresh", skewed, "2026-12-06T11:59:00Z"),
             op("other", other, "2020-01-01T00:00:00Z"),
             op("plain", "", "2020-01-01T00:00:00Z"),
-            op("us", old, "2026-12-06T10:00:00Z"),
+            op("us", skewed, "2026-12-06T12:00:00Z"),
             op(
                 "no-beat",
                 r#"{"bindgate":{"fleet":"gw"}}"#,
                 "2026-12-06T09:00:00Z",
             ),
         ];
-        let reaped: Vec<&str> = silent_members(&ops, "gw", "us", Duration::from_secs(3600), now)
+        let reaped: Vec<&str> = silent_members(&ops, "gw", "us", Duration::from_secs(3600))
             .iter()
             .map(|(o, _)| o.id.as_str())
             .collect();
         assert_eq!(reaped, ["old", "no-beat"]);
+        // Without our own operator (and its time) in the list, nobody is reaped.
+        assert!(silent_members(&ops[..4], "gw", "us", Duration::from_secs(3600)).is_empty());
     }
 }
