@@ -137,12 +137,13 @@ dynamic_resources:
     assert_eq!(stdout, "", "nothing was announced as started");
 }
 
-/// A second SIGTERM while bindgate drains (here a connection that would hold the drain for
-/// its hour-long `drain_timeout`) stops it at once, exit 1, and cuts that connection: the
-/// operator's way out of a drain, as a second Ctrl-C is elsewhere. Before the fix the second
-/// signal was ignored until the drain ended.
+/// While bindgate drains after SIGTERM, `/ready` answers 503 (before, it stayed 200 while the
+/// listeners refused connections), and a second SIGTERM (here with a connection that would
+/// hold the drain for its hour-long `drain_timeout`) stops it at once, exit 1, and cuts that
+/// connection: the operator's way out of a drain, as a second Ctrl-C is elsewhere. Before the
+/// fix the second signal was ignored until the drain ended.
 #[tokio::test]
-async fn a_second_sigterm_during_the_drain_stops_at_once() {
+async fn draining_is_not_ready_and_a_second_sigterm_stops_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = common::echo_server().await;
     let dir = tempfile::tempdir().unwrap();
@@ -173,8 +174,29 @@ static_resources:
             .status()
             .unwrap()
     };
+    let admin = gw.admin();
+    bindgate::identity::install_crypto_provider(); // for reqwest
+    let ready = || async move {
+        let r = reqwest::get(format!("http://{admin}/ready")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(ready().await, (200, "ready\n".to_owned()));
     term();
-    // Draining: the listener no longer accepts, the held connection keeps the process up.
+    // Draining: `/ready` says so (as Envoy's DRAINING) while `/live` stays up, the listener no
+    // longer accepts, and the held connection keeps the process up.
+    let deadline = tokio::time::Instant::now() + common::GUARD;
+    let (code, body) = loop {
+        let (code, body) = ready().await;
+        if code != 200 {
+            break (code, body);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/ready stayed 200");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, 503);
+    assert!(body.starts_with("not ready: shutting down"), "{body}");
+    let live = reqwest::get(format!("http://{admin}/live")).await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
     common::wait_not_accepting(listener).await;
     assert!(gw.child.try_wait().unwrap().is_none(), "draining");
     held.write_all(b"y").await.unwrap();

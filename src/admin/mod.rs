@@ -179,6 +179,8 @@ pub struct AdminState {
     pub listeners: StatusBoard,
     /// Set once the first snapshot has been applied to the listeners.
     pub applied: Arc<AtomicBool>,
+    /// Set when the process starts to stop (SIGINT/SIGTERM): `/ready` says so from then on.
+    pub stopping: Arc<AtomicBool>,
     /// Versions, applied and rejected updates.
     pub control: StatusView,
     /// Answer requests for any `Host` (`allow_non_loopback`); otherwise only loopback names and
@@ -215,6 +217,10 @@ fn loopback_host(host: Option<&str>) -> bool {
 impl AdminState {
     /// `Ok` when serving, else why not.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Acquire) {
+            // As Envoy's DRAINING: load balancers stop sending before the listeners' close.
+            return Err("shutting down: listeners closed, open connections draining".into());
+        }
         if !self.applied.load(Ordering::Acquire) {
             return Err("the first configuration has not been applied yet".into());
         }

@@ -16,6 +16,8 @@ pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: ListenerManager,
     applied: Arc<AtomicBool>,
+    /// Set at the start of [`Gateway::shutdown`]; `/ready` answers 503 from then on.
+    stopping: Arc<AtomicBool>,
     admin: Option<AdminServer>,
 }
 
@@ -41,12 +43,14 @@ impl Gateway {
         let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let listeners = ListenerManager::new(snapshot.clone());
         let applied = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         let admin = match admin_address {
             Some(address) => {
                 let state = AdminState {
                     snapshot: snapshot.clone(),
                     listeners: listeners.board(),
                     applied: applied.clone(),
+                    stopping: stopping.clone(),
                     control,
                     any_host,
                 };
@@ -61,6 +65,7 @@ impl Gateway {
             snapshot,
             listeners,
             applied,
+            stopping,
             admin,
         };
         let first = gw.snapshot.load_full();
@@ -112,6 +117,7 @@ impl Gateway {
     /// refilling, instead of dialing an ingress that may be going away too (the demo's sandbox
     /// stops right after the proxy).
     pub async fn shutdown(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         self.listeners.shutdown().await;
         self.snapshot.load().retire_transports();
     }
