@@ -95,6 +95,20 @@ fn bad_configs_fail_naming_field_value_and_line() {
             &["line 9", "`127.0.0.1:7001` is already used by listener `a`", "static_resources.listeners[1].address"],
         ),
         (
+            // Binding all addresses takes the port on 127.0.0.1 too: the bind would fail at run.
+            "wildcard address on a port taken",
+            GOOD.replace(
+                "  clusters:",
+                "    - name: b\n      address: 0.0.0.0:7001\n      routes: [ { cluster: c } ]\n  clusters:",
+            ),
+            &["line 9", "`0.0.0.0:7001` is already used by listener `a`", "static_resources.listeners[1].address"],
+        ),
+        (
+            "the admin server's address",
+            format!("admin: {{ address: 127.0.0.1:7001 }}\n{GOOD}"),
+            &["line 6", "`127.0.0.1:7001` is already used by the admin server (`admin.address`)", "static_resources.listeners[0].address"],
+        ),
+        (
             "tcp endpoint without port",
             format!(
                 "{GOOD}    - name: b\n      type: binding_upstream\n      endpoint: tcp://orders.default\n      ingress: i\n"

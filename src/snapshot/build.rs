@@ -265,7 +265,10 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
     let mut route_compiler = RouteCompiler::new(&clusters, &cluster_names, retained, base_dir);
-    let mut addresses: HashMap<SocketAddr, &str> = HashMap::new();
+    let mut addresses = AddressBook::default();
+    if let Some(a) = admin {
+        addresses.take(a, "the admin server (`admin.address`)");
+    }
     let mut listener_origins: HashMap<&str, Origin<'_>> = HashMap::new();
     let all_listeners = with_origins(
         &cfg.static_resources.listeners,
@@ -299,13 +302,11 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         }
         let address = match l.address.parse::<SocketAddr>() {
             Ok(a) => {
-                if a.port() != 0 {
-                    if let Some(other) = addresses.insert(a, &l.name) {
-                        c.err(
-                            format!("{path}.address"),
-                            format!("address `{a}` is already used by listener `{other}`"),
-                        );
-                    }
+                if let Some(other) = addresses.take(a, &format!("listener `{}`", l.name)) {
+                    c.err(
+                        format!("{path}.address"),
+                        format!("address `{a}` is already used by {other}"),
+                    );
                 }
                 Some(a)
             }
@@ -418,9 +419,9 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
                     tracing::warn!(listener = %name, "discovered endpoints skipped: a static listener has the same name");
                     continue;
                 }
-                if let Some(other) = addresses.get(&first.address) {
+                if let Some(other) = addresses.holder(first.address) {
                     for p in &members {
-                        tracing::warn!(endpoint = %p.url, "discovered endpoint skipped: {} is used by listener `{other}`", p.address);
+                        tracing::warn!(endpoint = %p.url, "discovered endpoint skipped: {} is used by {other}", p.address);
                     }
                     continue;
                 }
@@ -528,6 +529,55 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
         max_connections,
         config: Arc::new(cfg.clone()),
     })
+}
+
+/// The addresses listeners (and the admin server) bind, to refuse a second bind that would
+/// fail: the same address, or the same port where either is `0.0.0.0` / `[::]` (a wildcard
+/// bind takes the port on every address). Port 0 (the OS chooses) never collides.
+#[derive(Default)]
+struct AddressBook {
+    exact: HashMap<SocketAddr, String>,
+    /// A holder of each port, and the holder of each wildcard bind.
+    any_on_port: HashMap<u16, String>,
+    wildcard: HashMap<u16, String>,
+}
+
+impl AddressBook {
+    /// Who already binds where a bind of `a` would fail.
+    fn holder(&self, a: SocketAddr) -> Option<&str> {
+        let port = a.port();
+        if port == 0 {
+            return None;
+        }
+        self.exact
+            .get(&a)
+            .or_else(|| self.wildcard.get(&port))
+            .or_else(|| {
+                a.ip()
+                    .is_unspecified()
+                    .then(|| self.any_on_port.get(&port))
+                    .flatten()
+            })
+            .map(String::as_str)
+    }
+
+    /// Records `a` for `who`; `Some(holder)` (and nothing recorded) when `a` collides with an
+    /// earlier bind.
+    fn take(&mut self, a: SocketAddr, who: &str) -> Option<String> {
+        if let Some(holder) = self.holder(a) {
+            return Some(holder.to_owned());
+        }
+        if a.port() != 0 {
+            self.exact.insert(a, who.to_owned());
+            self.any_on_port
+                .entry(a.port())
+                .or_insert_with(|| who.to_owned());
+            if a.ip().is_unspecified() {
+                self.wildcard.insert(a.port(), who.to_owned());
+            }
+        }
+        None
+    }
 }
 
 /// Names go into log lines, metric labels and `/listeners`: a control character in one (a
