@@ -532,14 +532,16 @@ pub fn build_with(input: BuildInput<'_>) -> Result<Snapshot, ConfigErrors> {
 }
 
 /// The addresses listeners (and the admin server) bind, to refuse a second bind that would
-/// fail: the same address, or the same port where either is `0.0.0.0` / `[::]` (a wildcard
-/// bind takes the port on every address). Port 0 (the OS chooses) never collides.
+/// fail on Linux: the same address, or the same port where one is a wildcard that covers the
+/// other (`0.0.0.0` covers IPv4 addresses; `[::]`, dual-stack, covers both families). Port 0
+/// (the OS chooses) never collides.
 #[derive(Default)]
 struct AddressBook {
     exact: HashMap<SocketAddr, String>,
-    /// A holder of each port, and the holder of each wildcard bind.
-    any_on_port: HashMap<u16, String>,
-    wildcard: HashMap<u16, String>,
+    /// A holder of each (port, is IPv6).
+    any_on_port: HashMap<(u16, bool), String>,
+    /// The holder of each wildcard bind, by (port, is IPv6).
+    wildcard: HashMap<(u16, bool), String>,
 }
 
 impl AddressBook {
@@ -549,16 +551,19 @@ impl AddressBook {
         if port == 0 {
             return None;
         }
-        self.exact
+        let v6 = a.is_ipv6();
+        let mut found = self
+            .exact
             .get(&a)
-            .or_else(|| self.wildcard.get(&port))
-            .or_else(|| {
-                a.ip()
-                    .is_unspecified()
-                    .then(|| self.any_on_port.get(&port))
-                    .flatten()
-            })
-            .map(String::as_str)
+            .or_else(|| self.wildcard.get(&(port, true)))
+            .or_else(|| self.wildcard.get(&(port, v6)));
+        if found.is_none() && a.ip().is_unspecified() {
+            found = self.any_on_port.get(&(port, v6));
+            if v6 {
+                found = found.or_else(|| self.any_on_port.get(&(port, false)));
+            }
+        }
+        found.map(String::as_str)
     }
 
     /// Records `a` for `who`; `Some(holder)` (and nothing recorded) when `a` collides with an
@@ -568,15 +573,45 @@ impl AddressBook {
             return Some(holder.to_owned());
         }
         if a.port() != 0 {
+            let key = (a.port(), a.is_ipv6());
             self.exact.insert(a, who.to_owned());
             self.any_on_port
-                .entry(a.port())
+                .entry(key)
                 .or_insert_with(|| who.to_owned());
             if a.ip().is_unspecified() {
-                self.wildcard.insert(a.port(), who.to_owned());
+                self.wildcard.insert(key, who.to_owned());
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn binds_collide_as_linux_says() {
+    let clash = |first: &str, second: &str| {
+        let mut book = AddressBook::default();
+        assert_eq!(book.take(first.parse().unwrap(), "first"), None);
+        book.take(second.parse().unwrap(), "second").is_some()
+    };
+    for (a, b) in [
+        ("127.0.0.1:80", "127.0.0.1:80"),
+        ("127.0.0.1:80", "0.0.0.0:80"),
+        ("0.0.0.0:80", "127.0.0.2:80"),
+        ("[::]:80", "127.0.0.1:80"),
+        ("127.0.0.1:80", "[::]:80"),
+        ("[::1]:80", "[::]:80"),
+    ] {
+        assert!(clash(a, b), "{a} then {b}");
+    }
+    for (a, b) in [
+        ("127.0.0.1:80", "127.0.0.2:80"),
+        ("0.0.0.0:80", "[::1]:80"),
+        ("[::1]:80", "0.0.0.0:80"),
+        ("127.0.0.1:80", "127.0.0.1:81"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        assert!(!clash(a, b), "{a} then {b}");
     }
 }
 
