@@ -301,3 +301,25 @@ async fn a_hosts_file_that_cannot_be_written_is_retried_on_later_polls() {
         "warned once while failing"
     );
 }
+
+/// A port range that holds the admin server's port: discovered endpoints are placed around it
+/// (the allocator skips ports it finds taken).
+#[tokio::test]
+async fn a_port_range_holding_the_admin_port_places_endpoints_around_it() {
+    let sb = start_sandbox_api(SANDBOX_API, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let range = port_range(3);
+    let admin = format!("{}:20000", range.0);
+    let cfg = sb
+        .dynamic_config(&dir.path().join("state"), &range, "k-e2e", "")
+        .replace(
+            "admin: { address: 127.0.0.1:0 }",
+            &format!("admin: {{ address: \"{admin}\" }}"),
+        );
+    assert!(cfg.contains(&admin), "{cfg}");
+    let (p, _logs) = start(dir.path(), &cfg).await;
+    assert_eq!(p.admin().to_string(), admin);
+    let echo = common::wait_endpoint(p.admin(), "tcp://echo.e2e:7000").await;
+    assert_ne!(echo.to_string(), admin);
+    assert_eq!(common::echo_once(echo, b"around").await, b"around");
+}
