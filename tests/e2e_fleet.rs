@@ -85,6 +85,9 @@ fn saved_operator(state: &Path) -> String {
     v["operator_id"].as_str().unwrap().to_owned()
 }
 
+/// Fleet `gw`, beating every 500 ms and reaping members silent for 2 s.
+const FAST_FLEET: &str = "    fleet: gw\n    heartbeat_interval: 500ms\n    reap_after: 2s\n";
+
 /// Ancient heartbeats: a reaper that looked outside its fleet would delete these at once.
 const OTHER_FLEET: &str =
     r#"{"bindgate":{"node_id":"x","fleet":"other","heartbeat":"2001-01-01T00:00:00Z"}}"#;
@@ -130,23 +133,13 @@ async fn a_killed_member_is_reaped_by_a_peer_and_nothing_else_is_touched() {
     let other = outsider(&sb, OTHER_FLEET).await;
     let plain = outsider(&sb, NO_FLEET).await;
 
-    let a = member(
-        &sb,
-        dir.path(),
-        "a",
-        "    fleet: gw\n    heartbeat_interval: 500ms\n    reap_after: 2s\n",
-    );
+    let a = member(&sb, dir.path(), "a", FAST_FLEET);
     let mut ghost = Proc::start(&["run", "-c", &a], &[]).await;
     let ghost_id = saved_operator(&dir.path().join("a"));
     ghost.child.kill().await.unwrap(); // SIGKILL: no deregistration, no last heartbeat
     assert_eq!(operator_ids(&sb).await.len(), 3);
 
-    let b = member(
-        &sb,
-        dir.path(),
-        "b",
-        "    fleet: gw\n    heartbeat_interval: 500ms\n    reap_after: 2s\n",
-    );
+    let b = member(&sb, dir.path(), "b", FAST_FLEET);
     let peer = Proc::start(&["run", "-c", &b], &[]).await;
     let peer_id = saved_operator(&dir.path().join("b"));
     let path = format!("kubernetes_operators/{ghost_id}");
@@ -223,12 +216,7 @@ async fn a_member_whose_clock_is_wrong_is_reaped_only_once_it_stops() {
             .0
         }
     };
-    let b = member(
-        &sb,
-        dir.path(),
-        "b",
-        "    fleet: gw\n    heartbeat_interval: 500ms\n    reap_after: 2s\n",
-    );
+    let b = member(&sb, dir.path(), "b", FAST_FLEET);
     let peer = Proc::start(&["run", "-c", &b], &[]).await;
     let peer_path = format!(
         "kubernetes_operators/{}",

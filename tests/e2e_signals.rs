@@ -23,14 +23,7 @@ static_resources:
     - { name: c, type: static, endpoints: [ 127.0.0.1:9 ] }
 ",
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
-        .args(["run", "-c", &path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&path);
     let pid = child.id().unwrap().to_string();
     // Until `main` runs, no process can catch a signal (its default action applies). Start once
     // bindgate catches SIGTERM (installed early in `run`, before the start-up work), and keep
@@ -99,14 +92,7 @@ dynamic_resources:
             state = dir.path().join("state").display()
         ),
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
-        .args(["run", "-c", &path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&path);
     // The registration's first request is in flight once the API has its connection.
     let (mut held, _) = tokio::time::timeout(common::GUARD, api.accept())
         .await
@@ -211,6 +197,18 @@ static_resources:
     let mut rest = Vec::new();
     let _ = held.read_to_end(&mut rest).await;
     assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// `bindgate run -c PATH`, its stdout piped (the start-up line), its stderr dropped.
+fn spawn_run(path: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["run", "-c", path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 /// The signals a process catches (`SigCgt` in `/proc/PID/status`, bit N-1 for signal N); 0 when

@@ -363,16 +363,21 @@ async fn multiplex_carries_1000_concurrent_streams_over_two_connections_byte_exa
     assert_eq!(stats["stream_retries"], 0, "{t}");
 }
 
+/// A sandbox (its config plus `sandbox_extra`) and a proxy whose `echo` listener reaches the
+/// sandbox's echo endpoint over one multiplex connection (their logs are read on, unused).
+async fn over_one_multiplex_connection(sandbox_extra: &str) -> (SandboxProc, Proc, SocketAddr) {
+    let sb = start_sandbox_with(sandbox_extra, "").await;
+    let transport = "    transport: multiplex\n    multiplex: { connections: 1 }\n";
+    let cfg = binding_config(&ingress_with(&sb, transport), &[ECHO], "");
+    let proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
+    let addr = proxy.listener("echo");
+    (sb, proxy, addr)
+}
+
 #[tokio::test]
 async fn goaway_moves_new_streams_to_a_new_connection() {
     // Each HTTP/2 connection takes 5 streams, then the sandbox sends GOAWAY.
-    let mut sb = start_sandbox_with("  h2_goaway_after_streams: 5\n", "").await;
-    let _sandbox_logs = sb.proc.logs();
-    let transport = "    transport: multiplex\n    multiplex: { connections: 1 }\n";
-    let cfg = binding_config(&ingress_with(&sb, transport), &[ECHO], "");
-    let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
-    let _logs = proxy.logs();
-    let addr = proxy.listener("echo");
+    let (_sb, proxy, addr) = over_one_multiplex_connection("  h2_goaway_after_streams: 5\n").await;
     for i in 0..18u64 {
         let data = pattern(4096, 5_000 + i);
         assert!(
@@ -570,13 +575,7 @@ async fn early_data_refusal_closes_the_client_and_names_the_ngrok_error() {
 #[tokio::test]
 async fn stalled_streams_do_not_hold_up_the_others_on_their_connection() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let mut sb = start_sandbox_with("", "").await;
-    let _sandbox_logs = sb.proc.logs();
-    let transport = "    transport: multiplex\n    multiplex: { connections: 1 }\n";
-    let cfg = binding_config(&ingress_with(&sb, transport), &[ECHO], "");
-    let mut proxy = start_proxy(&cfg, sb.dir.path(), "bindgate.yaml").await;
-    let _logs = proxy.logs();
-    let addr = proxy.listener("echo");
+    let (_sb, _proxy, addr) = over_one_multiplex_connection("").await;
     let written = Arc::new(AtomicUsize::new(0));
     let mut stalled = Vec::new();
     for _ in 0..8 {
