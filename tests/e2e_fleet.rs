@@ -216,7 +216,14 @@ async fn a_member_whose_clock_is_wrong_is_reaped_only_once_it_stops() {
             .0
         }
     };
-    let b = member(&sb, dir.path(), "b", FAST_FLEET);
+    // `reap_after` 5 s against a beat every 200 ms: a test starved for seconds still beats
+    // in time.
+    let b = member(
+        &sb,
+        dir.path(),
+        "b",
+        "    fleet: gw\n    heartbeat_interval: 500ms\n    reap_after: 5s\n",
+    );
     let peer = Proc::start(&["run", "-c", &b], &[]).await;
     let peer_path = format!(
         "kubernetes_operators/{}",
