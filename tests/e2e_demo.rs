@@ -81,3 +81,57 @@ async fn demo_serves_what_it_prints() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Without `--dir`, the demo keeps its CA key and client key in a new directory only its user
+/// can enter, at a name nobody can guess, created exclusively, and removes it on Ctrl-C. Before,
+/// it used `bindgate-demo-<pid>` under the temporary directory as it found it (mode 0755, or a
+/// directory someone else planted there first).
+#[tokio::test]
+async fn the_demo_keeps_its_keys_in_a_private_directory_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::BIN)
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .env("BINDGATE_DEMO_WEB_PORT", "0")
+        .env("BINDGATE_DEMO_ECHO_PORT", "0")
+        .env("BINDGATE_DEMO_ADMIN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        printed.push_str(&line);
+        printed.push(' ');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    let start = printed.find("(CA in ").expect("the CA's directory") + "(CA in ".len();
+    let dir =
+        std::path::PathBuf::from(&printed[start..start + printed[start..].find(')').unwrap()]);
+    assert_eq!(dir.parent(), Some(tmp.path()), "{printed}");
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert_ne!(
+        name,
+        format!("bindgate-demo-{pid}"),
+        "a name others can guess"
+    );
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(pid.to_string())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "removed on the way out");
+}

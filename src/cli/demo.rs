@@ -21,18 +21,28 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (dir, temporary) = match args.dir {
-        Some(d) => (d, false),
-        None => (
-            std::env::temp_dir().join(format!("bindgate-demo-{}", std::process::id())),
-            true,
-        ),
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            (d, false)
+        }
+        None => (private_temp_dir()?, true),
     };
-    std::fs::create_dir_all(&dir)?;
     let result = serve(&dir).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// A new directory under the system's temporary directory that only this user can enter, at a
+/// name nobody can guess, created exclusively: a directory (or link) someone planted at a
+/// predictable name such as `bindgate-demo-<pid>` would have received the demo's CA key and
+/// client key, and let its owner swap the CA the proxy trusts.
+fn private_temp_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("bindgate-demo-{:016x}", rand::random::<u64>()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 async fn serve(dir: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -161,12 +161,17 @@ fn write(path: &Path, old: &[u8], bytes: &[u8], mode: u32) -> Result<(), String>
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.bindgate-{}.tmp", std::process::id()));
+    // A fresh name nobody can guess, created exclusively: in a directory others can write to
+    // (`hosts_file: /tmp/hosts`), a link planted at a predictable name would have had this
+    // process truncate and overwrite whatever the link points at.
+    let tmp: PathBuf = dir.join(format!(
+        ".{name}.bindgate-{:016x}.tmp",
+        rand::random::<u64>()
+    ));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
@@ -455,6 +460,38 @@ mod tests {
             assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
             assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
         }
+    }
+
+    /// A hosts file in a directory others can write to: a link planted where the temporary
+    /// file used to go (`.hosts.bindgate-<pid>.tmp`) made the rewrite truncate and overwrite
+    /// the file it points at. The temporary file now has a random name, created exclusively.
+    #[test]
+    fn a_link_planted_in_the_hosts_files_directory_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, "127.0.0.1 localhost\n").unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let planted = dir
+            .path()
+            .join(format!(".hosts.bindgate-{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let entries = e(&[("a.ns", "127.77.0.9")]);
+        assert_eq!(update(&path, &entries), Ok(true));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("127.77.0.9 a.ns\n")
+        );
+        // Only the planted link is left beside the file: no temporary file of ours.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let link = planted.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(names, [link, "hosts".to_owned(), "victim".to_owned()]);
     }
 
     #[test]
