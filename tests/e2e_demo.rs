@@ -9,11 +9,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-#[tokio::test]
-async fn demo_serves_what_it_prints() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::BIN)
-        .args(["demo", "--dir", dir.path().to_str().unwrap()])
+/// `bindgate demo ARGS` on ports the OS chooses, with `envs`; its stdout piped.
+fn demo(args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Child {
+    Command::new(common::BIN)
+        .arg("demo")
+        .args(args)
+        .envs(envs.iter().copied())
         .env("BINDGATE_DEMO_WEB_PORT", "0")
         .env("BINDGATE_DEMO_ECHO_PORT", "0")
         .env("BINDGATE_DEMO_ADMIN", "127.0.0.1:0")
@@ -22,7 +23,26 @@ async fn demo_serves_what_it_prints() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C, then a clean exit within 20 s.
+async fn stop_cleanly(mut child: tokio::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().unwrap().to_string())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
         .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn demo_serves_what_it_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo(&["--dir", dir.path().to_str().unwrap()], &[]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut web, mut echo) = (None, None);
     while let Some(line) = lines.next_line().await.unwrap() {
@@ -71,15 +91,7 @@ async fn demo_serves_what_it_prints() {
     assert!(out.status.success(), "{echo}: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n", "{echo}");
 
-    let _ = std::process::Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().unwrap().to_string())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    stop_cleanly(child).await;
 }
 
 /// Without `--dir`, the demo keeps its CA key and client key in a new directory only its user
@@ -90,18 +102,7 @@ async fn demo_serves_what_it_prints() {
 async fn the_demo_keeps_its_keys_in_a_private_directory_of_its_own() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::BIN)
-        .arg("demo")
-        .env("TMPDIR", tmp.path())
-        .env("BINDGATE_DEMO_WEB_PORT", "0")
-        .env("BINDGATE_DEMO_ECHO_PORT", "0")
-        .env("BINDGATE_DEMO_ADMIN", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = demo(&[], &[("TMPDIR", tmp.path().to_str().unwrap())]);
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = String::new();
@@ -124,14 +125,6 @@ async fn the_demo_keeps_its_keys_in_a_private_directory_of_its_own() {
     );
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "{}", dir.display());
-    let _ = std::process::Command::new("kill")
-        .arg("-INT")
-        .arg(pid.to_string())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
+    stop_cleanly(child).await;
     assert!(!dir.exists(), "removed on the way out");
 }
