@@ -14,13 +14,6 @@ use super::registration::{RegistrationSettings, metadata_fleet, metadata_for, rf
 use super::store::StateStore;
 use crate::ngrok_api::{ApiClient, Operator, OperatorUpdate};
 
-/// The heartbeat an operator's metadata carries, if any.
-pub fn heartbeat(metadata: &str) -> Option<OffsetDateTime> {
-    let v: serde_json::Value = serde_json::from_str(metadata).ok()?;
-    let text = v.get("bindgate")?.get("heartbeat")?.as_str()?;
-    OffsetDateTime::parse(text, &Rfc3339).ok()
-}
-
 /// The members of `fleet` other than `ours` silent for longer than `reap_after`, with when they
 /// were last heard of. Both ends are the API's clock: a member's last write is its `updated_at`
 /// (each heartbeat bumps it), and "now" is our own operator's `updated_at`, just bumped by our
