@@ -80,6 +80,8 @@ pub struct AccessLogWriter {
 #[derive(Debug)]
 struct Failures {
     lost: AtomicU64,
+    /// `bindgate_access_log_lines_lost_total` for this log, registered once with the writer.
+    metric: metrics::Counter,
     /// Lost lines already named in a warning.
     warned: AtomicU64,
     /// Milliseconds after `since` of the last warning (`u64::MAX`: none yet).
@@ -87,10 +89,11 @@ struct Failures {
     since: Instant,
 }
 
-impl Default for Failures {
-    fn default() -> Self {
+impl Failures {
+    fn new(target: &Target) -> Self {
         Failures {
             lost: AtomicU64::new(0),
+            metric: crate::telemetry::access_log_lost_counter(&target.to_string()),
             warned: AtomicU64::new(0),
             last_warning: AtomicU64::new(u64::MAX),
             since: Instant::now(),
@@ -102,9 +105,9 @@ impl AccessLogWriter {
     /// `Target::File` paths are already resolved against the config's directory.
     pub fn new(target: Target) -> Self {
         AccessLogWriter {
+            failures: Arc::new(Failures::new(&target)),
             target,
             queue: OnceLock::new(),
-            failures: Arc::default(),
             rotation_check: ROTATION_CHECK,
         }
     }
@@ -193,7 +196,7 @@ impl AccessLogWriter {
 
 fn report(failures: &Failures, target: &Target, why: &str) {
     let lost = failures.lost.fetch_add(1, Ordering::Relaxed) + 1;
-    crate::telemetry::access_log_line_lost(&target.to_string());
+    failures.metric.increment(1);
     let now = u64::try_from(failures.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
     let last = failures.last_warning.load(Ordering::Relaxed);
     let due = last == u64::MAX || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;

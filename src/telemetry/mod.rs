@@ -508,9 +508,10 @@ pub fn set_restart_pending(n: usize) {
     totals().restart_pending.set(n as f64);
 }
 
-/// An access log line was lost (`log`: the file's path, `-` for stdout).
-pub fn access_log_line_lost(log: &str) {
-    register(|| metrics::counter!(ACCESS_LOG_LOST, "log" => label(log))).increment(1);
+/// The counter of an access log's lost lines (`log`: the file's path, `-` for stdout), taken
+/// once by its writer: the series exists at 0 from the writer's start.
+pub fn access_log_lost_counter(log: &str) -> metrics::Counter {
+    register(|| metrics::counter!(ACCESS_LOG_LOST, "log" => label(log)))
 }
 
 /// The version of the snapshot in force.
